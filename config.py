@@ -1,0 +1,191 @@
+"""One typed configuration for a run: defaults here, overridden by a YAML file, then by CLI flags.
+
+The defaults are sized for the embedded demo on a laptop CPU; `configs/paper.yaml` holds the
+original study's settings. The resolved config is saved as `config.yaml` in every run directory.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from common import PipelineError
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+CHEMBERTA = "seyonec/ChemBERTa-zinc-base-v1"
+
+STAGES = ("gdsc", "downsample", "merge", "train")
+SPLITS = ("pair", "cell_line", "drug", "random")
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, group: str = "run") -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
+
+
+@dataclass
+class Config:
+    # inputs and outputs
+    tahoe: str = opt(str(DEMO_DIR / "tahoe"), "Tahoe-100M source: a hub dataset id to stream "
+                     "(e.g. tahoebio/Tahoe-100M) or a local directory laid out like the hub repo "
+                     "(data/train-*.parquet, metadata/*.parquet).", group="data")
+    gdsc1: str = opt(str(DEMO_DIR / "GDSC1_fitted_dose_response_demo.csv"),
+                     "GDSC1 fitted dose-response file (.xlsx, .csv or .csv.gz).", group="data")
+    gdsc2: str = opt(str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"),
+                     "GDSC2 fitted dose-response file (.xlsx, .csv or .csv.gz); wins over GDSC1 "
+                     "where a (drug, cell line) pair is in both.", group="data")
+    data: str | None = opt(None, "Train on an existing merged table (parquet with the columns of "
+                           "the merged-table contract), skipping data preparation.", group="data")
+    out: str | None = opt(None, "Run directory (default: runs/<date-time>). Written as "
+                          "<out>.incomplete and renamed when the run succeeds.", group="data")
+    ic50_average: str = opt("ln", "How duplicate GDSC measurements of a pair within one version "
+                            "are averaged: mean of ln IC50 (ln) or log of the mean IC50 (linear).",
+                            ("ln", "linear"), group="data")
+    stop_after: str = opt("train", "Last stage to run.", STAGES, group="data")
+
+    # downsampling
+    cells_per_group: int = opt(200, "At most this many cells per (drug, cell line, dose) group, "
+                               "chosen uniformly at random with the seed.", group="downsample")
+    fraction: float = opt(1.0, "Keep each labelled cell with this probability before the "
+                          "per-group cap (1.0 keeps all).", group="downsample")
+
+    # split
+    split: str = opt("pair", "How test rows differ from training rows: unseen (drug, cell line) "
+                     "pairs, unseen cell lines, unseen drugs, or random cells (leaky: every test "
+                     "pair is also in training; kept only for comparison).", SPLITS, group="split")
+    val_frac: float = opt(0.1, "Fraction of groups for validation (early stopping).", group="split")
+    test_frac: float = opt(0.1, "Fraction of groups held out for the test.", group="split")
+    seed: int = opt(0, "Seed for sampling, the split, initialisation and batch order.",
+                    group="split")
+
+    # drug encoder
+    drug_encoder: str = opt("auto", "Drug features: ChemBERTa (frozen, once per SMILES), Morgan "
+                            "fingerprints (RDKit), or auto: ChemBERTa when it can be loaded, else "
+                            "Morgan with a warning.", ("auto", "chemberta", "morgan"), group="model")
+    smiles_model: str = opt(CHEMBERTA, "ChemBERTa model: hub id or local directory.",
+                            group="model")
+    smiles_pooling: str = opt("mean", "How ChemBERTa token states become one drug vector.",
+                              ("mean", "cls"), group="model")
+    morgan_bits: int = opt(1024, "Morgan fingerprint length (radius 2).", group="model")
+
+    # model
+    tokens: str = opt("top_k", "Gene tokens per cell: the top_k most expressed genes, or the "
+                      "study's two-token design (mean-pooled genes + drug).", ("top_k", "pooled"),
+                      group="model")
+    top_k: int = opt(64, "Gene tokens per cell when tokens=top_k.", group="model")
+    gene_dim: int = opt(32, "Gene-id and expression embedding width.", group="model")
+    d_model: int = opt(64, "Transformer width.", group="model")
+    n_heads: int = opt(4, "Attention heads.", group="model")
+    n_layers: int = opt(2, "Transformer encoder layers.", group="model")
+    ff_dim: int = opt(128, "Feed-forward width inside each encoder layer.", group="model")
+    head_dim: int = opt(256, "Hidden width of the two-layer MLP head.", group="model")
+    dropout: float = opt(0.1, "Dropout on the encoder's residual and feed-forward paths and in "
+                         "the head.", group="model")
+    attn_dropout: float = opt(0.0, "Dropout on attention weights (torch's encoder layer uses "
+                              "`dropout` here too; it makes CPU attention ~4x slower).",
+                              group="model")
+    pos_encoding: str = opt("sinusoidal", "Positional encoding added to the token sequence.",
+                            ("sinusoidal", "none"), group="model")
+
+    # training
+    epochs: int = opt(40, "Maximum epochs.", group="train")
+    patience: int = opt(6, "Stop after this many epochs without a lower validation loss; the "
+                        "best weights are restored.", group="train")
+    batch_size: int = opt(128, "Cells per batch.", group="train")
+    lr: float = opt(1e-3, "Adam learning rate.", group="train")
+    weight_decay: float = opt(1e-5, "Adam weight decay.", group="train")
+    device: str = opt("auto", "auto picks CUDA when available, else CPU.",
+                      ("auto", "cpu", "cuda"), group="train")
+
+    def validate(self) -> "Config":
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise PipelineError(f"config value {f.name}={value!r} is not one of {list(choices)}.")
+        checks = [
+            (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
+            (self.cells_per_group >= 1, "cells_per_group must be at least 1"),
+            (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
+             "val_frac and test_frac must be positive and sum to less than 1"),
+            (self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"),
+            (self.top_k >= 1 and self.epochs >= 1 and self.patience >= 1 and self.batch_size >= 1,
+             "top_k, epochs, patience and batch_size must be at least 1"),
+            (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise PipelineError(f"invalid configuration: {msg}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    t = f.type
+    if get_origin(t) is not None:  # `str | None` -> str
+        t = next(a for a in get_args(t) if a is not type(None))
+    return t
+
+
+def from_dict(values: dict[str, Any], source: str) -> Config:
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise PipelineError(f"{source}: unknown setting(s) {unknown}. Known settings: "
+                            f"{sorted(known)}.")
+    cfg = Config()
+    for key, value in values.items():
+        t = _field_type(known[key])
+        if value is not None and t is float and isinstance(value, int):
+            value = float(value)
+        if value is not None and not isinstance(value, t):
+            raise PipelineError(f"{source}: setting {key!r} should be {t.__name__}, got {value!r}.")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"config file not found: '{path}'.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise PipelineError(f"config file '{path}' must hold a mapping of setting: value.")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Config field; defaults are None so that only flags given override the YAML."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(Config):
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        t = _field_type(f)
+        default = f.default
+        groups[group].add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
+            choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else t.__name__.upper(),
+            help=f"{f.metadata['help']} (default: {default})")
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    for f in fields(Config):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return from_dict(values, args.config or "command line").validate()
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    from common import write_text
+    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)

@@ -1,0 +1,200 @@
+"""The merged table -> leak-free splits -> fixed-size tensors the model reads.
+
+Every cell of a (drug, cell line) pair carries the same IC50, so splitting cells at random puts
+each test pair in training too. Splits here assign whole GROUPS (pairs, cell lines or drugs) to
+train/val/test; `random` (cells) is kept only to compare with the original study.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from common import PipelineError, require_file
+
+log = logging.getLogger("ic50.data")
+
+# the merged-table contract (see README): column -> accepted Arrow type check
+CONTRACT = {
+    "genes": lambda t: pa.types.is_list(t) and pa.types.is_integer(t.value_type),
+    "expressions": lambda t: pa.types.is_list(t) and pa.types.is_floating(t.value_type),
+    "cell_line_id": pa.types.is_string,
+    "drug": pa.types.is_string,
+    "canonical_smiles": pa.types.is_string,
+    "LN_IC50": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+}
+OPTIONAL = ("dose_uM", "cell_name", "gdsc_dataset")
+GROUP_COLUMNS = {"pair": ["drug", "cell_line_id"], "cell_line": ["cell_line_id"],
+                 "drug": ["drug"], "random": None}
+PARTS = ("train", "val", "test")
+PAD, UNK = 0, 1
+
+
+def _as_large_lists(table: pa.Table) -> pa.Table:
+    for name in ("genes", "expressions"):
+        col = table[name]
+        if pa.types.is_large_list(col.type):
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     col.cast(pa.list_(col.type.value_type)))
+    return table
+
+
+def load_merged(path: str | Path) -> pa.Table:
+    """Read and check a merged table; the error names the file, the column and what was expected."""
+    path = require_file(path, "merged table")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:
+        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from None
+    missing = [c for c in CONTRACT if c not in schema.names]
+    if missing:
+        raise PipelineError(f"merged table '{path}' lacks column(s) {missing}; expected the "
+                            f"merged-table contract: {list(CONTRACT)} (+ optional {list(OPTIONAL)}).")
+    for name, ok in CONTRACT.items():
+        t = schema.field(name).type
+        if pa.types.is_large_list(t):
+            t = pa.list_(t.value_type)
+        if pa.types.is_large_string(t):
+            t = pa.string()
+        if not ok(t):
+            raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
+                                f"{'list<int>' if name == 'genes' else 'list<float>' if name == 'expressions' else 'float' if name == 'LN_IC50' else 'string'}.")
+    cols = list(CONTRACT) + [c for c in OPTIONAL if c in schema.names]
+    table = _as_large_lists(pq.read_table(path, columns=cols))
+    for name in ("cell_line_id", "drug", "canonical_smiles"):
+        if pa.types.is_large_string(table[name].type):
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     table[name].cast(pa.string()))
+    if table.num_rows == 0:
+        raise PipelineError(f"merged table '{path}' has no rows.")
+    check_rows(table, str(path))
+    return table
+
+
+def check_rows(table: pa.Table, source: str) -> None:
+    for name in ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "genes", "expressions"):
+        n = table[name].null_count
+        if n:
+            raise PipelineError(f"merged table '{source}': column {name!r} has {n} missing value(s).")
+    ln = table["LN_IC50"].to_numpy()
+    if not np.isfinite(ln).all():
+        raise PipelineError(f"merged table '{source}': column 'LN_IC50' has non-finite values.")
+    g_len = pc.list_value_length(table["genes"]).to_numpy()
+    e_len = pc.list_value_length(table["expressions"]).to_numpy()
+    bad = np.flatnonzero(g_len != e_len)
+    if bad.size:
+        raise PipelineError(f"merged table '{source}': row {bad[0]} has {g_len[bad[0]]} genes but "
+                            f"{e_len[bad[0]]} expressions; the two lists must be parallel.")
+
+
+def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
+               test_frac: float = 0.1) -> np.ndarray:
+    """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups."""
+    if mode not in GROUP_COLUMNS:
+        raise PipelineError(f"unknown split {mode!r}; expected one of {list(GROUP_COLUMNS)}.")
+    cols = GROUP_COLUMNS[mode]
+    if cols is None:
+        group = np.arange(len(keys))
+    else:
+        group = keys.groupby(cols, sort=True).ngroup().to_numpy()
+    n_groups = int(group.max()) + 1
+    if n_groups < 3:
+        raise PipelineError(f"split {mode!r} needs at least 3 groups, the data has {n_groups}.")
+    perm = np.random.default_rng(seed).permutation(n_groups)
+    n_test = max(1, int(round(test_frac * n_groups)))
+    n_val = max(1, int(round(val_frac * n_groups)))
+    part_of_group = np.empty(n_groups, dtype=object)
+    part_of_group[perm[:n_test]] = "test"
+    part_of_group[perm[n_test:n_test + n_val]] = "val"
+    part_of_group[perm[n_test + n_val:]] = "train"
+    return part_of_group[group].astype(str)
+
+
+@dataclass
+class Features:
+    """What the model reads for N cells: K gene tokens (vocabulary indices) and their values."""
+    genes: np.ndarray        # [N, K] int32, PAD where a cell has fewer than K genes
+    values: np.ndarray       # [N, K] float32, log1p(counts normalised to 10,000 per cell)
+    drug: np.ndarray         # [N] int64 index into the drug table
+    y: np.ndarray            # [N] float32 ln IC50
+
+
+def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
+    """Sorted gene token ids seen in training; index i+2 in the model (0 = PAD, 1 = unknown)."""
+    return np.unique(pc.list_flatten(genes).to_numpy())
+
+
+def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
+                   chunk: int = 4096) -> Features:
+    """Normalise per cell, log1p, keep the top_k most expressed genes; vectorised over chunks."""
+    n = table.num_rows
+    genes_out = np.zeros((n, top_k), dtype=np.int32)
+    values_out = np.zeros((n, top_k), dtype=np.float32)
+    for start in range(0, n, chunk):
+        part = table.slice(start, chunk)
+        g = part["genes"].combine_chunks()
+        e = part["expressions"].combine_chunks()
+        offsets = g.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        gv = g.flatten().to_numpy(zero_copy_only=False)
+        ev = e.flatten().to_numpy(zero_copy_only=False)
+        lengths = np.diff(offsets)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        ev = np.where(ev > 0, ev, 0).astype(np.float64)   # any leftover marker (<0) counts as 0
+        totals = np.bincount(rows, weights=ev, minlength=len(lengths))
+        norm = np.log1p(ev / np.maximum(totals[rows], 1e-12) * 1e4).astype(np.float32)
+        width = max(int(lengths.max(initial=0)), 1)
+        cols = np.arange(len(gv)) - np.repeat(offsets[:-1], lengths)
+        dense_v = np.full((len(lengths), width), -1.0, dtype=np.float32)
+        dense_g = np.zeros((len(lengths), width), dtype=np.int64)
+        dense_v[rows, cols] = norm
+        dense_g[rows, cols] = gv
+        k = min(top_k, width)
+        top = np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width else \
+            np.broadcast_to(np.arange(width), (len(lengths), width))
+        tv = np.take_along_axis(dense_v, top, axis=1)
+        tg = np.take_along_axis(dense_g, top, axis=1)
+        order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
+        tv = np.take_along_axis(tv, order, axis=1)
+        tg = np.take_along_axis(tg, order, axis=1)
+        idx = np.searchsorted(vocab, tg)
+        idx = np.minimum(idx, len(vocab) - 1)
+        known = vocab[idx] == tg
+        tok = np.where(known, idx + 2, UNK).astype(np.int32)
+        valid = tv > 0
+        genes_out[start:start + len(lengths), :k] = np.where(valid, tok, PAD)
+        values_out[start:start + len(lengths), :k] = np.where(valid, tv, 0.0)
+    drugs = table["drug"].to_numpy(zero_copy_only=False)
+    try:
+        drug = np.array([drug_index[d] for d in drugs], dtype=np.int64)
+    except KeyError as e:
+        raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from None
+    y = table["LN_IC50"].to_numpy().astype(np.float32)
+    return Features(genes_out, values_out, drug, y)
+
+
+def split_table(table: pa.Table, split: np.ndarray) -> dict[str, pa.Table]:
+    return {p: table.filter(pa.array(split == p)) for p in PARTS}
+
+
+def split_frame(table: pa.Table, split: np.ndarray) -> pd.DataFrame:
+    """split.parquet: every merged row -> its part, with the keys that define the groups."""
+    keys = table.select(["drug", "cell_line_id"]).to_pandas()
+    keys.insert(0, "row", np.arange(table.num_rows))
+    keys["part"] = split
+    return keys
+
+
+def summarise_split(frame: pd.DataFrame) -> dict:
+    out = {}
+    for p in PARTS:
+        sub = frame[frame["part"] == p]
+        out[p] = {"cells": int(len(sub)), "pairs": int(len(sub.drop_duplicates(["drug", "cell_line_id"]))),
+                  "drugs": int(sub["drug"].nunique()), "cell_lines": int(sub["cell_line_id"].nunique())}
+    return out

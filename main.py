@@ -1,0 +1,179 @@
+"""Predict drug sensitivity (ln IC50) from single-cell expression and drug structure.
+
+    python main.py                         # the whole study on the embedded demo data
+    python main.py --config configs/paper.yaml --tahoe tahoebio/Tahoe-100M \\
+        --gdsc1 GDSC1_fitted_dose_response_27Oct23.xlsx --gdsc2 GDSC2_fitted_dose_response_27Oct23.xlsx
+    python main.py --data merged.parquet   # train on an existing merged table
+
+Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
+merge.attach_labels -> data.make_split -> train.train -> evaluate.evaluate. Everything a run
+writes goes to one run directory, which is named <out>.incomplete until the run succeeds.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import config as config_mod
+import data
+import downsample
+import evaluate
+import gdsc
+import merge
+import train
+from common import PipelineError, setup_logging, write_json, write_parquet
+from config import Config
+
+log = logging.getLogger("ic50")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="main.py", description=__doc__.split("\n\n")[0],
+        epilog="Settings come from the defaults, then --config YAML, then the flags given here. "
+               "The resolved settings are saved as config.yaml in the run directory.")
+    p.add_argument("--config", metavar="YAML", help="YAML file of settings (e.g. configs/paper.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch and more detail")
+    config_mod.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
+    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge."""
+    combined, counts = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
+    gdsc.save(combined, run_dir / "gdsc_combined.parquet")
+    write_json(counts, run_dir / "gdsc_counts.json")
+    if cfg.stop_after == "gdsc":
+        return None
+    source = downsample.TahoeSource(cfg.tahoe)
+    matches = merge.match(source.metadata("drug"), source.metadata("cell_line"), combined)
+    matches.report.to_csv(run_dir / "match_report.csv", index=False)
+    pairs = merge.labelled_pairs(matches, combined)
+    cells, stats = downsample.downsample(source, zip(pairs["drug"], pairs["cell_line_id"]),
+                                         cfg.cells_per_group, cfg.fraction, cfg.seed)
+    write_json(stats, run_dir / "downsample_summary.json")
+    if cfg.stop_after == "downsample":
+        write_parquet(cells, run_dir / "cells.parquet")
+        return None
+    merged = merge.attach_labels(cells, pairs)
+    write_parquet(merged, run_dir / "merged.parquet")
+    return None if cfg.stop_after == "merge" else merged
+
+
+def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
+    keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
+    split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac)
+    split_df = data.split_frame(table, split)
+    write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
+    parts = data.split_table(table, split)
+    sizes = data.summarise_split(split_df)
+    log.info("split %r (seed %d): %s", cfg.split, cfg.seed, "; ".join(
+        f"{p} {s['cells']} cells / {s['pairs']} pairs" for p, s in sizes.items()))
+    if cfg.split == "random":
+        log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
+                    "so test metrics measure memorisation, not prediction.")
+
+    smiles = sorted(set(table["canonical_smiles"].to_pylist()))
+    trained = train.train(cfg, parts["train"], parts["val"], smiles, run_dir)
+    pred = trained.predict(trained.features(parts["test"]))
+
+    test_rows = np.flatnonzero(split == "test")
+    test_df = keys.iloc[test_rows].reset_index(drop=True)
+    preds = test_df.assign(row=test_rows, prediction=pred)[
+        ["row", "drug", "cell_line_id", "LN_IC50", "prediction"]]
+    if "dose_uM" in table.column_names:
+        preds.insert(3, "dose_uM", table["dose_uM"].to_numpy(zero_copy_only=False)[test_rows])
+    write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
+
+    result = evaluate.evaluate(keys.iloc[np.flatnonzero(split == "train")], test_df, pred)
+    metrics = {"split": cfg.split, "seed": cfg.seed, "parts": sizes, **result,
+               "drug_encoder": trained.drug_encoder, "best_epoch": trained.best_epoch,
+               "epochs_run": len(trained.history),
+               "parameters": sum(p.numel() for p in trained.model.parameters()),
+               "history": trained.history}
+    write_json(metrics, run_dir / "metrics.json")
+    evaluate.plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
+    return metrics
+
+
+def new_run_dir(out: str | None) -> tuple[Path, Path]:
+    final = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if final.exists():
+        raise PipelineError(f"run directory '{final}' already exists; pass another --out.")
+    work = final.with_name(final.name + ".incomplete")
+    if work.exists():
+        shutil.rmtree(work)  # an earlier run that failed before writing anything worth keeping
+    work.mkdir(parents=True)
+    return final, work
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before any work on paths that do not exist."""
+    if cfg.data:
+        if not Path(cfg.data).exists():
+            raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
+        return
+    for flag, path in (("--gdsc1", cfg.gdsc1), ("--gdsc2", cfg.gdsc2)):
+        if path and not Path(path).exists():
+            raise PipelineError(f"GDSC file not found: '{path}' ({flag}).")
+
+
+def run(cfg: Config) -> Path:
+    t0 = time.perf_counter()
+    check_inputs(cfg)
+    final, work = new_run_dir(cfg.out)
+    setup_logging(logging.getLogger().level, work / "log.txt")
+    config_mod.save_yaml(cfg, work / "config.yaml")
+    log.info("run directory: %s (written as %s until the run completes)", final, work.name)
+    try:
+        table = data.load_merged(cfg.data) if cfg.data else prepare_data(cfg, work)
+        if table is not None:
+            metrics = train_and_evaluate(cfg, table, work)
+    except BaseException:
+        if not (work / "best.pt").exists():
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log.error("partial results kept in %s", work)
+        raise
+    work.rename(final)
+    setup_logging(logging.getLogger().level, final / "log.txt")
+    minutes = (time.perf_counter() - t0) / 60
+    if table is None:
+        log.info("stopped after stage %r as asked; outputs in %s (%.1f min)", cfg.stop_after, final,
+                 minutes)
+        return final
+    t = metrics["test"]
+    dm = metrics["baselines"]["drug_mean"]
+    log.info("test set (%s split, %d cells): MSE %.3f  PCC %.3f  SCC %.3f  | drug-mean baseline: "
+             "MSE %.3f  PCC %.3f", cfg.split, t["n"], t["mse"], t["pcc"], t["scc"], dm["mse"], dm["pcc"])
+    print("\n" + evaluate.format_table(metrics) + "\n")
+    log.info("done in %.1f min; results in %s (metrics.json, predictions.parquet, loss_curve.png, "
+             "best.pt)", minutes, final)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        cfg = config_mod.resolve(args)
+        run(cfg)
+        return 0
+    except PipelineError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

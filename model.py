@@ -1,0 +1,213 @@
+"""Drug encoder + gene Transformer regressor.
+
+A cell is a sequence of gene tokens: gene-id embedding + expression embedding (of log1p-normalised
+counts), projected to d_model. A drug is one token: its ChemBERTa (or Morgan) vector, projected to
+d_model. [drug, genes...] -> sinusoidal positions -> Transformer encoder -> the drug token's output
+-> LayerNorm-Dropout-Linear-ReLU-Dropout-Linear -> ln IC50. With the study's sizes (47,278 gene
+tokens, 768-d ChemBERTa, d_model 512, 3 layers, 4 heads, feed-forward 512, gene width 128, head
+256) this has 11,378,177 trainable parameters, as reported.
+
+ChemBERTa is frozen and run ONCE per unique SMILES before training (the original ran it on every
+batch); the model itself only sees the resulting vectors.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import PipelineError
+
+log = logging.getLogger("ic50.model")
+
+
+# ----------------------------------------------------------------------------- drug encoders
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection test, so an offline machine does not sit through the hub's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_chemberta(model_id: str) -> tuple[object, nn.Module]:
+    """Tokenizer and model from a local directory, the local cache, or the hub (in that order)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    is_dir = Path(model_id).is_dir()
+    attempts = [True] if is_dir else [True, False]
+    reason = ""
+    for local_only in attempts:
+        if not local_only and not hub_reachable():
+            reason = "it is not in the local Hugging Face cache and the hub is not reachable"
+            break
+        try:
+            tok = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
+            model = AutoModel.from_pretrained(model_id, local_files_only=local_only)
+            return tok, model.eval()
+        except Exception as e:  # not cached / not a model directory / download failed
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    raise PipelineError(f"could not load the ChemBERTa model {model_id!r}: {reason}. Pass "
+                        f"--smiles-model with a local copy (a directory saved with "
+                        f"save_pretrained), or use --drug-encoder morgan.")
+
+
+@torch.no_grad()
+def chemberta_embeddings(smiles: list[str], model_id: str, pooling: str = "mean",
+                         batch_size: int = 32) -> np.ndarray:
+    tok, model = load_chemberta(model_id)
+    max_len = min(getattr(tok, "model_max_length", 512) or 512,
+                  getattr(model.config, "max_position_embeddings", 514) - 2)
+    out = []
+    for i in range(0, len(smiles), batch_size):
+        batch = tok(smiles[i:i + batch_size], padding=True, truncation=True, max_length=max_len,
+                    return_tensors="pt")
+        hidden = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).last_hidden_state
+        if pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        out.append(vec.float().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def morgan_fingerprints(smiles: list[str], n_bits: int = 1024, radius: int = 2) -> np.ndarray:
+    try:
+        from rdkit import Chem, RDLogger
+        from rdkit.Chem import rdFingerprintGenerator
+    except ImportError:
+        raise PipelineError("Morgan fingerprints need RDKit: pip install rdkit") from None
+    RDLogger.DisableLog("rdApp.*")
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    out = np.zeros((len(smiles), n_bits), dtype=np.float32)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s)
+        if mol is None:
+            raise PipelineError(f"RDKit cannot parse the SMILES {s!r}.")
+        out[i] = gen.GetFingerprintAsNumPy(mol)
+    return out
+
+
+def encode_drugs(smiles: list[str], encoder: str, model_id: str, pooling: str = "mean",
+                 n_bits: int = 1024) -> tuple[np.ndarray, str]:
+    """One vector per SMILES and the name of the encoder that produced them.
+
+    `auto` uses ChemBERTa when it can be loaded and otherwise falls back to Morgan fingerprints
+    with one warning; `chemberta` never falls back.
+    """
+    t0 = time.perf_counter()
+    if encoder in ("auto", "chemberta"):
+        try:
+            vecs = chemberta_embeddings(smiles, model_id, pooling)
+            log.info("drug encoder: ChemBERTa %s (%s pooling), %d SMILES -> %d-d in %.1fs",
+                     model_id, pooling, len(smiles), vecs.shape[1], time.perf_counter() - t0)
+            return vecs, f"chemberta:{model_id}:{pooling}"
+        except PipelineError as e:
+            if encoder == "chemberta":
+                raise
+            log.warning("%s Falling back to Morgan fingerprints (%d bits); the run records which "
+                        "encoder it used.", e, n_bits)
+    elif encoder != "morgan":
+        raise PipelineError(f"unknown drug encoder {encoder!r}; expected auto, chemberta or morgan.")
+    vecs = morgan_fingerprints(smiles, n_bits)
+    log.info("drug encoder: Morgan fingerprints (radius 2, %d bits), %d SMILES", n_bits, len(smiles))
+    return vecs, f"morgan:r2:{n_bits}"
+
+
+# ----------------------------------------------------------------------------- network
+
+def sinusoidal(length: int, dim: int, device: torch.device) -> torch.Tensor:
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32)
+                    * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
+    return pe
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm encoder layer (as torch's TransformerEncoderLayer) on scaled_dot_product_attention."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float,
+                 attn_dropout: float):
+        super().__init__()
+        self.n_heads, self.attn_dropout = n_heads, attn_dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ff1 = nn.Linear(d_model, ff_dim)
+        self.ff2 = nn.Linear(ff_dim, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = self.norm1(x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d))))
+        return self.norm2(x + self.drop(self.ff2(self.drop(F.relu(self.ff1(x))))))
+
+
+class IC50Transformer(nn.Module):
+    def __init__(self, n_tokens: int, drug_dim: int, gene_dim: int = 128, d_model: int = 512,
+                 n_heads: int = 4, n_layers: int = 3, ff_dim: int = 512, head_dim: int = 256,
+                 dropout: float = 0.1, tokens: str = "top_k", pos_encoding: str = "sinusoidal",
+                 attn_dropout: float = 0.1):
+        super().__init__()
+        self.tokens, self.pos_encoding = tokens, pos_encoding
+        self.gene_emb = nn.Embedding(n_tokens, gene_dim, padding_idx=0)
+        self.expr_emb = nn.Linear(1, gene_dim)
+        self.gene_proj = nn.Linear(gene_dim, d_model)
+        self.drug_proj = nn.Linear(drug_dim, d_model)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, ff_dim, dropout, attn_dropout)
+                                    for _ in range(n_layers))
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout),
+                                  nn.Linear(d_model, head_dim), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(head_dim, 1))
+
+    @classmethod
+    def from_config(cls, cfg, n_tokens: int, drug_dim: int) -> "IC50Transformer":
+        return cls(n_tokens, drug_dim, cfg.gene_dim, cfg.d_model, cfg.n_heads, cfg.n_layers,
+                   cfg.ff_dim, cfg.head_dim, cfg.dropout, cfg.tokens, cfg.pos_encoding,
+                   cfg.attn_dropout)
+
+    def forward(self, genes: torch.Tensor, values: torch.Tensor, drug_vec: torch.Tensor) -> torch.Tensor:
+        """genes [B, K] token indices (0 = padding), values [B, K], drug_vec [B, drug_dim] -> [B]."""
+        keep = genes != 0
+        x = self.gene_proj(self.gene_emb(genes) + self.expr_emb(values.unsqueeze(-1)))
+        if self.tokens == "pooled":   # the study's two-token design: mean of the gene tokens
+            w = keep.unsqueeze(-1).to(x.dtype)
+            x = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
+            keep = torch.ones_like(keep[:, :1])
+        drug = self.drug_proj(drug_vec).unsqueeze(1)
+        seq = torch.cat([drug, x], dim=1)
+        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        if self.pos_encoding == "sinusoidal":
+            seq = seq + sinusoidal(seq.shape[1], seq.shape[2], seq.device).to(seq.dtype)
+        for layer in self.layers:
+            seq = layer(seq, keep)
+        return self.head(seq[:, 0]).squeeze(-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
