@@ -66,6 +66,9 @@ class TahoeSource:
         else:
             raise PipelineError(f"Tahoe source '{spec}' is neither an existing directory, a glob of "
                                 f"parquet shards, nor a hub dataset id such as '{HUB_ID}'.")
+        # arguments of datasets.load_dataset when cells are streamed rather than read from files
+        self.stream: dict | None = (dict(path=spec, name="expression_data")
+                                    if self.is_hub else None)
 
     @property
     def is_hub(self) -> bool:
@@ -89,8 +92,8 @@ class TahoeSource:
         return pd.read_parquet(path)
 
     def row_groups(self) -> Iterator[tuple[str, "RowGroup"]]:
-        if self.is_hub:
-            yield from stream_row_groups(dict(path=self.spec, name="expression_data"), self.spec)
+        if self.stream is not None:
+            yield from stream_row_groups(self.stream, self.spec)
             return
         for shard in self.shards:
             try:

@@ -61,17 +61,21 @@ def _match(tahoe: pd.DataFrame, gdsc_names: pd.Series, normalise, kind: str) -> 
     keys = gdsc.groupby("key")["gdsc_name"].agg(list)
     rows = []
     for tid, tname in zip(tahoe["tahoe_id"], tahoe["tahoe_name"]):
-        exact = tname in set(gdsc["gdsc_name"]) if isinstance(tname, str) else False
         cands = keys.get(normalise(tname), [])
-        if exact:
-            rows.append((kind, tid, tname, tname, "exact name", ""))
-        elif len(cands) == 1:
-            rows.append((kind, tid, tname, cands[0], "normalised name", ""))
-        elif len(cands) > 1:
-            rows.append((kind, tid, tname, None, "ambiguous", "; ".join(cands)))
+        if len(cands) == 1:
+            how = "exact name" if cands[0] == tname else "normalised name"
+            rows.append((kind, tid, tname, cands[0], how, ""))
+        elif len(cands) > 1:  # e.g. GDSC lists both 'C32' and 'C-32': never guess which is meant
+            rows.append((kind, tid, tname, None, "ambiguous",
+                         "several GDSC names: " + "; ".join(cands)))
         else:
             rows.append((kind, tid, tname, None, "none", ""))
-    return pd.DataFrame(rows, columns=["kind", "tahoe_id", "tahoe_name", "gdsc_name", "how", "note"])
+    out = pd.DataFrame(rows, columns=["kind", "tahoe_id", "tahoe_name", "gdsc_name", "how", "note"])
+    # two Tahoe entries claiming one GDSC name are ambiguous too
+    shared = out["gdsc_name"].notna() & out.duplicated("gdsc_name", keep=False)
+    out.loc[shared, "note"] = "several Tahoe entries match GDSC " + out.loc[shared, "gdsc_name"]
+    out.loc[shared, ["gdsc_name", "how"]] = [None, "ambiguous"]
+    return out
 
 
 def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame) -> Matches:

@@ -50,6 +50,7 @@ def load_chemberta(model_id: str) -> tuple[object, nn.Module]:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     is_dir = Path(model_id).is_dir()
     attempts = [True] if is_dir else [True, False]
     reason = ""

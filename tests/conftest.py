@@ -1,0 +1,149 @@
+"""Tiny inputs in the real formats, built by the tests themselves (no network, no downloads)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GDSC_COLUMNS = ["DATASET", "NLME_RESULT_ID", "NLME_CURVE_ID", "COSMIC_ID", "CELL_LINE_NAME",
+                "SANGER_MODEL_ID", "TCGA_DESC", "DRUG_ID", "DRUG_NAME", "PUTATIVE_TARGET",
+                "PATHWAY_NAME", "COMPANY_ID", "WEBRELEASE", "MIN_CONC", "MAX_CONC", "LN_IC50", "AUC",
+                "RMSE", "Z_SCORE"]
+TAHOE_SCHEMA = pa.schema([
+    ("genes", pa.list_(pa.int64())), ("expressions", pa.list_(pa.float32())),
+    ("drug", pa.string()), ("sample", pa.string()), ("BARCODE_SUB_LIB_ID", pa.string()),
+    ("cell_line_id", pa.string()), ("moa-fine", pa.string()), ("canonical_smiles", pa.string()),
+    ("pubchem_cid", pa.string()), ("plate", pa.string())])
+SMILES = {"Erlotinib": "COCCOC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC=CC(=C3)C#C)OCCOC",
+          "Trametinib (DMSO_TF solvate)":
+              "CC1=C2C(=C(N(C1=O)C)NC3=C(C=C(C=C3)I)F)C(=O)N(C(=O)N2C4=CC=CC(=C4)NC(=O)C)C5CC5",
+          "Doxorubicin (hydrochloride)": "CC1C(C(CC(O1)OC2CC(CC3=C2C(=C4C(=C3O)C(=O)C5=C(C4=O)C(=CC=C5)OC)O)(C(=O)CO)O)N)O",
+          "olaparib": "C1CC1C(=O)N2CCN(CC2)C(=O)C3=C(C=CC(=C3)CC4=NNC(=O)C5=CC=CC=C54)F",
+          "Vorinostat": "C1=CC=C(C=C1)NC(=O)CCCCCCC(=O)NO",
+          "DMSO_TF": "CS(C)=O"}
+LINES = {"CVCL_0023": "A549", "CVCL_0320": "HT-29", "CVCL_0035": "COLO 205"}
+
+
+def gdsc_frame(rows: list[tuple[str, str, float]], dataset: str = "GDSC2") -> pd.DataFrame:
+    """A GDSC release table (all 19 columns) from (drug, cell line, ln IC50) triples."""
+    recs = []
+    for i, (drug, line, ln) in enumerate(rows):
+        recs.append({"DATASET": dataset, "NLME_RESULT_ID": 343, "NLME_CURVE_ID": i,
+                     "COSMIC_ID": 900000 + i, "CELL_LINE_NAME": line, "SANGER_MODEL_ID": f"SIDM{i:05d}",
+                     "TCGA_DESC": "LUAD", "DRUG_ID": 1000 + i, "DRUG_NAME": drug,
+                     "PUTATIVE_TARGET": "x", "PATHWAY_NAME": "x", "COMPANY_ID": 1046,
+                     "WEBRELEASE": "Y", "MIN_CONC": 0.001, "MAX_CONC": 10.0, "LN_IC50": ln,
+                     "AUC": 0.5, "RMSE": 0.1, "Z_SCORE": 0.0})
+    return pd.DataFrame(recs, columns=GDSC_COLUMNS)
+
+
+def write_tahoe(root: Path, cells: list[dict], n_shards: int = 2) -> Path:
+    """A Tahoe-100M-shaped directory. Each cell dict: drug, line, dose, genes, counts, barcode.
+
+    The CLS marker (gene 1, value -2) is prepended to every profile, as in the real data.
+    """
+    data = root / "data"
+    meta = root / "metadata"
+    data.mkdir(parents=True, exist_ok=True)
+    meta.mkdir(parents=True, exist_ok=True)
+    samples = {}
+    rows = []
+    for c in cells:
+        key = (c["drug"], c.get("dose", 0.5))
+        samples.setdefault(key, f"smp_{key[0][:8]}_{key[1]}")
+        rows.append({"genes": [1] + list(c["genes"]), "expressions": [-2.0] + list(c["counts"]),
+                     "drug": c["drug"], "sample": samples[key], "BARCODE_SUB_LIB_ID": c["barcode"],
+                     "cell_line_id": c["line"], "moa-fine": "x", "canonical_smiles": SMILES[c["drug"]],
+                     "pubchem_cid": None, "plate": "plate1"})
+    for s in range(n_shards):
+        part = rows[s::n_shards]
+        table = pa.Table.from_pylist(part, schema=TAHOE_SCHEMA)
+        pq.write_table(table, data / f"train-{s:05d}-of-{n_shards:05d}.parquet", row_group_size=7)
+    pd.DataFrame([{"sample": smp, "plate": "plate1", "mean_gene_count": 0.0, "mean_tscp_count": 0.0,
+                   "mean_mread_count": 0.0, "mean_pcnt_mito": 0.0, "drug": d,
+                   "drugname_drugconc": f"[('{d}', {0.0 if d == 'DMSO_TF' else dose}, 'uM')]"}
+                  for (d, dose), smp in samples.items()]).to_parquet(meta / "sample_metadata.parquet")
+    pd.DataFrame([{"drug": d, "canonical_smiles": s, "pubchem_cid": None}
+                  for d, s in SMILES.items() if d != "DMSO_TF"]).to_parquet(meta / "drug_metadata.parquet")
+    pd.DataFrame([{"cell_name": n, "Cell_ID_Cellosaur": i, "Driver_Gene_Symbol": g}
+                  for i, n in LINES.items() for g in ("TP53", "KRAS")]
+                 ).to_parquet(meta / "cell_line_metadata.parquet")
+    pd.DataFrame({"gene_symbol": ["A", "B"], "ensembl_id": ["E1", "E2"], "token_id": [3, 4]}
+                 ).to_parquet(meta / "gene_metadata.parquet")
+    return root
+
+
+def random_cells(rng: np.random.Generator, drug: str, line: str, dose: float, n: int,
+                 start: int = 0) -> list[dict]:
+    out = []
+    for i in range(n):
+        genes = np.sort(rng.choice(np.arange(3, 60), size=rng.integers(5, 20), replace=False))
+        out.append({"drug": drug, "line": line, "dose": dose, "genes": genes.tolist(),
+                    "counts": rng.integers(1, 30, len(genes)).astype(float).tolist(),
+                    "barcode": f"{drug[:4]}_{line}_{dose}_{start + i:04d}"})
+    return out
+
+
+@pytest.fixture
+def tiny_tahoe(tmp_path: Path) -> Path:
+    """3 cell lines x (Erlotinib, Trametinib solvate, Vorinostat, DMSO_TF) x 2 doses, 6 cells each."""
+    rng = np.random.default_rng(0)
+    cells = []
+    for drug in ("Erlotinib", "Trametinib (DMSO_TF solvate)", "Vorinostat", "DMSO_TF"):
+        for line in LINES:
+            for dose in (0.05, 5.0):
+                cells += random_cells(rng, drug, line, dose, 6)
+    rng.shuffle(cells)  # shards interleave lines and wells, as the real ones do
+    return write_tahoe(tmp_path / "tahoe", cells)
+
+
+def merged_table(n_drugs: int = 4, n_lines: int = 6, cells_per_pair: int = 5,
+                 seed: int = 0) -> pa.Table:
+    """A merged table (the training contract) with a learnable signal, built by hand."""
+    rng = np.random.default_rng(seed)
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+              "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "OC(=O)c1ccccc1OC(=O)C"]
+    rows = []
+    for d in range(n_drugs):
+        for c in range(n_lines):
+            level = c % 3
+            for k in range(cells_per_pair):
+                genes = np.arange(3, 40) + 10 * level
+                counts = rng.poisson(3 + 5 * (np.arange(len(genes)) % (level + 2) == 0)).astype(np.float32)
+                rows.append({"genes": genes.astype(np.int32).tolist(), "expressions": counts.tolist(),
+                             "cell_line_id": f"CVCL_{c:04d}", "drug": f"drug{d}",
+                             "canonical_smiles": smiles[d % len(smiles)],
+                             "LN_IC50": float(d - 1.5 + level), "dose_uM": 0.5})
+    schema = pa.schema([("genes", pa.list_(pa.int32())), ("expressions", pa.list_(pa.float32())),
+                        ("cell_line_id", pa.string()), ("drug", pa.string()),
+                        ("canonical_smiles", pa.string()), ("LN_IC50", pa.float64()),
+                        ("dose_uM", pa.float32())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@pytest.fixture
+def tiny_roberta(tmp_path: Path) -> Path:
+    """A 2-layer RoBERTa and byte-level BPE tokenizer saved like a hub ChemBERTa checkpoint."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+    d = tmp_path / "tiny-chemberta"
+    d.mkdir()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(SMILES.values()) * 20, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(d))
+    tok = RobertaTokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+                        pad_token_id=tok.pad_token_id)
+    RobertaModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

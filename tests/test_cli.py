@@ -1,0 +1,125 @@
+"""main.py end to end: the demo, --data, --stop-after, configuration, and errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import config
+import main
+from conftest import ROOT, gdsc_frame, merged_table
+
+FAST = ["--epochs", "2", "--d-model", "16", "--ff-dim", "32", "--n-layers", "1", "--top-k", "16",
+        "--gene-dim", "8", "--head-dim", "16", "--drug-encoder", "morgan", "--morgan-bits", "64"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def cli(*args, cwd=ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "demo-run"
+    r = cli("--out", out, "--epochs", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("config.yaml", "gdsc_combined.parquet", "match_report.csv", "merged.parquet",
+                 "split.parquet", "predictions.parquet", "metrics.json", "loss_curve.png", "best.pt",
+                 "log.txt"):
+        assert (out / name).exists(), name
+    assert not (tmp_path / "demo-run.incomplete").exists()
+    merged = pq.read_table(out / "merged.parquet")
+    split = pd.read_parquet(out / "split.parquet")
+    assert len(split) == merged.num_rows and set(split["part"]) == {"train", "val", "test"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "pair"
+    assert set(metrics["test"]) >= {"mse", "pcc", "scc"}
+    assert metrics["drug_encoder"].startswith("morgan")  # auto fell back: the hub is offline
+    assert metrics["test"]["n"] == (split["part"] == "test").sum()
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert len(preds) == metrics["test"]["n"] and preds["prediction"].notna().all()
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+    assert "test set" in r.stderr and "drug_mean" in r.stdout
+
+
+def test_data_flag_trains_on_a_hand_built_merged_table(tmp_path):
+    path = tmp_path / "mine.parquet"
+    pq.write_table(merged_table(n_drugs=4, n_lines=6), path)
+    assert main.main(["--data", str(path), "--out", str(tmp_path / "run"), *FAST]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["parts"]["test"]["cells"] > 0
+    assert not (tmp_path / "run" / "merged.parquet").exists()  # the user's table is not copied
+
+
+def test_a_fixed_seed_gives_the_same_split_and_metrics_on_cpu(tmp_path):
+    path = tmp_path / "mine.parquet"
+    pq.write_table(merged_table(n_drugs=4, n_lines=6), path)
+    runs = []
+    for name in ("a", "b"):
+        assert main.main(["--data", str(path), "--out", str(tmp_path / name), "--seed", "5", *FAST]) == 0
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert runs[0]["test"] == runs[1]["test"]
+    assert pd.read_parquet(tmp_path / "a/split.parquet").equals(pd.read_parquet(tmp_path / "b/split.parquet"))
+
+
+def test_stop_after_gdsc_writes_only_the_gdsc_stage(tmp_path):
+    assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "gdsc_combined.parquet").exists()
+    assert not (tmp_path / "g" / "merged.parquet").exists()
+
+
+def test_a_missing_input_file_fails_cleanly(tmp_path):
+    r = cli("--gdsc1", tmp_path / "GDSC1_missing.csv", "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert "GDSC1_missing.csv" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("run*"))
+
+
+def test_a_missing_column_fails_cleanly_with_no_run_directory(tmp_path):
+    bad = tmp_path / "g2.csv"
+    gdsc_frame([("Erlotinib", "A549", 1.0)]).drop(columns="LN_IC50").to_csv(bad, index=False)
+    assert main.main(["--gdsc2", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert not list(tmp_path.glob("run*"))
+
+
+def test_an_empty_merge_fails_cleanly_and_names_the_closest_names(tmp_path, caplog):
+    g = tmp_path / "g.csv"
+    gdsc_frame([("Cisplatin", "MCF7", 1.0), ("Paclitaxel", "MCF7", 2.0)]).to_csv(g, index=False)
+    assert main.main(["--gdsc1", str(g), "--gdsc2", str(g), "--out", str(tmp_path / "run")]) == 2
+    assert "no Tahoe drug matches any GDSC drug" in caplog.text and "Cisplatin" in caplog.text
+    assert not list(tmp_path.glob("run*"))
+
+
+def test_an_existing_run_directory_is_never_overwritten(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert main.main(["--out", str(tmp_path / "run")]) == 2
+
+
+def test_help_explains_every_option():
+    r = cli("--help")
+    assert r.returncode == 0
+    for f in config.fields(config.Config):
+        assert "--" + f.name.replace("_", "-") in r.stdout
+
+
+def test_yaml_settings_are_overridden_by_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nlr: 0.01\nsplit: drug\n")
+    cfg = config.resolve(main.parse_args(["--config", str(y), "--epochs", "3"]))
+    assert (cfg.epochs, cfg.lr, cfg.split) == (3, 0.01, "drug")
+    y.write_text("epoch: 7\n")
+    with pytest.raises(config.PipelineError, match="unknown setting.*epoch"):
+        config.resolve(main.parse_args(["--config", str(y)]))
+    y.write_text("epochs: many\n")
+    with pytest.raises(config.PipelineError, match="'epochs' should be int"):
+        config.resolve(main.parse_args(["--config", str(y)]))

@@ -1,0 +1,75 @@
+"""Merged-table validation, leak-free splits and feature building."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import data
+from common import PipelineError
+from conftest import merged_table
+
+
+@pytest.mark.parametrize("mode,cols", [("pair", ["drug", "cell_line_id"]), ("cell_line", ["cell_line_id"]),
+                                       ("drug", ["drug"])])
+def test_no_group_is_in_two_parts(mode, cols):
+    keys = merged_table(n_drugs=6, n_lines=8, cells_per_pair=3).select(["drug", "cell_line_id"]).to_pandas()
+    split = data.make_split(keys, mode, seed=3)
+    parts = keys.assign(part=split).groupby(cols)["part"].nunique()
+    assert (parts == 1).all()
+    assert set(split) == {"train", "val", "test"}
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    keys = merged_table(n_drugs=6, n_lines=8).select(["drug", "cell_line_id"]).to_pandas()
+    a, b, c = (data.make_split(keys, "pair", s) for s in (1, 1, 2))
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_random_split_assigns_cells_and_does_leak_pairs():
+    keys = merged_table(n_drugs=4, n_lines=6, cells_per_pair=10).select(["drug", "cell_line_id"]).to_pandas()
+    split = data.make_split(keys, "random", seed=0)
+    assert (keys.assign(part=split).groupby(["drug", "cell_line_id"])["part"].nunique() > 1).any()
+
+
+def test_split_fractions_are_of_groups():
+    keys = merged_table(n_drugs=10, n_lines=10, cells_per_pair=2).select(["drug", "cell_line_id"]).to_pandas()
+    split = data.make_split(keys, "pair", 0, val_frac=0.2, test_frac=0.1)
+    pairs = keys.assign(part=split).drop_duplicates(["drug", "cell_line_id"])["part"].value_counts()
+    assert pairs.to_dict() == {"train": 70, "val": 20, "test": 10}
+
+
+def test_top_k_keeps_the_most_expressed_genes_normalised_and_log1p():
+    table = pa.table({"genes": pa.array([[10, 11, 12, 13], [11, 99]], pa.list_(pa.int32())),
+                      "expressions": pa.array([[1.0, 5.0, 0.0, 4.0], [2.0, 2.0]], pa.list_(pa.float32())),
+                      "drug": ["d", "d"], "LN_IC50": [0.0, 1.0]})
+    vocab = np.array([10, 11, 12, 13])
+    f = data.build_features(table, vocab, {"d": 0}, top_k=3)
+    # cell 0: genes 11 (5/10), 13 (4/10), 10 (1/10); gene 12 has zero count and is not a token
+    assert f.genes[0].tolist() == [3, 5, 2]
+    assert f.values[0] == pytest.approx(np.log1p(np.array([5, 4, 1]) / 10 * 1e4))
+    # cell 1: gene 99 is not in the vocabulary -> UNK; only 2 genes -> padding
+    assert sorted(f.genes[1].tolist()) == [0, 1, 3]
+    assert f.values[1][f.genes[1] == 0] == pytest.approx([0.0])
+
+
+def test_load_merged_names_the_missing_column(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(merged_table().drop_columns(["LN_IC50"]), path)
+    with pytest.raises(PipelineError, match=r"m.parquet.*LN_IC50"):
+        data.load_merged(path)
+
+
+def test_load_merged_rejects_unparallel_lists(tmp_path):
+    t = merged_table(n_drugs=1, n_lines=1, cells_per_pair=1)
+    t = t.set_column(1, "expressions", pa.array([[1.0]], pa.list_(pa.float32())))
+    pq.write_table(t, tmp_path / "m.parquet")
+    with pytest.raises(PipelineError, match="parallel"):
+        data.load_merged(tmp_path / "m.parquet")
+
+
+def test_load_merged_rejects_wrong_types(tmp_path):
+    t = merged_table(n_drugs=1, n_lines=1, cells_per_pair=1)
+    t = t.set_column(t.schema.get_field_index("LN_IC50"), "LN_IC50", pa.array(["high"]))
+    pq.write_table(t, tmp_path / "m.parquet")
+    with pytest.raises(PipelineError, match="'LN_IC50' has type string"):
+        data.load_merged(tmp_path / "m.parquet")

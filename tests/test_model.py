@@ -1,0 +1,81 @@
+"""The regressor and its drug encoders."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from common import PipelineError
+from config import Config, from_dict, load_yaml
+from conftest import ROOT
+from model import IC50Transformer, count_parameters, encode_drugs
+
+
+def test_paper_config_has_the_studys_parameter_count():
+    cfg = from_dict(load_yaml(ROOT / "configs/paper.yaml"), "paper.yaml")
+    model = IC50Transformer.from_config(cfg, n_tokens=47_278, drug_dim=768)
+    assert count_parameters(model) == 11_378_177
+
+
+@pytest.mark.parametrize("tokens", ["top_k", "pooled"])
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tokens):
+    torch.manual_seed(0)
+    model = IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=2, ff_dim=32,
+                            head_dim=16, dropout=0.0, tokens=tokens)
+    genes = torch.randint(1, 50, (32, 10))
+    genes[:, -2:] = 0  # some padding
+    values, drug, y = torch.rand(32, 10), torch.rand(32, 16), torch.randn(32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(2):
+        loss = torch.nn.functional.mse_loss(model(genes, values, drug), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+
+
+def test_padding_tokens_do_not_change_the_prediction():
+    torch.manual_seed(0)
+    model = IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=2, ff_dim=32,
+                            head_dim=16).eval()
+    genes, values, drug = torch.randint(1, 50, (2, 6)), torch.rand(2, 6), torch.rand(2, 16)
+    padded_g = torch.cat([genes, torch.zeros(2, 4, dtype=torch.long)], 1)
+    padded_v = torch.cat([values, torch.rand(2, 4)], 1)
+    with torch.no_grad():
+        assert torch.allclose(model(genes, values, drug), model(padded_g, padded_v, drug), atol=1e-5)
+
+
+def test_chemberta_path_loads_a_local_roberta_once_per_smiles(tiny_roberta):
+    smiles = ["CCO", "c1ccccc1", "CC(=O)O"]
+    mean, name = encode_drugs(smiles, "chemberta", str(tiny_roberta), "mean")
+    cls, _ = encode_drugs(smiles, "chemberta", str(tiny_roberta), "cls")
+    assert mean.shape == (3, 32) and name.startswith("chemberta:")
+    assert not np.allclose(mean, cls)
+    again, _ = encode_drugs(smiles[::-1], "chemberta", str(tiny_roberta), "mean")
+    assert np.allclose(again[::-1], mean, atol=1e-5)  # batching/padding does not change a vector
+
+
+def test_explicit_chemberta_never_falls_back(tmp_path):
+    with pytest.raises(PipelineError, match="could not load the ChemBERTa model"):
+        encode_drugs(["CCO"], "chemberta", str(tmp_path / "no-such-model"))
+
+
+def test_auto_falls_back_to_morgan_with_one_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with caplog.at_level(logging.WARNING):
+        vecs, name = encode_drugs(["CCO", "c1ccccc1"], "auto", "nobody/not-a-model", n_bits=256)
+    assert name == "morgan:r2:256" and vecs.shape == (2, 256)
+    assert set(np.unique(vecs)) <= {0.0, 1.0}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Morgan" in warnings[0].getMessage()
+
+
+def test_an_unparsable_smiles_is_named():
+    with pytest.raises(PipelineError, match="not-a-smiles"):
+        encode_drugs(["not-a-smiles"], "morgan", "")
+
+
+def test_config_defaults_are_valid():
+    Config().validate()
