@@ -40,8 +40,11 @@ def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     merged = pq.read_table(out / "merged.parquet")
     split = pd.read_parquet(out / "split.parquet")
     assert len(split) == merged.num_rows and set(split["part"]) == {"train", "val", "test"}
-    metrics = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text  # strict JSON: the constant global-mean baseline has no correlation
+    metrics = json.loads(text)
     assert metrics["split"] == "pair"
+    assert metrics["baselines"]["global_mean"]["pcc"] is None
     assert set(metrics["test"]) >= {"mse", "pcc", "scc"}
     assert metrics["drug_encoder"].startswith("morgan")  # auto fell back: the hub is offline
     assert metrics["test"]["n"] == (split["part"] == "test").sum()
