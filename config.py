@@ -43,12 +43,25 @@ class Config:
                             "are averaged: mean of ln IC50 (ln) or log of the mean IC50 (linear).",
                             ("ln", "linear"), group="data")
     stop_after: str = opt("train", "Last stage to run.", STAGES, group="data")
+    resume: bool = opt(False, "Continue the interrupted run in <out>.incomplete: shards already "
+                       "scanned are not scanned again.", group="data")
 
     # downsampling
     cells_per_group: int = opt(200, "At most this many cells per (drug, cell line, dose) group, "
                                "chosen uniformly at random with the seed.", group="downsample")
     fraction: float = opt(1.0, "Keep each labelled cell with this probability before the "
                           "per-group cap (1.0 keeps all).", group="downsample")
+    num_workers: int = opt(1, "Processes scanning Tahoe shards in parallel.", group="downsample")
+    num_shards: int = opt(1, "Split the shards over this many SLURM array tasks; each task scans "
+                          "its slice into --parts-dir and stops. A final run without it combines.",
+                          group="downsample")
+    shard_index: int = opt(0, "This array task's slice (e.g. $SLURM_ARRAY_TASK_ID).",
+                           group="downsample")
+    parts_dir: str | None = opt(None, "Where per-shard results go (default: inside the run "
+                                "directory). Share it between array tasks and the combining run.",
+                                group="downsample")
+    on_bad_shard: str = opt("fail", "An unreadable shard stops the run, or is skipped and counted "
+                            "in the summary.", ("fail", "skip"), group="downsample")
 
     # split
     split: str = opt("pair", "How test rows differ from training rows: unseen (drug, cell line) "
@@ -107,6 +120,10 @@ class Config:
         checks = [
             (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
             (self.cells_per_group >= 1, "cells_per_group must be at least 1"),
+            (self.num_workers >= 1 and self.num_shards >= 1, "num_workers and num_shards must be >= 1"),
+            (0 <= self.shard_index < self.num_shards, "shard_index must be in [0, num_shards)"),
+            (self.num_shards == 1 or self.parts_dir, "an array task (num_shards > 1) needs "
+             "--parts-dir, shared with the run that combines"),
             (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
              "val_frac and test_frac must be positive and sum to less than 1"),
             (self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"),
@@ -169,6 +186,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             groups[group] = parser.add_argument_group(group)
         t = _field_type(f)
         default = f.default
+        if t is bool:
+            groups[group].add_argument("--" + f.name.replace("_", "-"), dest=f.name,
+                                       action="store_true", default=None, help=f.metadata["help"])
+            continue
         groups[group].add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
             choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else t.__name__.upper(),
@@ -187,5 +208,7 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
+    """The run's settings; `resume` is an action, not a setting, and is left out."""
     from common import write_text
-    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)
+    values = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+    write_text(yaml.safe_dump(values, sort_keys=False), path)

@@ -1,24 +1,33 @@
-"""Take a labelled, reproducible subset of Tahoe-100M cells.
+"""Take a labelled, reproducible subset of Tahoe-100M cells, shard by shard.
 
-Which (drug, cell line) pairs to keep is decided before any expression is read. For each row group
-the cheap columns (drug, cell line, sample, barcode) are tested first; `genes`/`expressions` are
-decoded only for rows that survive. Sampling in one sentence: each cell gets a uniform random key
-from a keyed hash of its barcode and the seed, a cell is kept with probability `fraction`
-(key < fraction), and each (drug, cell line, dose) group keeps the `cells_per_group` cells with
-the smallest keys. The result therefore depends on the seed and the inputs only, never on the
-order in which shards are read.
+Sampling in one sentence: every cell gets a uniform random key from a keyed hash of its sample and
+barcode with the seed; a cell of a labelled (drug, cell line) pair is kept with probability
+`fraction` (key < fraction), and each (drug, cell line, dose) group keeps the `cells_per_group`
+cells with the smallest keys. The kept cells therefore depend on the seed and the inputs only,
+never on how many workers or array tasks read the shards, or in which order.
 
-Run alone (wanted pairs from a CSV with columns drug, cell_line_id):
-    python downsample.py --tahoe DIR_OR_HUB_ID --pairs pairs.csv --out cells.parquet
+How: each shard is scanned on its own (cheap columns first, `genes`/`expressions` taken only for
+labelled rows, the CLS marker dropped) into a part file holding that shard's smallest keys per
+group, written atomically under `<parts>/<settings fingerprint>/`. A rerun skips shards whose part
+exists, so an interrupted scan resumes. The combine step streams the parts twice (keys, then rows)
+and applies the per-group cap exactly. Memory stays flat in the number of shards.
+
+    python downsample.py --tahoe DIR_OR_HUB_ID --pairs pairs.csv --out cells.parquet --num-workers 8
+    # or over a SLURM array: each task scans its slice, the last command combines
+    python downsample.py ... --num-shards 16 --shard-index $SLURM_ARRAY_TASK_ID
+    python downsample.py ...            # scans what is left (nothing) and combines
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import glob
+import hashlib
+import json
 import logging
+import multiprocessing as mp
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,129 +38,147 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common import PipelineError, setup_logging, write_parquet
+from common import PipelineError, atomic_path, setup_logging, write_json
 
 log = logging.getLogger("ic50.downsample")
 
 CONTROL = "DMSO_TF"
 HUB_ID = "tahoebio/Tahoe-100M"
 CHEAP = ["drug", "cell_line_id", "sample", "BARCODE_SUB_LIB_ID"]
-CARRIED = ["canonical_smiles", "plate"]
-METADATA = ("gene", "drug", "cell_line", "sample")
+HEAVY = ["genes", "expressions", "canonical_smiles", "plate"]
+GROUP = ["drug", "cell_line_id", "dose_uM"]
 OUT_SCHEMA = pa.schema([
     ("genes", pa.list_(pa.int32())), ("expressions", pa.list_(pa.float32())),
     ("drug", pa.string()), ("cell_line_id", pa.string()), ("sample", pa.string()),
     ("BARCODE_SUB_LIB_ID", pa.string()), ("canonical_smiles", pa.string()),
     ("plate", pa.string()), ("dose_uM", pa.float32())])
+PART_SCHEMA = OUT_SCHEMA.append(pa.field("_key", pa.float64()))
 
+
+# ----------------------------------------------------------------------------- the source
 
 class TahoeSource:
-    """Tahoe-100M from a local copy of the hub repo (or a glob of shards), or streamed from the hub."""
+    """Tahoe-100M from a local copy of the hub repo, a glob of shards, or the hub (streamed).
 
-    def __init__(self, spec: str):
+    `stream=True` reads each shard through `datasets` streaming, the hub's official route; it is
+    forced for a hub id and can be asked for on local files (the tests do, to cover that path).
+    """
+
+    def __init__(self, spec: str, stream: bool = False):
         self.spec = spec
         path = Path(spec)
+        self.root: Path | None = None
         if path.is_dir():
-            self.root: Path | None = path
-            self.shards = sorted(path.glob("data/train-*.parquet")) or sorted(path.glob("*.parquet"))
-            if not self.shards:
+            self.root = path
+            shards = sorted(path.glob("data/train-*.parquet")) or sorted(path.glob("*.parquet"))
+            if not shards:
                 raise PipelineError(f"Tahoe directory '{path}' holds no data/train-*.parquet shards.")
+            self.shards = [str(s) for s in shards]
         elif any(ch in spec for ch in "*?["):
-            self.shards = [Path(p) for p in sorted(glob.glob(spec))]
-            self.root = self.shards[0].parent.parent if self.shards else None
+            self.shards = sorted(glob.glob(spec))
             if not self.shards:
                 raise PipelineError(f"no Tahoe shard matches the glob '{spec}'.")
-        elif spec.count("/") == 1 and not path.exists() and not spec.startswith((".", "/")):
-            self.root, self.shards = None, []  # a hub dataset id: streamed with `datasets`
+            self.root = Path(self.shards[0]).parent.parent
+        elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+            self.shards = []  # listed from the hub on first use
         else:
             raise PipelineError(f"Tahoe source '{spec}' is neither an existing directory, a glob of "
                                 f"parquet shards, nor a hub dataset id such as '{HUB_ID}'.")
-        # arguments of datasets.load_dataset when cells are streamed rather than read from files
-        self.stream: dict | None = (dict(path=spec, name="expression_data")
-                                    if self.is_hub else None)
+        self.stream = stream or self.is_hub
 
     @property
     def is_hub(self) -> bool:
         return self.root is None and not self.shards
 
+    def shard_list(self) -> list[str]:
+        if self.is_hub and not self.shards:
+            try:
+                from huggingface_hub import HfApi
+                files = HfApi().list_repo_files(self.spec, repo_type="dataset")
+            except Exception as e:
+                raise PipelineError(f"could not list the shards of '{self.spec}' on the Hugging Face "
+                                    f"hub: {e}") from None
+            self.shards = [f"hf://datasets/{self.spec}/{f}" for f in sorted(files)
+                           if f.startswith("data/train-") and f.endswith(".parquet")]
+            if not self.shards:
+                raise PipelineError(f"hub dataset '{self.spec}' has no data/train-*.parquet shards.")
+        return self.shards
+
     def metadata(self, name: str) -> pd.DataFrame:
         """One of the metadata tables: gene, drug, cell_line or sample."""
-        assert name in METADATA, name
         if self.is_hub:
             from datasets import load_dataset
             try:
-                ds = load_dataset(self.spec, name=f"{name}_metadata", split="train")
+                return load_dataset(self.spec, name=f"{name}_metadata", split="train").to_pandas()
             except Exception as e:
                 raise PipelineError(f"could not load {name}_metadata of '{self.spec}' from the "
                                     f"Hugging Face hub: {e}") from None
-            return ds.to_pandas()
-        path = (self.root or Path(".")) / "metadata" / f"{name}_metadata.parquet"
+        path = self.root / "metadata" / f"{name}_metadata.parquet"
         if not path.exists():
             raise PipelineError(f"Tahoe metadata file not found: '{path}' (expected the hub "
                                 f"repo's layout: metadata/{name}_metadata.parquet).")
         return pd.read_parquet(path)
 
-    def row_groups(self) -> Iterator[tuple[str, "RowGroup"]]:
-        if self.stream is not None:
-            yield from stream_row_groups(self.stream, self.spec)
-            return
-        for shard in self.shards:
-            try:
-                pf = pq.ParquetFile(shard)
-            except Exception as e:
-                raise PipelineError(f"Tahoe shard '{shard}' is not readable parquet: {e}") from None
-            for i in range(pf.num_row_groups):
-                yield shard.name, FileRowGroup(pf, i, shard)
+
+class BadShard(Exception):
+    pass
 
 
-class RowGroup:
-    def cheap(self) -> pa.Table: ...
-    def take(self, idx: np.ndarray, columns: list[str]) -> pa.Table: ...
-
-
-@dataclass
-class FileRowGroup(RowGroup):
-    pf: pq.ParquetFile
-    index: int
-    path: Path
-
-    def cheap(self) -> pa.Table:
-        return self._read(CHEAP)
-
-    def take(self, idx: np.ndarray, columns: list[str]) -> pa.Table:
-        return self._read(columns).take(pa.array(idx))
-
-    def _read(self, columns: list[str]) -> pa.Table:
+def row_groups(shard: str, stream: bool) -> Iterator[tuple[pa.Table, callable]]:
+    """Yield (cheap columns, take(rows) -> heavy columns of those rows) per row group or batch."""
+    name = Path(shard).name
+    if stream:
+        from datasets import load_dataset
         try:
-            return self.pf.read_row_group(self.index, columns=columns)
+            ds = load_dataset("parquet", data_files=[shard], split="train", streaming=True)
+            for batch in ds.with_format("arrow").iter(batch_size=1000):
+                yield batch.select(CHEAP), (lambda idx, b=batch: b.select(HEAVY).take(idx))
         except Exception as e:
-            raise PipelineError(f"Tahoe shard '{self.path}', row group {self.index}: cannot read "
-                                f"columns {columns}: {e}") from None
-
-
-@dataclass
-class TableRowGroup(RowGroup):
-    table: pa.Table
-
-    def cheap(self) -> pa.Table:
-        return self.table.select(CHEAP)
-
-    def take(self, idx: np.ndarray, columns: list[str]) -> pa.Table:
-        return self.table.select(columns).take(pa.array(idx))
-
-
-def stream_row_groups(load_kwargs: dict, label: str, batch_size: int = 1000
-                      ) -> Iterator[tuple[str, RowGroup]]:
-    """Stream with `datasets` (the hub's official route); also used on local parquet in tests."""
-    from datasets import load_dataset
+            raise BadShard(f"Tahoe shard '{name}' could not be streamed: {e}") from None
+        return
     try:
-        ds = load_dataset(**load_kwargs, split="train", streaming=True)
-        for i, batch in enumerate(ds.with_format("arrow").iter(batch_size=batch_size)):
-            yield f"{label}#batch{i}", TableRowGroup(batch)
-    except PipelineError:
-        raise
+        pf = pq.ParquetFile(shard)
+        n = pf.num_row_groups
     except Exception as e:
-        raise PipelineError(f"streaming Tahoe from '{label}' failed: {e}") from None
+        raise BadShard(f"Tahoe shard '{name}' is not readable parquet ({shard}): {e}") from None
+    for i in range(n):
+        try:
+            cheap = pf.read_row_group(i, columns=CHEAP)
+        except Exception as e:
+            raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
+
+        def take(idx, i=i):
+            try:
+                return pf.read_row_group(i, columns=HEAVY).take(idx)
+            except Exception as e:
+                raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
+        yield cheap, take
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@dataclass(frozen=True)
+class Sampling:
+    """Everything that decides which cells are kept; its fingerprint names the parts directory."""
+    pairs: tuple[tuple[str, str], ...]
+    cells_per_group: int
+    fraction: float
+    seed: int
+    doses: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def make(cls, pairs: Iterable[tuple[str, str]], cells_per_group: int, fraction: float,
+             seed: int, doses: dict[str, float]) -> "Sampling":
+        pairs = tuple(sorted({(d, c) for d, c in pairs if d != CONTROL}))  # control: exact name
+        if not pairs:
+            raise PipelineError("downsample: no labelled (drug, cell line) pair to keep.")
+        if cells_per_group < 1 or not 0 < fraction <= 1:
+            raise PipelineError("downsample: cells_per_group must be >= 1 and fraction in (0, 1].")
+        return cls(pairs, int(cells_per_group), float(fraction), int(seed),
+                   tuple(sorted(doses.items())))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:16]
 
 
 def parse_doses(sample_metadata: pd.DataFrame) -> dict[str, float]:
@@ -169,138 +196,221 @@ def parse_doses(sample_metadata: pd.DataFrame) -> dict[str, float]:
 
 
 def cell_keys(barcodes: pa.Array, samples: pa.Array, seed: int) -> np.ndarray:
-    """Uniform keys in [0, 1) from a keyed hash of (barcode, sample): the same cell, the same key."""
-    ids = pd.Series(pc.binary_join_element_wise(samples, barcodes, "|").to_numpy(zero_copy_only=False))
-    h = pd.util.hash_pandas_object(ids, index=False, hash_key=f"{seed:016d}"[-16:]).to_numpy()
+    """Uniform keys in [0, 1) from a keyed hash of (sample, barcode): the same cell, the same key."""
+    ids = pc.binary_join_element_wise(samples, barcodes, "|").to_numpy(zero_copy_only=False)
+    h = pd.util.hash_pandas_object(pd.Series(ids), index=False,
+                                   hash_key=f"{seed:016d}"[-16:]).to_numpy()
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class GroupSampler:
-    """Keeps, per group, the `cap` cells with the smallest keys among all cells offered so far."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.parts: list[pd.DataFrame] = []
-        self.pending = 0
-
-    def offer(self, frame: pd.DataFrame) -> None:
-        self.parts.append(frame)
-        self.pending += len(frame)
-        if self.pending > 50_000:
-            self._prune()
-
-    def _prune(self) -> None:
-        if not self.parts:
-            return
-        df = pd.concat(self.parts, ignore_index=True)
-        df = df.sort_values("_key", kind="stable")
-        df = df[df.groupby(["drug", "cell_line_id", "dose_uM"], dropna=False).cumcount() < self.cap]
-        self.parts, self.pending = [df], 0
-
-    def result(self) -> pd.DataFrame:
-        self._prune()
-        return self.parts[0] if self.parts else pd.DataFrame()
+def smallest_per_group(keys: pd.DataFrame, cap: int) -> np.ndarray:
+    """Row positions of the `cap` smallest `_key`s per (drug, cell line, dose), in key order."""
+    order = np.argsort(keys["_key"].to_numpy(), kind="stable")
+    ranked = keys.iloc[order]
+    rank = ranked.groupby(GROUP, dropna=False, sort=False).cumcount().to_numpy()
+    return order[rank < cap]
 
 
-def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], cells_per_group: int,
-               fraction: float = 1.0, seed: int = 0) -> tuple[pa.Table, dict]:
-    """Cells of the wanted (Tahoe drug, cell_line_id) pairs, sampled per (drug, line, dose)."""
-    wanted = pd.DataFrame(sorted(set(pairs)), columns=["drug", "cell_line_id"])
-    wanted = wanted[wanted["drug"] != CONTROL]
-    if wanted.empty:
-        raise PipelineError("downsample: no labelled (drug, cell line) pair to keep.")
-    doses = parse_doses(source.metadata("sample"))
-    wanted_keys = pa.array((wanted["drug"] + "\x1f" + wanted["cell_line_id"]).tolist())
-    sampler = GroupSampler(cells_per_group)
-    # the CLS-marker drop and the dose join run on the kept cells only
-    stats = {"cells_scanned": 0, "cells_labelled": 0, "row_groups": 0}
-    t0 = time.perf_counter()
-    bar = tqdm(source.row_groups(), desc="downsample", unit=" row groups", leave=False)
-    for _, rg in bar:
-        cheap = rg.cheap()
-        stats["cells_scanned"] += cheap.num_rows
-        stats["row_groups"] += 1
-        key = pc.binary_join_element_wise(cheap["drug"], cheap["cell_line_id"], "\x1f")
-        mask = pc.fill_null(pc.is_in(key, value_set=wanted_keys), False)
-        idx = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
-        if idx.size == 0:
-            continue
-        stats["cells_labelled"] += idx.size
-        sub = cheap.take(pa.array(idx))
-        k = cell_keys(sub["BARCODE_SUB_LIB_ID"], sub["sample"], seed)
-        keep = k < fraction
-        if not keep.any():
-            continue
-        frame = sub.filter(pa.array(keep)).to_pandas()
-        frame["_key"] = k[keep]
-        frame["_rg"] = [rg] * len(frame)
-        frame["_row"] = idx[keep]
-        frame["dose_uM"] = frame["sample"].map(doses).astype("float32")
-        sampler.offer(frame)
-        bar.set_postfix(kept=sum(len(p) for p in sampler.parts))
-    chosen = sampler.result()
-    if chosen.empty:
-        raise PipelineError("downsample: no Tahoe cell belongs to a labelled (drug, cell line) pair; "
-                            "check that the GDSC names match the Tahoe metadata.")
-    table = _materialise(chosen)
-    elapsed = time.perf_counter() - t0
-    stats.update(cells_kept=table.num_rows, seconds=round(elapsed, 2),
-                 cells_per_second=round(stats["cells_scanned"] / max(elapsed, 1e-9)),
-                 groups=int(chosen.groupby(["drug", "cell_line_id", "dose_uM"], dropna=False).ngroups))
-    log.info("downsample: scanned %d cells in %.1fs (%.0f cells/s), %d labelled, kept %d in %d "
-             "(drug, cell line, dose) groups", stats["cells_scanned"], elapsed,
-             stats["cells_per_second"], stats["cells_labelled"], table.num_rows, stats["groups"])
-    return table, stats
-
-
-def _materialise(chosen: pd.DataFrame) -> pa.Table:
-    """Decode genes/expressions for the chosen rows only, one row group at a time."""
-    parts = []
-    chosen = chosen.assign(_rgid=chosen["_rg"].map(id))
-    for _, grp in chosen.groupby("_rgid", sort=False):
-        grp = grp.sort_values("_row")
-        rg: RowGroup = grp["_rg"].iloc[0]
-        heavy = rg.take(grp["_row"].to_numpy(), ["genes", "expressions"] + CARRIED)
-        genes, exprs = drop_cls(heavy["genes"], heavy["expressions"])
-        parts.append(pa.table({
-            "genes": genes, "expressions": exprs,
-            "drug": pa.array(grp["drug"].tolist(), pa.string()),
-            "cell_line_id": pa.array(grp["cell_line_id"].tolist(), pa.string()),
-            "sample": pa.array(grp["sample"].tolist(), pa.string()),
-            "BARCODE_SUB_LIB_ID": pa.array(grp["BARCODE_SUB_LIB_ID"].tolist(), pa.string()),
-            "canonical_smiles": heavy["canonical_smiles"].cast(pa.string()),
-            "plate": heavy["plate"].cast(pa.string()),
-            "dose_uM": pa.array(grp["dose_uM"].to_numpy(), pa.float32()),
-            "_key": pa.array(grp["_key"].to_numpy()),
-        }))
-    table = pa.concat_tables(parts)
-    # a canonical order (by group, then key) so the output is identical however it was read
-    order = pc.sort_indices(table, sort_keys=[("drug", "ascending"), ("cell_line_id", "ascending"),
-                                              ("dose_uM", "ascending"), ("_key", "ascending")])
-    return table.take(order).drop_columns(["_key"]).cast(OUT_SCHEMA)
-
-
-def drop_cls(genes: pa.ChunkedArray, exprs: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """Remove the leading CLS-like marker (first entry with expression < 0) without a Python loop."""
-    g = genes.combine_chunks()
-    e = exprs.combine_chunks()
+def drop_cls(genes: pa.ChunkedArray | pa.Array, exprs: pa.ChunkedArray | pa.Array
+             ) -> tuple[pa.Array, pa.Array]:
+    """Remove the leading CLS-like marker (first entry with expression < 0), vectorised."""
+    g = genes.combine_chunks() if isinstance(genes, pa.ChunkedArray) else genes
+    e = exprs.combine_chunks() if isinstance(exprs, pa.ChunkedArray) else exprs
     offsets = g.offsets.to_numpy()
-    gv = g.values.to_numpy()
-    ev = e.values.to_numpy()
+    offsets = offsets - offsets[0]
+    gv = g.flatten().to_numpy(zero_copy_only=False)
+    ev = e.flatten().to_numpy(zero_copy_only=False)
     starts, ends = offsets[:-1], offsets[1:]
-    nonempty = ends > starts
     first_neg = np.zeros(len(starts), dtype=bool)
+    nonempty = ends > starts
     first_neg[nonempty] = ev[starts[nonempty]] < 0
     keep = np.ones(len(gv), dtype=bool)
     keep[starts[first_neg]] = False
-    lengths = (ends - starts) - first_neg
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return (pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(gv[keep].astype(np.int32))),
-            pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(ev[keep].astype(np.float32))))
+    new_offsets = pa.array(np.concatenate([[0], np.cumsum((ends - starts) - first_neg)]).astype(np.int32))
+    return (pa.ListArray.from_arrays(new_offsets, pa.array(gv[keep].astype(np.int32))),
+            pa.ListArray.from_arrays(new_offsets, pa.array(ev[keep].astype(np.float32))))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def scan_shard(shard: str, stream: bool, sampling: Sampling) -> tuple[pa.Table, dict]:
+    """One shard -> its candidate cells (smallest keys per group), materialised, with `_key`."""
+    wanted = pa.array([f"{d}\x1f{c}" for d, c in sampling.pairs])
+    doses = dict(sampling.doses)
+    parts: list[pa.Table] = []
+    held = scanned = labelled = 0
+    for cheap, take in row_groups(shard, stream):
+        scanned += cheap.num_rows
+        key = pc.binary_join_element_wise(cheap["drug"], cheap["cell_line_id"], "\x1f")
+        idx = np.flatnonzero(pc.fill_null(pc.is_in(key, value_set=wanted), False).to_numpy(
+            zero_copy_only=False))
+        if idx.size == 0:
+            continue
+        labelled += idx.size
+        sub = cheap.take(idx)
+        k = cell_keys(sub["BARCODE_SUB_LIB_ID"], sub["sample"], sampling.seed)
+        keep = k < sampling.fraction
+        if not keep.any():
+            continue
+        sub, idx, k = sub.filter(keep), idx[keep], k[keep]
+        heavy = take(pa.array(idx))
+        genes, exprs = drop_cls(heavy["genes"], heavy["expressions"])
+        dose = pa.array(pd.Series(sub["sample"].to_numpy(zero_copy_only=False)).map(doses),
+                        pa.float32(), from_pandas=True)
+        parts.append(pa.table([genes, exprs, sub["drug"], sub["cell_line_id"], sub["sample"],
+                               sub["BARCODE_SUB_LIB_ID"], heavy["canonical_smiles"], heavy["plate"],
+                               dose, pa.array(k)], schema=PART_SCHEMA))
+        held += len(idx)
+        if held > 20 * sampling.cells_per_group + 20_000:  # keep memory bounded within a shard
+            parts, held = [_cap(pa.concat_tables(parts), sampling.cells_per_group)], 0
+    table = _cap(pa.concat_tables(parts), sampling.cells_per_group) if parts else PART_SCHEMA.empty_table()
+    return table, {"cells_scanned": scanned, "cells_labelled": labelled, "cells_kept": table.num_rows}
+
+
+def _cap(table: pa.Table, cap: int) -> pa.Table:
+    """The shard-local selection, in a canonical order: by group, then key."""
+    keys = table.select(GROUP + ["_key"]).to_pandas()
+    chosen = table.take(pa.array(smallest_per_group(keys, cap)))
+    order = pc.sort_indices(chosen, sort_keys=[(c, "ascending") for c in GROUP + ["_key"]])
+    return chosen.take(order)
+
+
+# ----------------------------------------------------------------------------- running shards
+
+def part_path(parts_dir: Path, shard: str) -> Path:
+    return parts_dir / (Path(shard).name.removesuffix(".parquet") + ".part.parquet")
+
+
+def _scan_job(job: tuple[str, bool, Sampling, str, str]) -> dict:
+    """Worker: scan one shard into its part file (atomic). A bad shard is returned or raised."""
+    shard, stream, sampling, out, on_bad = job
+    t0 = time.perf_counter()
+    try:
+        table, stats = scan_shard(shard, stream, sampling)
+    except BadShard as e:
+        if on_bad == "fail":
+            raise PipelineError(f"{e}. Re-download the shard, or pass --on-bad-shard skip to go on "
+                                f"without it (it is then counted in the summary).") from None
+        return {"shard": shard, "bad": str(e)}
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    meta = {b"ic50.stats": json.dumps(stats).encode()}
+    with atomic_path(out) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+    return {"shard": shard, **stats}
+
+
+def scan(source: TahoeSource, sampling: Sampling, parts_dir: Path, num_workers: int = 1,
+         shard_index: int = 0, num_shards: int = 1, on_bad_shard: str = "fail") -> dict:
+    """Scan this task's slice of shards, skipping those whose part already exists."""
+    shards = source.shard_list()
+    if not 0 <= shard_index < num_shards:
+        raise PipelineError(f"--shard-index must be in [0, {num_shards}), got {shard_index}.")
+    mine = shards[shard_index::num_shards]
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in mine if not part_path(parts_dir, s).exists()]
+    if len(todo) < len(mine):
+        log.info("downsample: %d of %d shards already scanned in %s; resuming", len(mine) - len(todo),
+                 len(mine), parts_dir)
+    jobs = [(s, source.stream, sampling, str(part_path(parts_dir, s)), on_bad_shard) for s in todo]
+    results, t0 = [], time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="downsample", unit=" shard", leave=False)
+    if num_workers <= 1 or len(jobs) <= 1:
+        it = map(_scan_job, jobs)
+        pool = None
+    else:  # spawn: safe beside torch and on every OS
+        pool = mp.get_context("spawn").Pool(min(num_workers, len(jobs)))
+        it = pool.imap_unordered(_scan_job, jobs)
+    try:
+        for r in it:
+            results.append(r)
+            bar.update()
+            scanned = sum(x.get("cells_scanned", 0) for x in results)
+            bar.set_postfix(cells=scanned, per_s=f"{scanned / (time.perf_counter() - t0):.0f}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    bad = [r for r in results if "bad" in r]
+    for r in bad:
+        log.warning("skipped: %s", r["bad"])
+    elapsed = time.perf_counter() - t0
+    scanned = sum(r.get("cells_scanned", 0) for r in results)
+    return {"shards_total": len(shards), "shards_this_task": len(mine), "shards_scanned_now": len(results) - len(bad),
+            "shards_resumed": len(mine) - len(todo), "shards_skipped": len(bad),
+            "skipped": [Path(r["shard"]).name for r in bad], "cells_scanned_now": scanned,
+            "scan_seconds": round(elapsed, 2), "workers": max(1, min(num_workers, len(jobs))),
+            "cells_per_second": round(scanned / elapsed) if elapsed > 0 and scanned else None}
+
+
+def combine(source: TahoeSource, sampling: Sampling, parts_dir: Path, out: Path,
+            allow_missing: Iterable[str] = ()) -> dict:
+    """Exact per-group cap across all parts, streamed: keys first, then the chosen rows."""
+    shards = source.shard_list()
+    allow = set(allow_missing)
+    paths = [part_path(parts_dir, s) for s in shards]
+    missing = [Path(s).name for s, p in zip(shards, paths) if not p.exists() and s not in allow]
+    if missing:
+        raise PipelineError(f"{len(missing)} of {len(shards)} shards are not scanned yet (e.g. "
+                            f"{missing[:3]}): run the remaining array tasks, or run without "
+                            f"--num-shards to scan them here.")
+    present = [p for p in paths if p.exists()]
+    # pass 1: keys of every candidate, pruned to the cap as we go (memory ~ groups x cap)
+    chosen: pd.DataFrame | None = None
+    totals = {"cells_scanned": 0, "cells_labelled": 0}
+    for i, p in enumerate(present):
+        meta = pq.read_schema(p).metadata or {}
+        stats = json.loads(meta.get(b"ic50.stats", b"{}"))
+        for k in totals:
+            totals[k] += stats.get(k, 0)
+        keys = pq.read_table(p, columns=GROUP + ["_key"]).to_pandas()
+        keys["_part"], keys["_row"] = i, np.arange(len(keys))
+        chosen = keys if chosen is None else pd.concat([chosen, keys], ignore_index=True)
+        chosen = chosen.iloc[smallest_per_group(chosen, sampling.cells_per_group)]
+    if chosen is None or chosen.empty:
+        raise PipelineError("downsample: no Tahoe cell belongs to a labelled (drug, cell line) pair; "
+                            "check that the GDSC names match the Tahoe metadata (match_report.csv).")
+    # pass 2: the chosen rows, part by part, in shard order (so the output is layout-independent)
+    rows = chosen.groupby("_part")["_row"].agg(lambda r: np.sort(r.to_numpy()))
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, OUT_SCHEMA, compression="zstd") as w:
+        for i, p in enumerate(present):
+            if i in rows.index:
+                w.write_table(pq.read_table(p).take(pa.array(rows[i])).select(OUT_SCHEMA.names))
+    per_group = chosen.groupby(GROUP, dropna=False).size()
+    return {**totals, "cells_kept": int(len(chosen)), "groups": int(len(per_group)),
+            "cells_per_group_min": int(per_group.min()), "cells_per_group_max": int(per_group.max()),
+            "kept_per_group": {f"{d} | {c} | {x}": int(n) for (d, c, x), n in per_group.items()}}
+
+
+def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], cells_per_group: int,
+               fraction: float, seed: int, out: Path, parts_dir: Path | None = None,
+               num_workers: int = 1, shard_index: int = 0, num_shards: int = 1,
+               on_bad_shard: str = "fail") -> dict:
+    """Scan (this task's shards), then, unless this is one task of several, combine into `out`.
+
+    Returns the summary; `summary["complete"]` says whether `out` was written.
+    """
+    t0 = time.perf_counter()
+    sampling = Sampling.make(pairs, cells_per_group, fraction, seed, parse_doses(source.metadata("sample")))
+    parts = (parts_dir or out.with_name(out.name + ".parts")) / sampling.fingerprint()
+    summary = {"parts_dir": str(parts), **scan(source, sampling, parts, num_workers, shard_index,
+                                               num_shards, on_bad_shard)}
+    if num_shards > 1:
+        summary["complete"] = False
+        log.info("downsample task %d/%d: scanned %d shards (%d cells, %s cells/s); run once more "
+                 "without --num-shards to combine", shard_index, num_shards,
+                 summary["shards_scanned_now"], summary["cells_scanned_now"], summary["cells_per_second"])
+        return summary
+    skipped = [s for s in source.shard_list() if Path(s).name in set(summary["skipped"])]
+    summary.update(combine(source, sampling, parts, out, allow_missing=skipped), complete=True,
+                   seconds=round(time.perf_counter() - t0, 2))
+    log.info("downsample: %d cells scanned (%d labelled) in %d shards%s; kept %d cells in %d (drug, "
+             "cell line, dose) groups (%d to %d per group) in %.1fs", summary["cells_scanned"],
+             summary["cells_labelled"], summary["shards_total"],
+             f", {summary['shards_skipped']} SKIPPED (unreadable)" if summary["shards_skipped"] else "",
+             summary["cells_kept"], summary["groups"], summary["cells_per_group_min"],
+             summary["cells_per_group_max"], summary["seconds"])
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tahoe", default=HUB_ID, help="hub dataset id, local directory or shard glob")
     p.add_argument("--pairs", required=True,
                    help="CSV with columns drug, cell_line_id: the (drug, cell line) pairs to keep")
@@ -308,17 +418,38 @@ def main() -> None:
                    help="at most this many cells per (drug, cell line, dose)")
     p.add_argument("--fraction", type=float, default=1.0, help="keep each cell with this probability")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="cells.parquet")
+    p.add_argument("--out", default="cells.parquet", help="output parquet")
+    p.add_argument("--parts-dir", help="where per-shard parts go (default: <out>.parts)")
+    p.add_argument("--num-workers", type=int, default=1, help="processes scanning shards")
+    p.add_argument("--shard-index", type=int, default=0, help="this array task's index")
+    p.add_argument("--num-shards", type=int, default=1, help="array tasks the shards are split over")
+    p.add_argument("--on-bad-shard", choices=("fail", "skip"), default="fail",
+                   help="an unreadable shard stops the run (fail) or is skipped and counted (skip)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    add_arguments(p)
     args = p.parse_args()
     setup_logging()
-    pairs = pd.read_csv(args.pairs)
-    missing = {"drug", "cell_line_id"} - set(pairs.columns)
-    if missing:
-        raise SystemExit(f"{args.pairs}: missing column(s) {sorted(missing)}")
-    table, _ = downsample(TahoeSource(args.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
-                          args.cells_per_group, args.fraction, args.seed)
-    write_parquet(table, args.out)
-    log.info("wrote %d cells to %s", table.num_rows, args.out)
+    try:
+        pairs = pd.read_csv(args.pairs)
+        missing = {"drug", "cell_line_id"} - set(pairs.columns)
+        if missing:
+            raise PipelineError(f"pairs file '{args.pairs}' lacks column(s) {sorted(missing)}.")
+        out = Path(args.out)
+        summary = downsample(TahoeSource(args.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
+                             args.cells_per_group, args.fraction, args.seed, out,
+                             Path(args.parts_dir) if args.parts_dir else None, args.num_workers,
+                             args.shard_index, args.num_shards, args.on_bad_shard)
+        if summary["complete"]:
+            write_json(summary, out.with_suffix(".summary.json"))
+            log.info("wrote %s and %s", out, out.with_suffix(".summary.json"))
+    except (PipelineError, FileNotFoundError) as e:
+        log.error("%s", e)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

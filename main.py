@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import config as config_mod
 import data
@@ -57,14 +58,21 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     matches = merge.match(source.metadata("drug"), source.metadata("cell_line"), combined)
     matches.report.to_csv(run_dir / "match_report.csv", index=False)
     pairs = merge.labelled_pairs(matches, combined)
-    cells, stats = downsample.downsample(source, zip(pairs["drug"], pairs["cell_line_id"]),
-                                         cfg.cells_per_group, cfg.fraction, cfg.seed)
-    write_json(stats, run_dir / "downsample_summary.json")
-    if cfg.stop_after == "downsample":
-        write_parquet(cells, run_dir / "cells.parquet")
+    pairs.to_csv(run_dir / "labelled_pairs.csv", index=False)
+    cells_path = run_dir / "cells.parquet"
+    parts_dir = Path(cfg.parts_dir) if cfg.parts_dir else run_dir / "downsample_parts"
+    summary = downsample.downsample(
+        source, zip(pairs["drug"], pairs["cell_line_id"]), cfg.cells_per_group, cfg.fraction,
+        cfg.seed, cells_path, parts_dir, cfg.num_workers, cfg.shard_index, cfg.num_shards,
+        cfg.on_bad_shard)
+    write_json(summary, run_dir / "downsample_summary.json")
+    if not summary["complete"] or cfg.stop_after == "downsample":
         return None
-    merged = merge.attach_labels(cells, pairs)
+    merged = merge.attach_labels(pq.read_table(cells_path), pairs)
     write_parquet(merged, run_dir / "merged.parquet")
+    cells_path.unlink()  # merged.parquet holds the same cells, labelled
+    if not cfg.parts_dir:
+        shutil.rmtree(parts_dir)  # only needed to resume an interrupted scan
     return None if cfg.stop_after == "merge" else merged
 
 
@@ -104,15 +112,24 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
     return metrics
 
 
-def new_run_dir(out: str | None) -> tuple[Path, Path]:
+def new_run_dir(out: str | None, resume: bool) -> tuple[Path, Path]:
+    """The final run directory and the `.incomplete` one the run works in until it succeeds."""
     final = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if final.exists():
         raise PipelineError(f"run directory '{final}' already exists; pass another --out.")
     work = final.with_name(final.name + ".incomplete")
-    if work.exists():
-        shutil.rmtree(work)  # an earlier run that failed before writing anything worth keeping
-    work.mkdir(parents=True)
+    if work.exists() and not resume:
+        raise PipelineError(f"an interrupted run is in '{work}': pass --resume (with the same "
+                            f"--out) to continue it, or delete it to start over.")
+    if resume and not work.exists():
+        raise PipelineError(f"--resume: there is no interrupted run '{work}' to continue.")
+    work.mkdir(parents=True, exist_ok=True)
     return final, work
+
+
+def resumable(work: Path) -> bool:
+    """Whether a failed run left work worth resuming (scanned shards, a checkpoint)."""
+    return (work / "best.pt").exists() or any((work / "downsample_parts").rglob("*.part.parquet"))
 
 
 def check_inputs(cfg: Config) -> None:
@@ -129,7 +146,7 @@ def check_inputs(cfg: Config) -> None:
 def run(cfg: Config) -> Path:
     t0 = time.perf_counter()
     check_inputs(cfg)
-    final, work = new_run_dir(cfg.out)
+    final, work = new_run_dir(cfg.out, cfg.resume)
     setup_logging(logging.getLogger().level, work / "log.txt")
     config_mod.save_yaml(cfg, work / "config.yaml")
     log.info("run directory: %s (written as %s until the run completes)", final, work.name)
@@ -138,17 +155,19 @@ def run(cfg: Config) -> Path:
         if table is not None:
             metrics = train_and_evaluate(cfg, table, work)
     except BaseException:
-        if not (work / "best.pt").exists():
-            shutil.rmtree(work, ignore_errors=True)
+        if resumable(work):
+            log.error("partial results kept in %s; rerun with --resume --out %s to continue", work,
+                      final)
         else:
-            log.error("partial results kept in %s", work)
+            shutil.rmtree(work, ignore_errors=True)
         raise
     work.rename(final)
     setup_logging(logging.getLogger().level, final / "log.txt")
     minutes = (time.perf_counter() - t0) / 60
     if table is None:
-        log.info("stopped after stage %r as asked; outputs in %s (%.1f min)", cfg.stop_after, final,
-                 minutes)
+        what = (f"array task {cfg.shard_index}/{cfg.num_shards} scanned its shards into "
+                f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {cfg.stop_after!r}")
+        log.info("%s; outputs in %s (%.1f min)", what, final, minutes)
         return final
     t = metrics["test"]
     dm = metrics["baselines"]["drug_mean"]

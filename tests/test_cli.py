@@ -126,3 +126,28 @@ def test_yaml_settings_are_overridden_by_flags(tmp_path):
     y.write_text("epochs: many\n")
     with pytest.raises(config.PipelineError, match="'epochs' should be int"):
         config.resolve(main.parse_args(["--config", str(y)]))
+
+
+def test_a_two_task_array_then_a_combining_run_equals_one_run(tmp_path):
+    single = tmp_path / "single"
+    assert main.main(["--stop-after", "merge", "--out", str(single), "--cells-per-group", "3"]) == 0
+    parts = tmp_path / "parts"
+    for task in ("0", "1"):
+        assert main.main(["--stop-after", "merge", "--out", str(tmp_path / f"task{task}"),
+                          "--cells-per-group", "3", "--parts-dir", str(parts), "--num-shards", "2",
+                          "--shard-index", task]) == 0
+        assert not (tmp_path / f"task{task}" / "merged.parquet").exists()
+    assert main.main(["--stop-after", "merge", "--out", str(tmp_path / "final"), "--cells-per-group", "3",
+                      "--parts-dir", str(parts), "--num-workers", "2"]) == 0
+    summary = json.loads((tmp_path / "final" / "downsample_summary.json").read_text())
+    assert summary["shards_resumed"] == 3 and summary["shards_scanned_now"] == 0
+    assert pq.read_table(tmp_path / "final" / "merged.parquet").equals(pq.read_table(single / "merged.parquet"))
+    assert not (single / "downsample_parts").exists() and not (single / "cells.parquet").exists()
+
+
+def test_an_interrupted_run_is_only_continued_with_resume(tmp_path):
+    (tmp_path / "run.incomplete" / "downsample_parts").mkdir(parents=True)
+    assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "run")]) == 2
+    assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert (tmp_path / "run" / "gdsc_combined.parquet").exists()
+    assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "new"), "--resume"]) == 2
