@@ -124,8 +124,11 @@ class BadShard(Exception):
     pass
 
 
-def row_groups(shard: str, stream: bool) -> Iterator[tuple[pa.Table, callable]]:
-    """Yield (cheap columns, take(rows) -> heavy columns of those rows) per row group or batch."""
+def row_groups(shard: str, stream: bool, threads: bool = True) -> Iterator[tuple[pa.Table, callable]]:
+    """Yield (cheap columns, take(rows) -> heavy columns of those rows) per row group or batch.
+
+    `threads`: let pyarrow decode columns in parallel (off when several worker processes run).
+    """
     name = Path(shard).name
     if stream:
         from datasets import load_dataset
@@ -143,13 +146,13 @@ def row_groups(shard: str, stream: bool) -> Iterator[tuple[pa.Table, callable]]:
         raise BadShard(f"Tahoe shard '{name}' is not readable parquet ({shard}): {e}") from None
     for i in range(n):
         try:
-            cheap = pf.read_row_group(i, columns=CHEAP)
+            cheap = pf.read_row_group(i, columns=CHEAP, use_threads=threads)
         except Exception as e:
             raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
 
         def take(idx, i=i):
             try:
-                return pf.read_row_group(i, columns=HEAVY).take(idx)
+                return pf.read_row_group(i, columns=HEAVY, use_threads=threads).take(idx)
             except Exception as e:
                 raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
         yield cheap, take
@@ -231,13 +234,14 @@ def drop_cls(genes: pa.ChunkedArray | pa.Array, exprs: pa.ChunkedArray | pa.Arra
             pa.ListArray.from_arrays(new_offsets, pa.array(ev[keep].astype(np.float32))))
 
 
-def scan_shard(shard: str, stream: bool, sampling: Sampling) -> tuple[pa.Table, dict]:
+def scan_shard(shard: str, stream: bool, sampling: Sampling, threads: bool = True
+               ) -> tuple[pa.Table, dict]:
     """One shard -> its candidate cells (smallest keys per group), materialised, with `_key`."""
     wanted = pa.array([f"{d}\x1f{c}" for d, c in sampling.pairs])
     doses = dict(sampling.doses)
     parts: list[pa.Table] = []
     held = scanned = labelled = 0
-    for cheap, take in row_groups(shard, stream):
+    for cheap, take in row_groups(shard, stream, threads):
         scanned += cheap.num_rows
         key = pc.binary_join_element_wise(cheap["drug"], cheap["cell_line_id"], "\x1f")
         idx = np.flatnonzero(pc.fill_null(pc.is_in(key, value_set=wanted), False).to_numpy(
@@ -279,12 +283,12 @@ def part_path(parts_dir: Path, shard: str) -> Path:
     return parts_dir / (Path(shard).name.removesuffix(".parquet") + ".part.parquet")
 
 
-def _scan_job(job: tuple[str, bool, Sampling, str, str]) -> dict:
+def _scan_job(job: tuple[str, bool, Sampling, str, str, bool]) -> dict:
     """Worker: scan one shard into its part file (atomic). A bad shard is returned or raised."""
-    shard, stream, sampling, out, on_bad = job
+    shard, stream, sampling, out, on_bad, threads = job
     t0 = time.perf_counter()
     try:
-        table, stats = scan_shard(shard, stream, sampling)
+        table, stats = scan_shard(shard, stream, sampling, threads)
     except BadShard as e:
         if on_bad == "fail":
             raise PipelineError(f"{e}. Re-download the shard, or pass --on-bad-shard skip to go on "
@@ -309,7 +313,9 @@ def scan(source: TahoeSource, sampling: Sampling, parts_dir: Path, num_workers: 
     if len(todo) < len(mine):
         log.info("downsample: %d of %d shards already scanned in %s; resuming", len(mine) - len(todo),
                  len(mine), parts_dir)
-    jobs = [(s, source.stream, sampling, str(part_path(parts_dir, s)), on_bad_shard) for s in todo]
+    threads = num_workers <= 1  # one process may use pyarrow's threads; several use one core each
+    jobs = [(s, source.stream, sampling, str(part_path(parts_dir, s)), on_bad_shard, threads)
+            for s in todo]
     results, t0 = [], time.perf_counter()
     bar = tqdm(total=len(jobs), desc="downsample", unit=" shard", leave=False)
     if num_workers <= 1 or len(jobs) <= 1:

@@ -123,11 +123,11 @@ def test_an_interrupted_run_resumes_without_redoing_finished_shards(tiny_tahoe, 
     calls = []
     real = downsample.scan_shard
 
-    def crash_on_second(shard, stream, sampling):
+    def crash_on_second(shard, *args):
         calls.append(shard)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the job is killed mid-scan
-        return real(shard, stream, sampling)
+        return real(shard, *args)
 
     monkeypatch.setattr(downsample, "scan_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
