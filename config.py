@@ -17,6 +17,7 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 CHEMBERTA = "seyonec/ChemBERTa-zinc-base-v1"
 
 STAGES = ("gdsc", "downsample", "merge", "train")
+OPTIONAL_INPUTS = ("gdsc_compounds", "cell_model_list", "match_overrides", "data", "out", "parts_dir")
 SPLITS = ("pair", "cell_line", "drug", "random")
 
 
@@ -35,6 +36,16 @@ class Config:
     gdsc2: str = opt(str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"),
                      "GDSC2 fitted dose-response file (.xlsx, .csv or .csv.gz); wins over GDSC1 "
                      "where a (drug, cell line) pair is in both.", group="data")
+    gdsc_compounds: str | None = opt(str(DEMO_DIR / "Drug_list_demo.csv"), "GDSC compounds: "
+                                     "the cancerrxgene compounds export (with PubCHEM) or "
+                                     "screened_compounds_rel_8.5.csv. Drugs then match by PubChem "
+                                     "CID and synonyms; '' for names only.", group="data")
+    cell_model_list: str | None = opt(str(DEMO_DIR / "model_list_demo.csv"), "Cell Model "
+                                      "Passports model_list_*.csv. Cell lines then match by "
+                                      "Cellosaurus accession (RRID -> SANGER_MODEL_ID); '' for "
+                                      "names only.", group="data")
+    match_overrides: str | None = opt(None, "CSV of known exceptions (kind, tahoe, gdsc) that "
+                                      "override every other matching rule.", group="data")
     data: str | None = opt(None, "Train on an existing merged table (parquet with the columns of "
                            "the merged-table contract), skipping data preparation.", group="data")
     out: str | None = opt(None, "Run directory (default: runs/<date-time>). Written as "
@@ -156,6 +167,8 @@ def from_dict(values: dict[str, Any], source: str) -> Config:
     cfg = Config()
     for key, value in values.items():
         t = _field_type(known[key])
+        if value == "" and key in OPTIONAL_INPUTS:
+            value = None  # '' switches an optional input off
         if value is not None and t is float and isinstance(value, int):
             value = float(value)
         if value is not None and not isinstance(value, t):

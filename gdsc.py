@@ -24,12 +24,21 @@ ID_COLUMNS = ("DRUG_ID", "COSMIC_ID", "SANGER_MODEL_ID")
 AVERAGES = ("ln", "linear")
 
 
+def excel_engine() -> str:
+    """calamine (Rust) reads the 333k-row GDSC1 sheet ~10x faster than openpyxl; either works."""
+    try:
+        import python_calamine  # noqa: F401
+        return "calamine"
+    except ImportError:
+        return "openpyxl"
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     path = require_file(path, "GDSC file")
     name = path.name.lower()
     try:
         if name.endswith((".xlsx", ".xls")):
-            return pd.read_excel(path)
+            return pd.read_excel(path, engine=excel_engine())
         if name.endswith((".csv", ".csv.gz")):
             return pd.read_csv(path, low_memory=False)
         if name.endswith((".parquet", ".pq")):

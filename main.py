@@ -55,7 +55,11 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     if cfg.stop_after == "gdsc":
         return None
     source = downsample.TahoeSource(cfg.tahoe)
-    matches = merge.match(source.metadata("drug"), source.metadata("cell_line"), combined)
+    matches = merge.match(
+        source.metadata("drug"), source.metadata("cell_line"), combined,
+        merge.load_compounds(cfg.gdsc_compounds) if cfg.gdsc_compounds else None,
+        merge.load_model_list(cfg.cell_model_list) if cfg.cell_model_list else None,
+        merge.load_overrides(cfg.match_overrides) if cfg.match_overrides else None)
     matches.report.to_csv(run_dir / "match_report.csv", index=False)
     pairs = merge.labelled_pairs(matches, combined)
     pairs.to_csv(run_dir / "labelled_pairs.csv", index=False)
@@ -138,9 +142,12 @@ def check_inputs(cfg: Config) -> None:
         if not Path(cfg.data).exists():
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
         return
-    for flag, path in (("--gdsc1", cfg.gdsc1), ("--gdsc2", cfg.gdsc2)):
+    for flag, path in (("--gdsc1", cfg.gdsc1), ("--gdsc2", cfg.gdsc2),
+                       ("--gdsc-compounds", cfg.gdsc_compounds),
+                       ("--cell-model-list", cfg.cell_model_list),
+                       ("--match-overrides", cfg.match_overrides)):
         if path and not Path(path).exists():
-            raise PipelineError(f"GDSC file not found: '{path}' ({flag}).")
+            raise PipelineError(f"input file not found: '{path}' ({flag}).")
 
 
 def run(cfg: Config) -> Path:

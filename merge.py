@@ -1,11 +1,15 @@
 """Match Tahoe drugs and cell lines to GDSC, then attach one ln IC50 label to every kept cell.
 
 Matching works on the metadata tables (before any expression is read), so the downsample stage
-only ever materialises labelled cells. Names are compared after normalisation: case, spaces,
-hyphens, dots, colons and salt/solvate suffixes such as "(hydrochloride)" or
-"(DMSO_TF solvate)" do not matter. A normalised name that stands for two different GDSC names is
-ambiguous and is reported, never guessed. `match_report.csv` lists every Tahoe drug and cell line
-with its GDSC partner (or none) and how it matched.
+only ever materialises labelled cells. For each Tahoe entry the first rule that applies decides:
+  1. an explicit override (a table of known exceptions);
+  2. an identifier: drugs by PubChem CID (GDSC compounds export), cell lines by Cellosaurus
+     accession (Tahoe cell_line_id = model list RRID -> model_id = GDSC SANGER_MODEL_ID);
+  3. the name after normalisation: case, spaces, hyphens, dots, colons and salt/solvate suffixes
+     such as "(hydrochloride)" or "(DMSO_TF solvate)" do not matter;
+  4. a GDSC synonym (compounds SYNONYMS; model list names and synonyms).
+A rule that finds several GDSC candidates makes the entry ambiguous: reported, never guessed.
+`match_report.csv` lists every Tahoe drug and cell line, its GDSC partner (or none) and how.
 """
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from common import PipelineError
+from common import PipelineError, require_file
 
 log = logging.getLogger("ic50.merge")
 
@@ -54,48 +59,176 @@ class Matches:
     report: pd.DataFrame
 
 
-def _match(tahoe: pd.DataFrame, gdsc_names: pd.Series, normalise, kind: str) -> pd.DataFrame:
-    """tahoe has columns tahoe_id, tahoe_name; returns them with gdsc_name and how."""
-    gdsc = pd.DataFrame({"gdsc_name": sorted(set(gdsc_names))})
-    gdsc["key"] = gdsc["gdsc_name"].map(normalise)
-    keys = gdsc.groupby("key")["gdsc_name"].agg(list)
-    rows = []
-    for tid, tname in zip(tahoe["tahoe_id"], tahoe["tahoe_name"]):
-        cands = keys.get(normalise(tname), [])
+REPORT_COLUMNS = ["kind", "tahoe_id", "tahoe_name", "gdsc_name", "how", "note"]
+
+
+# ----------------------------------------------------------------------------- third-party tables
+
+def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
+    path = require_file(path, what)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:
+        raise PipelineError(f"could not read {what} '{path}': {e}") from None
+
+
+def _split(text) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def load_compounds(path: str | Path) -> pd.DataFrame:
+    """GDSC compounds -> name, synonyms, cids. Accepts the cancerrxgene compounds export
+    (Name, Synonyms, PubCHEM) or screened_compounds_rel_8.5.csv (DRUG_NAME, SYNONYMS; no CIDs)."""
+    df = _read_csv(path, "GDSC compounds file")
+    cols = {c.lower().replace(" ", "_"): c for c in df.columns}
+    name, syn, cid = cols.get("name") or cols.get("drug_name"), cols.get("synonyms"), cols.get("pubchem")
+    if name is None:
+        raise PipelineError(f"GDSC compounds file '{path}' has no 'Name' or 'DRUG_NAME' column; "
+                            f"columns are {list(df.columns)}.")
+    empty = [[] for _ in range(len(df))]
+    return pd.DataFrame({
+        "name": df[name].str.strip(),
+        "synonyms": df[syn].map(_split) if syn else empty,
+        # PubCHEM holds one CID, several comma-separated, or words such as 'none' / 'several'
+        "cids": df[cid].map(lambda t: [int(x) for x in _split(t) if x.isdigit()]) if cid else empty})
+
+
+def load_model_list(path: str | Path) -> pd.DataFrame:
+    """Cell Model Passports model list: model_id (= GDSC SANGER_MODEL_ID), RRID (= Cellosaurus)."""
+    df = _read_csv(path, "Cell Model Passports model list")
+    missing = [c for c in ("model_id", "RRID") if c not in df.columns]
+    if missing:
+        raise PipelineError(f"model list '{path}' lacks column(s) {missing}; expected a Cell Model "
+                            f"Passports model_list_*.csv with model_id and RRID.")
+    for c in ("model_name", "synonyms"):
+        if c not in df.columns:
+            df[c] = ""
+    return df
+
+
+def load_overrides(path: str | Path) -> pd.DataFrame:
+    """Explicit matches for known exceptions: columns kind (drug | cell_line), tahoe, gdsc."""
+    df = _read_csv(path, "match overrides file")
+    missing = [c for c in ("kind", "tahoe", "gdsc") if c not in df.columns]
+    bad = sorted(set(df["kind"]) - {"drug", "cell_line"}) if "kind" in df.columns else []
+    if missing or bad:
+        raise PipelineError(f"match overrides '{path}': expected columns kind, tahoe, gdsc with kind "
+                            f"'drug' or 'cell_line'" + (f"; missing {missing}" if missing else "")
+                            + (f"; unknown kind(s) {bad}" if bad else "") + ".")
+    return df
+
+
+# ----------------------------------------------------------------------------- matching
+
+def _index(pairs) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k not in ("", None) and v not in ("", None):
+            out.setdefault(k, set()).add(v)
+    return out
+
+
+def _decide(kind: str, tid: str, tname: str, steps: list[tuple[str, set[str]]]) -> tuple:
+    """The first step with candidates wins; several candidates are ambiguous, never guessed."""
+    for how, cands in steps:
         if len(cands) == 1:
-            how = "exact name" if cands[0] == tname else "normalised name"
-            rows.append((kind, tid, tname, cands[0], how, ""))
-        elif len(cands) > 1:  # e.g. GDSC lists both 'C32' and 'C-32': never guess which is meant
-            rows.append((kind, tid, tname, None, "ambiguous",
-                         "several GDSC names: " + "; ".join(cands)))
-        else:
-            rows.append((kind, tid, tname, None, "none", ""))
-    out = pd.DataFrame(rows, columns=["kind", "tahoe_id", "tahoe_name", "gdsc_name", "how", "note"])
-    # two Tahoe entries claiming one GDSC name are ambiguous too
+            return (kind, tid, tname, next(iter(cands)), how, "")
+        if len(cands) > 1:
+            return (kind, tid, tname, None, "ambiguous",
+                    f"{how}: several GDSC names: " + "; ".join(sorted(cands)))
+    return (kind, tid, tname, None, "none", "")
+
+
+def _cid(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def match_drugs(drug_meta: pd.DataFrame, gdsc_names: set[str], compounds: pd.DataFrame | None,
+                overrides: dict[str, str]) -> pd.DataFrame:
+    drugs = drug_meta.drop_duplicates("drug")
+    drugs = drugs[drugs["drug"] != CONTROL]  # exact name: 'Trametinib (DMSO_TF solvate)' is a drug
+    by_name = _index((normalise_drug(n), n) for n in gdsc_names)
+    by_cid, by_syn = {}, {}
+    if compounds is not None:
+        known = compounds[compounds["name"].isin(gdsc_names)]
+        by_cid = _index((c, n) for n, cids in zip(known["name"], known["cids"]) for c in cids)
+        by_syn = _index((normalise_drug(sy), n) for n, syns in zip(known["name"], known["synonyms"])
+                        for sy in syns)
+    cids = drugs["pubchem_cid"] if "pubchem_cid" in drugs.columns else [None] * len(drugs)
+    rows = []
+    for name, cid in zip(drugs["drug"], cids):
+        key = normalise_drug(name)
+        rows.append(_decide("drug", name, name, [
+            ("override", {overrides[name]} if name in overrides else set()),
+            ("pubchem id", by_cid.get(_cid(cid), set())),
+            ("exact name" if name in gdsc_names else "normalised name", by_name.get(key, set())),
+            ("synonym", by_syn.get(key, set()))]))
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def match_cell_lines(cell_meta: pd.DataFrame, gdsc: pd.DataFrame, models: pd.DataFrame | None,
+                     overrides: dict[str, str]) -> pd.DataFrame:
+    lines = cell_meta.drop_duplicates("Cell_ID_Cellosaur")  # one row per driver mutation upstream
+    gdsc_names = set(gdsc["CELL_LINE_NAME"])
+    by_name = _index((normalise_cell_line(n), n) for n in gdsc_names)
+    by_rrid, by_syn = {}, {}
+    if models is not None and "SANGER_MODEL_ID" in gdsc.columns:
+        by_model = _index(zip(gdsc["SANGER_MODEL_ID"], gdsc["CELL_LINE_NAME"]))
+        by_rrid = {rrid: set().union(*(by_model.get(m, set()) for m in ids))
+                   for rrid, ids in _index(zip(models["RRID"], models["model_id"])).items()}
+        by_syn = _index((normalise_cell_line(sy), n)
+                        for mid, mname, syns in zip(models["model_id"], models["model_name"],
+                                                    models["synonyms"])
+                        for sy in [mname, *_split(syns)] for n in by_model.get(mid, set()))
+    rows = []
+    for cvcl, name in zip(lines["Cell_ID_Cellosaur"], lines["cell_name"]):
+        override = overrides.get(cvcl) or overrides.get(name)
+        if cvcl in by_rrid and not override:
+            # the model list knows this line: its identifier decides, names are not consulted
+            hit = by_rrid[cvcl]
+            rows.append(_decide("cell_line", cvcl, name, [("cellosaurus id", hit)]) if hit else
+                        ("cell_line", cvcl, name, None, "none", "its Sanger model has no GDSC IC50"))
+            continue
+        rows.append(_decide("cell_line", cvcl, name, [
+            ("override", {override} if override else set()),
+            ("exact name" if name in gdsc_names else "normalised name",
+             by_name.get(normalise_cell_line(name), set())),
+            ("synonym", by_syn.get(normalise_cell_line(name), set()))]))
+    out = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    # two Tahoe lines claiming one GDSC line are ambiguous too
     shared = out["gdsc_name"].notna() & out.duplicated("gdsc_name", keep=False)
-    out.loc[shared, "note"] = "several Tahoe entries match GDSC " + out.loc[shared, "gdsc_name"]
+    out.loc[shared, "note"] = "several Tahoe lines match GDSC " + out.loc[shared, "gdsc_name"]
     out.loc[shared, ["gdsc_name", "how"]] = [None, "ambiguous"]
     return out
 
 
-def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame) -> Matches:
-    drugs = drug_meta[["drug"]].drop_duplicates()
-    drugs = drugs[drugs["drug"] != CONTROL]  # exact name: 'Trametinib (DMSO_TF solvate)' is a drug
-    drug_report = _match(pd.DataFrame({"tahoe_id": drugs["drug"], "tahoe_name": drugs["drug"]}),
-                         gdsc["DRUG_NAME"], normalise_drug, "drug")
-    lines = cell_meta.drop_duplicates("Cell_ID_Cellosaur")  # one row per driver mutation upstream
-    line_report = _match(pd.DataFrame({"tahoe_id": lines["Cell_ID_Cellosaur"],
-                                       "tahoe_name": lines["cell_name"]}),
-                         gdsc["CELL_LINE_NAME"], normalise_cell_line, "cell_line")
+def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame,
+          compounds: pd.DataFrame | None = None, models: pd.DataFrame | None = None,
+          overrides: pd.DataFrame | None = None) -> Matches:
+    """Every Tahoe drug and cell line -> its GDSC partner, by identifier where the tables allow."""
+    ov = overrides if overrides is not None else pd.DataFrame(columns=["kind", "tahoe", "gdsc"])
+    for kind, col in (("drug", "DRUG_NAME"), ("cell_line", "CELL_LINE_NAME")):
+        unknown = sorted(set(ov.loc[ov["kind"] == kind, "gdsc"]) - set(gdsc[col]))
+        if unknown:
+            raise PipelineError(f"match overrides name GDSC {kind.replace('_', ' ')}(s) {unknown} "
+                                f"that are not in the GDSC tables.")
+    def pick(kind: str) -> dict[str, str]:
+        return dict(zip(ov.loc[ov["kind"] == kind, "tahoe"], ov.loc[ov["kind"] == kind, "gdsc"]))
+    drug_report = match_drugs(drug_meta, set(gdsc["DRUG_NAME"]), compounds, pick("drug"))
+    line_report = match_cell_lines(cell_meta, gdsc, models, pick("cell_line"))
     report = pd.concat([drug_report, line_report], ignore_index=True)
     for kind, part in report.groupby("kind"):
         counts = part["how"].value_counts().to_dict()
-        log.info("match %s: %d Tahoe %ss, %s", kind, len(part), kind.replace("_", " "),
+        log.info("match %s: %d Tahoe %ss: %s", kind, len(part), kind.replace("_", " "),
                  ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         for _, r in part[part["how"] == "ambiguous"].iterrows():
-            log.warning("ambiguous %s %r matches several GDSC names (%s); not matched",
-                        kind, r["tahoe_name"], r["note"])
+            log.warning("ambiguous %s %r (%s); not matched", kind.replace("_", " "), r["tahoe_name"],
+                        r["note"])
     ok = report[report["gdsc_name"].notna()]
+    lines = cell_meta.drop_duplicates("Cell_ID_Cellosaur")
     m = Matches(
         drugs=dict(zip(ok.loc[ok.kind == "drug", "tahoe_id"], ok.loc[ok.kind == "drug", "gdsc_name"])),
         cell_lines=dict(zip(ok.loc[ok.kind == "cell_line", "tahoe_id"],
@@ -104,7 +237,7 @@ def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame) 
         report=report)
     if not m.drugs or not m.cell_lines:
         side = "drug" if not m.drugs else "cell line"
-        t_names = (drugs["drug"] if side == "drug" else lines["cell_name"]).astype(str).tolist()
+        t_names = (drug_report if side == "drug" else line_report)["tahoe_name"].astype(str).tolist()
         g_names = sorted(set(gdsc["DRUG_NAME" if side == "drug" else "CELL_LINE_NAME"]))
         raise PipelineError(f"no Tahoe {side} matches any GDSC {side}. " + closest(t_names, g_names))
     return m

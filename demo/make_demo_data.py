@@ -29,6 +29,7 @@ CELLS_PER_WELL = 4      # cells of one cell line in one (plate, drug) well
 DOSES = (0.05, 0.5, 5.0)  # one plate per dose, as in Tahoe
 
 # Tahoe drug name, GDSC drug name (None: not screened in GDSC), PubChem CID, SMILES.
+# Sirolimus is GDSC's "Rapamycin": it matches by PubChem CID, or by GDSC synonym without CIDs.
 DRUGS = [
     ("Erlotinib", "Erlotinib", 176870, "COCCOC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC=CC(=C3)C#C)OCCOC"),
     ("Cytarabine", "Cytarabine", 6253, "C1=CN(C(=O)N=C1N)[C@H]2[C@H]([C@@H]([C@H](O2)CO)O)O"),
@@ -37,7 +38,7 @@ DRUGS = [
      "CN(C)C/C=C/C(=O)NC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC(=C(C=C3)F)Cl)O[C@H]4CCOC4"),
     ("Ponatinib", "Ponatinib", 24826799,
      "CC1=C(C=C(C=C1)C(=O)NC2=CC(=C(C=C2)CN3CCN(CC3)C)C(F)(F)F)C#CC4=CN=C5N4N=CC=C5"),
-    ("Rapamycin", "Rapamycin", 5284616,
+    ("Sirolimus", "Rapamycin", 5284616,
      "C[C@@H]1CC[C@H]2C[C@@H](/C(=C/C=C/C=C/[C@H](C[C@H](C(=O)[C@@H]([C@@H](/C(=C/[C@H](C(=O)C[C@H]"
      "(OC(=O)[C@@H]3CCCCN3C(=O)C(=O)[C@@]1(O2)O)[C@H](C)C[C@@H]4CC[C@H]([C@@H](C4)OC)O)C)/C)O)OC)C)C)"
      "/C)OC"),
@@ -74,6 +75,9 @@ DRUGS = [
 ]
 CONTROL = "DMSO_TF"
 GDSC_ONLY_DRUGS = ["Cisplatin", "Paclitaxel", "Nutlin-3a (-)"]
+SYNONYMS = {"Rapamycin": "AY-22989, Sirolimus, WY-090217", "5-Fluorouracil": "5-FU",
+            "Olaparib": "AZD2281, KU-0059436", "Trametinib": "GSK1120212, JTP-74057",
+            "Gefitinib": "ZD-1839, Iressa", "Erlotinib": "Tarceva, OSI-774"}
 
 # Tahoe (Cellosaurus-style) name, GDSC name (None: not in GDSC), Cellosaurus accession, organ.
 CELL_LINES = [
@@ -95,6 +99,7 @@ CELL_LINES = [
     ("Hs 766T", None, "CVCL_0334", "Pancreas"),
 ]
 GDSC_ONLY_LINES = ["MCF7", "PC-14", "KATOIII"]
+GDSC_ONLY_RRID = {"MCF7": "CVCL_0031"}
 
 GDSC_COLUMNS = ["DATASET", "NLME_RESULT_ID", "NLME_CURVE_ID", "COSMIC_ID", "CELL_LINE_NAME",
                 "SANGER_MODEL_ID", "TCGA_DESC", "DRUG_ID", "DRUG_NAME", "PUTATIVE_TARGET",
@@ -248,6 +253,7 @@ def write_gdsc(root: Path, bio: dict, rng: np.random.Generator) -> None:
                         "AUC": round(float(1 / (1 + np.exp(-(ln - 0.5)))), 6),
                         "RMSE": round(float(rng.uniform(0.02, 0.15)), 6),
                         "Z_SCORE": 0.0})
+    write_identifiers(root, gdsc_drugs, gdsc_lines, line_ids)
     for version, recs in rows.items():
         df = pd.DataFrame(recs, columns=GDSC_COLUMNS)
         for drug, frame in df.groupby("DRUG_NAME"):  # the release's per-drug z-scores
@@ -256,6 +262,29 @@ def write_gdsc(root: Path, bio: dict, rng: np.random.Generator) -> None:
         if version == "GDSC1":  # the release has a few failed fits; the loader must drop them
             df.loc[df.index[:3], "LN_IC50"] = np.nan
         df.to_csv(root / f"{version}_fitted_dose_response_demo.csv", index=False)
+
+
+def write_identifiers(root: Path, gdsc_drugs: list, gdsc_lines: list, line_ids: dict) -> None:
+    """The third tables that link identifiers: a cancerrxgene compounds export (PubCHEM) and a
+    Cell Model Passports model list (RRID <-> model_id = SANGER_MODEL_ID)."""
+    cid = {d[1]: d[2] for d in DRUGS if d[1]}
+    compounds = []
+    for dj, (name, _) in enumerate(gdsc_drugs):
+        for version, base in (("GDSC1", 1000), ("GDSC2", 2000)):
+            compounds.append({"Drug Id": base + 10 * dj, "Name": name, "Synonyms": SYNONYMS.get(name, ""),
+                              "Targets": "demo", "Target pathway": "demo",
+                              "PubCHEM": str(cid[name]) if name in cid else
+                              ("several" if name.startswith("Nutlin") else "none"),
+                              "Datasets": version, "number of cell lines": len(gdsc_lines),
+                              "Screening site": "SANGER"})
+    pd.DataFrame(compounds).to_csv(root / "Drug_list_demo.csv", index=False)
+    rrid = {c[1]: c[2] for c in CELL_LINES if c[1]} | GDSC_ONLY_RRID
+    tahoe_name = {c[1]: c[0] for c in CELL_LINES if c[1]}
+    models = [{"model_id": line_ids[name][1], "model_name": name,
+               "synonyms": tahoe_name[name] if tahoe_name.get(name, name) != name else "",
+               "RRID": rrid.get(name, ""), "COSMIC_ID": line_ids[name][0], "BROAD_ID": ""}
+              for name, _ in gdsc_lines]
+    pd.DataFrame(models).to_csv(root / "model_list_demo.csv", index=False)
 
 
 def main() -> None:

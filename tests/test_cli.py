@@ -151,3 +151,14 @@ def test_an_interrupted_run_is_only_continued_with_resume(tmp_path):
     assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "run"), "--resume"]) == 0
     assert (tmp_path / "run" / "gdsc_combined.parquet").exists()
     assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "new"), "--resume"]) == 2
+
+
+def test_without_identifier_tables_matching_falls_back_to_names(tmp_path):
+    out = tmp_path / "names"
+    assert main.main(["--stop-after", "merge", "--out", str(out), "--gdsc-compounds", "",
+                      "--cell-model-list", ""]) == 0
+    report = pd.read_csv(out / "match_report.csv").set_index("tahoe_name")
+    assert report.loc["Sirolimus", "how"] == "none"          # GDSC calls it Rapamycin: needs the CID
+    assert report.loc["SW 1417", "how"] == "normalised name"
+    assert report.loc["olaparib", "how"] == "normalised name"
+    assert report.loc["A549", "how"] == "exact name"

@@ -78,3 +78,104 @@ def test_labels_are_attached_and_unlabelled_cells_dropped():
     assert out["LN_IC50"].to_pylist() == [2.5, 2.5]
     assert out["cell_name"].to_pylist() == ["A549", "A549"]
     assert out["gdsc_dataset"].to_pylist() == ["GDSC1", "GDSC1"]
+
+
+def compounds_export(tmp_path, rows):
+    path = tmp_path / "Drug_list.csv"
+    pd.DataFrame(rows, columns=["Drug Id", "Name", "Synonyms", "Targets", "Target pathway", "PubCHEM",
+                                "Datasets", "number of cell lines", "Screening site"]).to_csv(path, index=False)
+    return merge.load_compounds(path)
+
+
+def test_a_drug_matches_by_pubchem_cid_across_names(tmp_path):
+    comp = compounds_export(tmp_path, [[1084, "Rapamycin", "AY-22989, Sirolimus", "MTOR", "PI3K", "5284616",
+                                        "GDSC2", 900, "SANGER"]])
+    drugs = pd.DataFrame({"drug": ["Sirolimus (something)"], "pubchem_cid": ["5284616.0"]})
+    _, lines = meta([], {"CVCL_0023": "A549"})
+    m = merge.match(drugs, lines, gdsc(["Rapamycin"], ["A549"]), compounds=comp)
+    assert m.drugs == {"Sirolimus (something)": "Rapamycin"}
+    assert m.report.set_index("tahoe_name").loc["Sirolimus (something)", "how"] == "pubchem id"
+
+
+def test_a_drug_matches_by_gdsc_synonym_without_cids(tmp_path):
+    path = tmp_path / "screened_compounds_rel_8.5.csv"
+    pd.DataFrame({"DRUG_ID": [1084], "SCREENING_SITE": ["SANGER"], "DRUG_NAME": ["Rapamycin"],
+                  "SYNONYMS": ["AY-22989, Sirolimus, WY-090217"], "TARGET": ["MTOR"],
+                  "TARGET_PATHWAY": ["PI3K/MTOR signaling"]}).to_csv(path, index=False)
+    drugs, lines = meta(["Sirolimus"], {"CVCL_0023": "A549"})
+    m = merge.match(drugs, lines, gdsc(["Rapamycin"], ["A549"]), compounds=merge.load_compounds(path))
+    assert m.report.set_index("tahoe_name").loc["Sirolimus", "how"] == "synonym"
+
+
+def test_pubchem_cells_with_several_ids_or_words_are_parsed(tmp_path):
+    comp = compounds_export(tmp_path, [[1, "A", "", "", "", "5291, 123", "GDSC1", 1, "S"],
+                                       [2, "B", "", "", "", "several", "GDSC1", 1, "S"],
+                                       [3, "C", "", "", "", "none", "GDSC1", 1, "S"]])
+    assert comp["cids"].tolist() == [[5291, 123], [], []]
+
+
+def model_list(tmp_path, rows):
+    path = tmp_path / "model_list_20240110.csv"
+    pd.DataFrame(rows, columns=["model_id", "model_name", "synonyms", "RRID", "COSMIC_ID", "BROAD_ID"]
+                 ).to_csv(path, index=False)
+    return merge.load_model_list(path)
+
+
+def test_a_cellosaurus_accession_resolves_a_name_that_is_ambiguous(tmp_path):
+    g = pd.DataFrame({"DRUG_NAME": ["Erlotinib"] * 3, "CELL_LINE_NAME": ["C32", "C-32", "A549"],
+                      "SANGER_MODEL_ID": ["SIDM00890", "SIDM01234", "SIDM00903"],
+                      "LN_IC50": [1.0, 2.0, 3.0], "gdsc_dataset": ["GDSC2"] * 3})
+    models = model_list(tmp_path, [["SIDM00890", "C32", "", "CVCL_1097", 906830, ""],
+                                   ["SIDM01234", "C-32", "", "CVCL_9999", 1, ""],
+                                   ["SIDM00903", "A549", "", "CVCL_0023", 905949, ""]])
+    drugs, lines = meta(["Erlotinib"], {"CVCL_1097": "C32", "CVCL_0023": "A549"})
+    by_name = merge.match(drugs, lines, g)
+    assert by_name.report.set_index("tahoe_name").loc["C32", "how"] == "ambiguous"
+    by_id = merge.match(drugs, lines, g, models=models)
+    assert by_id.cell_lines == {"CVCL_1097": "C32", "CVCL_0023": "A549"}
+    assert by_id.report.set_index("tahoe_name").loc["C32", "how"] == "cellosaurus id"
+
+
+def test_a_model_without_gdsc_data_is_not_matched_by_name(tmp_path):
+    g = pd.DataFrame({"DRUG_NAME": ["Erlotinib", "Erlotinib"], "CELL_LINE_NAME": ["C32", "A549"],
+                      "SANGER_MODEL_ID": ["SIDM00001", "SIDM00002"], "LN_IC50": [1.0, 1.0],
+                      "gdsc_dataset": ["GDSC2"] * 2})
+    models = model_list(tmp_path, [["SIDM07777", "C32", "", "CVCL_1097", 1, ""],
+                                   ["SIDM00002", "A549", "", "CVCL_0023", 2, ""]])
+    drugs, lines = meta(["Erlotinib"], {"CVCL_1097": "C32", "CVCL_0023": "A549"})
+    m = merge.match(drugs, lines, g, models=models)
+    row = m.report.set_index("tahoe_name").loc["C32"]
+    assert row["how"] == "none" and "no GDSC" in row["note"] and "CVCL_1097" not in m.cell_lines
+
+
+def test_an_override_wins_and_an_unknown_gdsc_name_in_it_is_an_error(tmp_path):
+    drugs, lines = meta(["Erlotinib"], {"CVCL_0334": "Hs 766T"})
+    path = tmp_path / "overrides.csv"
+    pd.DataFrame({"kind": ["cell_line"], "tahoe": ["CVCL_0334"], "gdsc": ["HS766T-GDSC"]}).to_csv(path, index=False)
+    m = merge.match(drugs, lines, gdsc(["Erlotinib"], ["HS766T-GDSC", "Hs-766T"]),
+                    overrides=merge.load_overrides(path))
+    assert m.cell_lines == {"CVCL_0334": "HS766T-GDSC"}
+    assert m.report.set_index("tahoe_name").loc["Hs 766T", "how"] == "override"
+    with pytest.raises(PipelineError, match="not in the GDSC tables"):
+        merge.match(drugs, lines, gdsc(["Erlotinib"], ["Hs-766T"]), overrides=merge.load_overrides(path))
+
+
+def test_two_tahoe_lines_claiming_one_gdsc_line_are_ambiguous():
+    drugs, lines = meta(["Erlotinib"], {"CVCL_0001": "COLO 205", "CVCL_0002": "COLO-205", "CVCL_0023": "A549"})
+    m = merge.match(drugs, lines, gdsc(["Erlotinib"], ["COLO205", "A549"]))
+    assert set(m.report.loc[m.report.tahoe_id.isin(["CVCL_0001", "CVCL_0002"]), "how"]) == {"ambiguous"}
+
+
+def test_salt_forms_of_one_drug_all_get_its_label():
+    drugs, lines = meta(["crizotinib", "Crizotinib (hydrochloride)", "(S)-Crizotinib"], {"CVCL_0023": "A549"})
+    m = merge.match(drugs, lines, gdsc(["Crizotinib"], ["A549"]))
+    assert m.drugs == {"crizotinib": "Crizotinib", "Crizotinib (hydrochloride)": "Crizotinib"}
+
+
+def test_bad_identifier_tables_are_named(tmp_path):
+    (tmp_path / "ml.csv").write_text("model_id,model_name\nSIDM1,A\n")
+    with pytest.raises(PipelineError, match=r"ml.csv.*RRID"):
+        merge.load_model_list(tmp_path / "ml.csv")
+    (tmp_path / "ov.csv").write_text("kind,tahoe,gdsc\nline,A,B\n")
+    with pytest.raises(PipelineError, match="unknown kind"):
+        merge.load_overrides(tmp_path / "ov.csv")
