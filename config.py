@@ -55,7 +55,8 @@ class Config:
                             ("ln", "linear"), group="data")
     stop_after: str = opt("train", "Last stage to run.", STAGES, group="data")
     resume: bool = opt(False, "Continue the interrupted run in <out>.incomplete: shards already "
-                       "scanned are not scanned again.", group="data")
+                       "scanned are not scanned again, training goes on from its last epoch.",
+                       group="data")
 
     # downsampling
     cells_per_group: int = opt(200, "At most this many cells per (drug, cell line, dose) group, "
@@ -92,11 +93,15 @@ class Config:
     smiles_pooling: str = opt("mean", "How ChemBERTa token states become one drug vector.",
                               ("mean", "cls"), group="model")
     morgan_bits: int = opt(1024, "Morgan fingerprint length (radius 2).", group="model")
+    finetune_drug_encoder: bool = opt(False, "Fine-tune ChemBERTa with the regressor (it then runs "
+                                      "on every batch's distinct drugs; frozen and cached otherwise).",
+                                      group="model")
 
     # model
-    tokens: str = opt("top_k", "Gene tokens per cell: the top_k most expressed genes, or the "
-                      "study's two-token design (mean-pooled genes + drug).", ("top_k", "pooled"),
-                      group="model")
+    tokens: str = opt("top_k", "Gene tokens per cell: the top_k most expressed genes; all "
+                      "expressed genes (padded to the batch's longest, length-bucketed batches); "
+                      "or the study's two-token design (top_k genes mean-pooled + drug).",
+                      ("top_k", "all", "pooled"), group="model")
     top_k: int = opt(64, "Gene tokens per cell when tokens=top_k.", group="model")
     gene_dim: int = opt(32, "Gene-id and expression embedding width.", group="model")
     d_model: int = opt(64, "Transformer width.", group="model")
@@ -109,8 +114,10 @@ class Config:
     attn_dropout: float = opt(0.0, "Dropout on attention weights (torch's encoder layer uses "
                               "`dropout` here too; it makes CPU attention ~4x slower).",
                               group="model")
-    pos_encoding: str = opt("sinusoidal", "Positional encoding added to the token sequence.",
-                            ("sinusoidal", "none"), group="model")
+    pos_encoding: str = opt("sinusoidal", "Positions of the tokens (genes are ordered by "
+                            "expression): the study's absolute sinusoidal encoding, rotary "
+                            "(on queries and keys), or none.", ("sinusoidal", "rotary", "none"),
+                            group="model")
 
     # training
     epochs: int = opt(40, "Maximum epochs.", group="train")
@@ -119,8 +126,13 @@ class Config:
     batch_size: int = opt(128, "Cells per batch.", group="train")
     lr: float = opt(1e-3, "Adam learning rate.", group="train")
     weight_decay: float = opt(1e-5, "Adam weight decay.", group="train")
-    device: str = opt("auto", "auto picks CUDA when available, else CPU.",
-                      ("auto", "cpu", "cuda"), group="train")
+    lr_schedule: str = opt("none", "Learning-rate schedule: cosine decay over the epochs, or "
+                           "halve on a validation plateau.", ("none", "cosine", "plateau"),
+                           group="train")
+    grad_clip: float = opt(0.0, "Clip the gradient norm to this (0: off).", group="train")
+    loader_workers: int = opt(0, "DataLoader worker processes assembling batches.", group="train")
+    device: str = opt("auto", "auto picks CUDA when available, else CPU. Under torchrun each "
+                      "process takes its LOCAL_RANK GPU.", ("auto", "cpu", "cuda"), group="train")
 
     def validate(self) -> "Config":
         for f in fields(self):
@@ -141,6 +153,9 @@ class Config:
             (self.top_k >= 1 and self.epochs >= 1 and self.patience >= 1 and self.batch_size >= 1,
              "top_k, epochs, patience and batch_size must be at least 1"),
             (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)"),
+            (self.grad_clip >= 0 and self.loader_workers >= 0, "grad_clip and loader_workers must be >= 0"),
+            (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
+             "rotary positions need an even head width (d_model / n_heads)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -45,18 +45,24 @@ def _as_large_lists(table: pa.Table) -> pa.Table:
     return table
 
 
-def load_merged(path: str | Path) -> pa.Table:
-    """Read and check a merged table; the error names the file, the column and what was expected."""
+def load_merged(path: str | Path, labelled: bool = True) -> pa.Table:
+    """Read and check a merged table; the error names the file, the column and what was expected.
+
+    `labelled=False` (prediction) makes LN_IC50 optional.
+    """
     path = require_file(path, "merged table")
     try:
         schema = pq.read_schema(path)
     except Exception as e:
         raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from None
-    missing = [c for c in CONTRACT if c not in schema.names]
+    contract = {k: v for k, v in CONTRACT.items() if labelled or k != "LN_IC50"}
+    missing = [c for c in contract if c not in schema.names]
     if missing:
         raise PipelineError(f"merged table '{path}' lacks column(s) {missing}; expected the "
                             f"merged-table contract: {list(CONTRACT)} (+ optional {list(OPTIONAL)}).")
     for name, ok in CONTRACT.items():
+        if name not in schema.names:
+            continue
         t = schema.field(name).type
         if pa.types.is_large_list(t):
             t = pa.list_(t.value_type)
@@ -65,7 +71,7 @@ def load_merged(path: str | Path) -> pa.Table:
         if not ok(t):
             raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
                                 f"{'list<int>' if name == 'genes' else 'list<float>' if name == 'expressions' else 'float' if name == 'LN_IC50' else 'string'}.")
-    cols = list(CONTRACT) + [c for c in OPTIONAL if c in schema.names]
+    cols = [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
     table = _as_large_lists(pq.read_table(path, columns=cols))
     for name in ("cell_line_id", "drug", "canonical_smiles"):
         if pa.types.is_large_string(table[name].type):
@@ -79,11 +85,10 @@ def load_merged(path: str | Path) -> pa.Table:
 
 def check_rows(table: pa.Table, source: str) -> None:
     for name in ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "genes", "expressions"):
-        n = table[name].null_count
+        n = table[name].null_count if name in table.column_names else 0
         if n:
             raise PipelineError(f"merged table '{source}': column {name!r} has {n} missing value(s).")
-    ln = table["LN_IC50"].to_numpy()
-    if not np.isfinite(ln).all():
+    if "LN_IC50" in table.column_names and not np.isfinite(table["LN_IC50"].to_numpy()).all():
         raise PipelineError(f"merged table '{source}': column 'LN_IC50' has non-finite values.")
     g_len = pc.list_value_length(table["genes"]).to_numpy()
     e_len = pc.list_value_length(table["expressions"]).to_numpy()
@@ -118,11 +123,34 @@ def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
 
 @dataclass
 class Features:
-    """What the model reads for N cells: K gene tokens (vocabulary indices) and their values."""
-    genes: np.ndarray        # [N, K] int32, PAD where a cell has fewer than K genes
-    values: np.ndarray       # [N, K] float32, log1p(counts normalised to 10,000 per cell)
+    """What the model reads for N cells: gene tokens (vocabulary indices) and their values.
+
+    Dense [N, K] for top_k / pooled; ragged (flat arrays + offsets) when every gene is a token.
+    Within a cell, tokens are ordered from the most to the least expressed gene.
+    """
+    genes: np.ndarray        # [N, K] int32 (0 = PAD), or flat [total] when offsets is set
+    values: np.ndarray       # same shape: log1p(counts normalised to 10,000 per cell)
     drug: np.ndarray         # [N] int64 index into the drug table
     y: np.ndarray            # [N] float32 ln IC50
+    offsets: np.ndarray | None = None   # [N + 1] row starts of the ragged layout
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets) if self.offsets is not None else (self.genes != PAD).sum(1)
+
+    def tokens(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, L] genes and values of rows idx; ragged rows are padded to the longest."""
+        if self.offsets is None:
+            return self.genes[idx], self.values[idx]
+        starts = self.offsets[idx]
+        lens = self.offsets[np.asarray(idx) + 1] - starts
+        width = max(int(lens.max(initial=0)), 1)
+        rows = np.repeat(np.arange(len(idx)), lens)
+        cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = np.repeat(starts, lens) + cols
+        g = np.zeros((len(idx), width), dtype=np.int32)
+        v = np.zeros((len(idx), width), dtype=np.float32)
+        g[rows, cols], v[rows, cols] = self.genes[src], self.values[src]
+        return g, v
 
 
 def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
@@ -131,11 +159,17 @@ def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
 
 
 def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
-                   chunk: int = 4096) -> Features:
-    """Normalise per cell, log1p, keep the top_k most expressed genes; vectorised over chunks."""
+                   tokens: str = "top_k", chunk: int = 4096) -> Features:
+    """Normalise per cell, log1p, order genes by expression; keep the top_k (or all of them).
+
+    Vectorised over chunks of cells: no per-row Python.
+    """
     n = table.num_rows
-    genes_out = np.zeros((n, top_k), dtype=np.int32)
-    values_out = np.zeros((n, top_k), dtype=np.float32)
+    ragged = tokens == "all"
+    parts_g, parts_v, lengths = [], [], []
+    if not ragged:
+        genes_out = np.zeros((n, top_k), dtype=np.int32)
+        values_out = np.zeros((n, top_k), dtype=np.float32)
     for start in range(0, n, chunk):
         part = table.slice(start, chunk)
         g = part["genes"].combine_chunks()
@@ -144,38 +178,47 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         offsets = offsets - offsets[0]
         gv = g.flatten().to_numpy(zero_copy_only=False)
         ev = e.flatten().to_numpy(zero_copy_only=False)
-        lengths = np.diff(offsets)
-        rows = np.repeat(np.arange(len(lengths)), lengths)
+        cell_len = np.diff(offsets)
+        rows = np.repeat(np.arange(len(cell_len)), cell_len)
         ev = np.where(ev > 0, ev, 0).astype(np.float64)   # any leftover marker (<0) counts as 0
-        totals = np.bincount(rows, weights=ev, minlength=len(lengths))
+        totals = np.bincount(rows, weights=ev, minlength=len(cell_len))
         norm = np.log1p(ev / np.maximum(totals[rows], 1e-12) * 1e4).astype(np.float32)
-        width = max(int(lengths.max(initial=0)), 1)
-        cols = np.arange(len(gv)) - np.repeat(offsets[:-1], lengths)
-        dense_v = np.full((len(lengths), width), -1.0, dtype=np.float32)
-        dense_g = np.zeros((len(lengths), width), dtype=np.int64)
+        width = max(int(cell_len.max(initial=0)), 1)
+        cols = np.arange(len(gv)) - np.repeat(offsets[:-1], cell_len)
+        dense_v = np.full((len(cell_len), width), -1.0, dtype=np.float32)
+        dense_g = np.zeros((len(cell_len), width), dtype=np.int64)
         dense_v[rows, cols] = norm
         dense_g[rows, cols] = gv
-        k = min(top_k, width)
-        top = np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width else \
-            np.broadcast_to(np.arange(width), (len(lengths), width))
+        k = width if ragged else min(top_k, width)
+        top = (np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width
+               else np.broadcast_to(np.arange(width), (len(cell_len), width)))
         tv = np.take_along_axis(dense_v, top, axis=1)
         tg = np.take_along_axis(dense_g, top, axis=1)
         order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
         tv = np.take_along_axis(tv, order, axis=1)
         tg = np.take_along_axis(tg, order, axis=1)
-        idx = np.searchsorted(vocab, tg)
-        idx = np.minimum(idx, len(vocab) - 1)
-        known = vocab[idx] == tg
-        tok = np.where(known, idx + 2, UNK).astype(np.int32)
+        idx = np.minimum(np.searchsorted(vocab, tg), len(vocab) - 1)
+        tok = np.where(vocab[idx] == tg, idx + 2, UNK).astype(np.int32)
         valid = tv > 0
-        genes_out[start:start + len(lengths), :k] = np.where(valid, tok, PAD)
-        values_out[start:start + len(lengths), :k] = np.where(valid, tv, 0.0)
+        if ragged:
+            parts_g.append(tok[valid])      # row-major: each cell's tokens stay together, in order
+            parts_v.append(tv[valid])
+            lengths.append(valid.sum(1))
+        else:
+            genes_out[start:start + len(cell_len), :k] = np.where(valid, tok, PAD)
+            values_out[start:start + len(cell_len), :k] = np.where(valid, tv, 0.0)
     drugs = table["drug"].to_numpy(zero_copy_only=False)
     try:
         drug = np.array([drug_index[d] for d in drugs], dtype=np.int64)
     except KeyError as e:
         raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from None
-    y = table["LN_IC50"].to_numpy().astype(np.float32)
+    y = (table["LN_IC50"].to_numpy().astype(np.float32) if "LN_IC50" in table.column_names
+         else np.full(n, np.nan, dtype=np.float32))
+    if ragged:
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        return Features(np.concatenate(parts_g) if parts_g else np.zeros(0, np.int32),
+                        np.concatenate(parts_v) if parts_v else np.zeros(0, np.float32), drug, y,
+                        np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
     return Features(genes_out, values_out, drug, y)
 
 

@@ -4,6 +4,8 @@
     python main.py --config configs/paper.yaml --tahoe tahoebio/Tahoe-100M \\
         --gdsc1 GDSC1_fitted_dose_response_27Oct23.xlsx --gdsc2 GDSC2_fitted_dose_response_27Oct23.xlsx
     python main.py --data merged.parquet   # train on an existing merged table
+    python main.py predict --checkpoint runs/X/best.pt --data new_cells.parquet
+    torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
 Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
 merge.attach_labels -> data.make_split -> train.train -> evaluate.evaluate. Everything a run
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 import config as config_mod
 import data
@@ -84,7 +87,8 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
     keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
     split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac)
     split_df = data.split_frame(table, split)
-    write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
+    if train.is_main():
+        write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
     parts = data.split_table(table, split)
     sizes = data.summarise_split(split_df)
     log.info("split %r (seed %d): %s", cfg.split, cfg.seed, "; ".join(
@@ -94,8 +98,10 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
                     "so test metrics measure memorisation, not prediction.")
 
     smiles = sorted(set(table["canonical_smiles"].to_pylist()))
-    trained = train.train(cfg, parts["train"], parts["val"], smiles, run_dir)
+    trained = train.train(cfg, parts["train"], parts["val"], smiles, run_dir, resume=cfg.resume)
     pred = trained.predict(trained.features(parts["test"]))
+    if not train.is_main():
+        return {}
 
     test_rows = np.flatnonzero(split == "test")
     test_df = keys.iloc[test_rows].reset_index(drop=True)
@@ -117,23 +123,45 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
 
 
 def new_run_dir(out: str | None, resume: bool) -> tuple[Path, Path]:
-    """The final run directory and the `.incomplete` one the run works in until it succeeds."""
-    final = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if final.exists():
-        raise PipelineError(f"run directory '{final}' already exists; pass another --out.")
-    work = final.with_name(final.name + ".incomplete")
-    if work.exists() and not resume:
-        raise PipelineError(f"an interrupted run is in '{work}': pass --resume (with the same "
-                            f"--out) to continue it, or delete it to start over.")
-    if resume and not work.exists():
-        raise PipelineError(f"--resume: there is no interrupted run '{work}' to continue.")
-    work.mkdir(parents=True, exist_ok=True)
-    return final, work
+    """The final run directory and the `.incomplete` one the run works in until it succeeds.
+
+    Under torchrun, rank 0 names and creates them and the other ranks follow.
+    """
+    name = None
+    if train.is_main():
+        final = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        work = final.with_name(final.name + ".incomplete")
+        problem = None
+        if final.exists():
+            problem = f"run directory '{final}' already exists; pass another --out."
+        elif work.exists() and not resume:
+            problem = (f"an interrupted run is in '{work}': pass --resume (with the same --out) to "
+                       f"continue it, or delete it to start over.")
+        elif resume and not work.exists():
+            problem = f"--resume: there is no interrupted run '{work}' to continue."
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+        name = (str(final), problem)
+    name = broadcast(name)
+    if name[1]:
+        raise PipelineError(name[1])
+    final = Path(name[0])
+    return final, final.with_name(final.name + ".incomplete")
+
+
+def broadcast(obj):
+    """Rank 0's value on every rank (itself outside torchrun)."""
+    if train.world()[1] == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def resumable(work: Path) -> bool:
     """Whether a failed run left work worth resuming (scanned shards, a checkpoint)."""
-    return (work / "best.pt").exists() or any((work / "downsample_parts").rglob("*.part.parquet"))
+    return ((work / "last.pt").exists() or (work / "merged.parquet").exists()
+            or any((work / "downsample_parts").rglob("*.part.parquet")))
 
 
 def check_inputs(cfg: Config) -> None:
@@ -152,22 +180,41 @@ def check_inputs(cfg: Config) -> None:
 
 def run(cfg: Config) -> Path:
     t0 = time.perf_counter()
+    train.init_distributed(cfg.device)
+    rank, size = train.world()
+    if size > 1 and not cfg.data:
+        raise PipelineError("under torchrun, train on a prepared table: run the data stages once "
+                            "(python main.py --stop-after merge), then torchrun ... main.py --data "
+                            "RUN/merged.parquet.")
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
     check_inputs(cfg)
     final, work = new_run_dir(cfg.out, cfg.resume)
-    setup_logging(logging.getLogger().level, work / "log.txt")
-    config_mod.save_yaml(cfg, work / "config.yaml")
-    log.info("run directory: %s (written as %s until the run completes)", final, work.name)
+    if train.is_main():
+        setup_logging(logging.getLogger().level, work / "log.txt")
+        config_mod.save_yaml(cfg, work / "config.yaml")
+        log.info("run directory: %s (written as %s until the run completes)", final, work.name)
     try:
-        table = data.load_merged(cfg.data) if cfg.data else prepare_data(cfg, work)
+        if cfg.data:
+            table = data.load_merged(cfg.data)
+        elif cfg.resume and (work / "merged.parquet").exists():
+            log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
+            table = data.load_merged(work / "merged.parquet")
+        else:
+            table = prepare_data(cfg, work)
         if table is not None:
             metrics = train_and_evaluate(cfg, table, work)
     except BaseException:
-        if resumable(work):
-            log.error("partial results kept in %s; rerun with --resume --out %s to continue", work,
-                      final)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        if train.is_main():
+            if resumable(work):
+                log.error("partial results kept in %s; rerun with --resume --out %s to continue",
+                          work, final)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
         raise
+    if not train.is_main():
+        return final
+    (work / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     work.rename(final)
     setup_logging(logging.getLogger().level, final / "log.txt")
     minutes = (time.perf_counter() - t0) / 60
@@ -186,7 +233,39 @@ def run(cfg: Config) -> Path:
     return final
 
 
+def predict(argv: list[str]) -> int:
+    """python main.py predict --checkpoint RUN/best.pt --data TABLE [--out FILE]"""
+    p = argparse.ArgumentParser(
+        prog="main.py predict", description="Predict ln IC50 for new (cell, drug) rows with a "
+        "trained checkpoint. TABLE has the merged-table columns; LN_IC50 is optional. Drugs the "
+        "checkpoint has not seen are encoded with the encoder it was trained with.")
+    p.add_argument("--checkpoint", required=True, help="best.pt of a run")
+    p.add_argument("--data", required=True, help="parquet table of cells and drugs")
+    p.add_argument("--out", help="output parquet (default: <data>_predictions.parquet beside it)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = p.parse_args(argv)
+    try:
+        trained = train.Trained.load(args.checkpoint, train.pick_device(args.device))
+        table = data.load_merged(args.data, labelled=False)
+        trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
+        pred = trained.predict(trained.features(table))
+        cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
+        out = table.select(cols).append_column("prediction", pa.array(pred))
+        path = Path(args.out) if args.out else Path(args.data).with_name(Path(args.data).stem + "_predictions.parquet")
+        write_parquet(out, path)
+        log.info("%d predictions written to %s (model: %s, drug encoder %s)", len(pred), path,
+                 args.checkpoint, trained.drug_encoder)
+        return 0
+    except PipelineError as e:
+        log.error("%s", e)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        setup_logging()
+        return predict(argv[1:])
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
@@ -199,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

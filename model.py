@@ -8,10 +8,13 @@ tokens, 768-d ChemBERTa, d_model 512, 3 layers, 4 heads, feed-forward 512, gene 
 256) this has 11,378,177 trainable parameters, as reported.
 
 ChemBERTa is frozen and run ONCE per unique SMILES before training (the original ran it on every
-batch); the model itself only sees the resulting vectors.
+batch), with the vectors cached on disk; the model itself only sees the resulting vectors.
+With fine-tuning on (`DrugTower`), ChemBERTa runs inside the graph, once per distinct drug of a
+batch. Positions: sinusoidal (the study's absolute encoding), rotary (on queries and keys), or none.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import PipelineError
+from common import PipelineError, atomic_path
 
 log = logging.getLogger("ic50.model")
 
@@ -90,6 +93,31 @@ def chemberta_embeddings(smiles: list[str], model_id: str, pooling: str = "mean"
     return np.concatenate(out).astype(np.float32)
 
 
+class DrugTower(nn.Module):
+    """ChemBERTa inside the graph, for fine-tuning: each batch encodes its distinct drugs only."""
+
+    def __init__(self, model_id: str, smiles: list[str], pooling: str = "mean"):
+        super().__init__()
+        tok, self.encoder = load_chemberta(model_id)
+        max_len = min(getattr(tok, "model_max_length", 512) or 512,
+                      getattr(self.encoder.config, "max_position_embeddings", 514) - 2)
+        batch = tok(smiles, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        self.register_buffer("ids", batch["input_ids"], persistent=False)
+        self.register_buffer("mask", batch["attention_mask"], persistent=False)
+        self.pooling = pooling
+
+    def forward(self, drug: torch.Tensor) -> torch.Tensor:
+        uniq, inverse = drug.unique(return_inverse=True)
+        mask = self.mask[uniq]
+        hidden = self.encoder(input_ids=self.ids[uniq], attention_mask=mask).last_hidden_state
+        if self.pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return vec[inverse]
+
+
 def morgan_fingerprints(smiles: list[str], n_bits: int = 1024, radius: int = 2) -> np.ndarray:
     try:
         from rdkit import Chem, RDLogger
@@ -107,8 +135,39 @@ def morgan_fingerprints(smiles: list[str], n_bits: int = 1024, radius: int = 2) 
     return out
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("IC50_CACHE", Path.home() / ".cache" / "ic50"))
+
+
+def cached_chemberta(smiles: list[str], model_id: str, pooling: str) -> np.ndarray:
+    """ChemBERTa vectors from an on-disk cache keyed by (model, pooling, SMILES); only SMILES
+    never seen with this model and pooling are encoded, then added to the cache."""
+    key = hashlib.sha256(f"{model_id}|{pooling}".encode()).hexdigest()[:16]
+    path = cache_dir() / "drug_embeddings" / f"{key}.npz"
+    known: dict[str, np.ndarray] = {}
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                known = dict(zip(z["smiles"].tolist(), z["vectors"]))
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring an unreadable drug-embedding cache %s", path)
+    missing = [s for s in dict.fromkeys(smiles) if s not in known]
+    if missing:
+        known.update(zip(missing, chemberta_embeddings(missing, model_id, pooling)))
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, smiles=np.array(list(known)), vectors=np.stack(list(known.values())),
+                             model=np.array(model_id), pooling=np.array(pooling))
+        except OSError as e:
+            log.warning("could not write the drug-embedding cache %s: %s", path, e)
+    else:
+        log.info("drug embeddings: all %d SMILES found in the cache %s", len(smiles), path)
+    return np.stack([known[s] for s in smiles]).astype(np.float32)
+
+
 def encode_drugs(smiles: list[str], encoder: str, model_id: str, pooling: str = "mean",
-                 n_bits: int = 1024) -> tuple[np.ndarray, str]:
+                 n_bits: int = 1024, use_cache: bool = True) -> tuple[np.ndarray, str]:
     """One vector per SMILES and the name of the encoder that produced them.
 
     `auto` uses ChemBERTa when it can be loaded and otherwise falls back to Morgan fingerprints
@@ -117,7 +176,8 @@ def encode_drugs(smiles: list[str], encoder: str, model_id: str, pooling: str = 
     t0 = time.perf_counter()
     if encoder in ("auto", "chemberta"):
         try:
-            vecs = chemberta_embeddings(smiles, model_id, pooling)
+            vecs = (cached_chemberta(smiles, model_id, pooling) if use_cache
+                    else chemberta_embeddings(smiles, model_id, pooling))
             log.info("drug encoder: ChemBERTa %s (%s pooling), %d SMILES -> %d-d in %.1fs",
                      model_id, pooling, len(smiles), vecs.shape[1], time.perf_counter() - t0)
             return vecs, f"chemberta:{model_id}:{pooling}"
@@ -145,13 +205,23 @@ def sinusoidal(length: int, dim: int, device: torch.device) -> torch.Tensor:
     return pe
 
 
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of q or k [B, H, L, Dh]: pairs of channels rotated by position."""
+    length, dim = x.shape[-2], x.shape[-1]
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+    angles = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv[None]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
 class EncoderLayer(nn.Module):
     """Post-norm encoder layer (as torch's TransformerEncoderLayer) on scaled_dot_product_attention."""
 
     def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float,
-                 attn_dropout: float):
+                 attn_dropout: float, rope: bool = False):
         super().__init__()
-        self.n_heads, self.attn_dropout = n_heads, attn_dropout
+        self.n_heads, self.attn_dropout, self.rope = n_heads, attn_dropout, rope
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.ff1 = nn.Linear(d_model, ff_dim)
@@ -163,6 +233,8 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
                                            dropout_p=self.attn_dropout if self.training else 0.0)
         x = self.norm1(x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d))))
@@ -180,8 +252,9 @@ class IC50Transformer(nn.Module):
         self.expr_emb = nn.Linear(1, gene_dim)
         self.gene_proj = nn.Linear(gene_dim, d_model)
         self.drug_proj = nn.Linear(drug_dim, d_model)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, ff_dim, dropout, attn_dropout)
-                                    for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, ff_dim, dropout, attn_dropout, pos_encoding == "rotary")
+            for _ in range(n_layers))
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout),
                                   nn.Linear(d_model, head_dim), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(head_dim, 1))

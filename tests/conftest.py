@@ -1,6 +1,7 @@
 """Tiny inputs in the real formats, built by the tests themselves (no network, no downloads)."""
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -129,6 +130,14 @@ def merged_table(n_drugs: int = 4, n_lines: int = 6, cells_per_pair: int = 5,
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def roberta_tokenizer(cls, d: Path):
+    """transformers 4 names the files vocab_file/merges_file, transformers 5 vocab/merges."""
+    params = inspect.signature(cls.__init__).parameters
+    if "vocab_file" in params:
+        return cls(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
+    return cls(vocab=str(d / "vocab.json"), merges=str(d / "merges.txt"))
+
+
 @pytest.fixture
 def tiny_roberta(tmp_path: Path) -> Path:
     """A 2-layer RoBERTa and byte-level BPE tokenizer saved like a hub ChemBERTa checkpoint."""
@@ -140,7 +149,7 @@ def tiny_roberta(tmp_path: Path) -> Path:
     bpe.train_from_iterator(list(SMILES.values()) * 20, vocab_size=300, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(d))
-    tok = RobertaTokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
+    tok = roberta_tokenizer(RobertaTokenizerFast, d)
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
                         pad_token_id=tok.pad_token_id)

@@ -53,6 +53,7 @@ def test_chemberta_path_loads_a_local_roberta_once_per_smiles(tiny_roberta):
     cls, _ = encode_drugs(smiles, "chemberta", str(tiny_roberta), "cls")
     assert mean.shape == (3, 32) and name.startswith("chemberta:")
     assert not np.allclose(mean, cls)
+    assert not np.allclose(mean[0], mean[1]) and not np.allclose(mean[1], mean[2])  # SMILES read
     again, _ = encode_drugs(smiles[::-1], "chemberta", str(tiny_roberta), "mean")
     assert np.allclose(again[::-1], mean, atol=1e-5)  # batching/padding does not change a vector
 

@@ -1,0 +1,179 @@
+"""Training: resume to the same result, torchrun (Gloo) = one process, predict = the run's own
+predictions, the drug-embedding cache, and the optional model paths."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import main
+import model
+import train
+from conftest import ROOT, merged_table
+
+SMALL = ["--d-model", "16", "--ff-dim", "32", "--n-layers", "1", "--top-k", "16", "--gene-dim", "8",
+         "--head-dim", "16", "--drug-encoder", "morgan", "--morgan-bits", "64"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("IC50_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def table_path(tmp_path):
+    path = tmp_path / "merged.parquet"
+    pq.write_table(merged_table(n_drugs=4, n_lines=6, cells_per_pair=6), path)
+    return path
+
+
+def metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_resume_after_a_stop_at_epoch_1_reaches_the_same_result(tmp_path, table_path, monkeypatch):
+    args = ["--data", str(table_path), "--epochs", "4", "--patience", "10", *SMALL]
+    assert main.main([*args, "--out", str(tmp_path / "straight")]) == 0
+    real, calls = train.epoch_plan, []
+
+    def stop_before_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after epoch 1 was checkpointed
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "epoch_plan", stop_before_epoch_2)
+    assert main.main([*args, "--out", str(tmp_path / "resumed")]) == 130
+    assert (tmp_path / "resumed.incomplete" / "last.pt").exists()
+    monkeypatch.setattr(train, "epoch_plan", real)
+    assert main.main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert a["test"] == b["test"] and [h["val_mse"] for h in a["history"]] == [h["val_mse"] for h in b["history"]]
+    assert not (tmp_path / "resumed" / "last.pt").exists() and (tmp_path / "resumed" / "best.pt").exists()
+
+
+def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
+    assert main.main(["--stop-after", "merge", "--out", str(tmp_path / "prep"), "--cells-per-group", "2"]) == 0
+    merged = tmp_path / "prep" / "merged.parquet"
+    args = ["--data", str(merged), "--epochs", "1", "--dropout", "0", *SMALL]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", str(ROOT / "main.py"), *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "x 2 processes" in two.stderr
+    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for k in ("mse", "pcc", "scc"):
+        assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-3, abs=1e-4), (
+            f"{k}: one process {a['test']}, two {b['test']}\n{one.stderr[-1500:]}\n{two.stderr[-1500:]}")
+    pa_, pb = (pd.read_parquet(tmp_path / r / "predictions.parquet") for r in ("one", "two"))
+    assert np.allclose(pa_["prediction"], pb["prediction"], atol=1e-3)
+
+
+def test_predict_on_the_test_rows_reproduces_the_runs_predictions(tmp_path, table_path):
+    run = tmp_path / "run"
+    assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL]) == 0
+    split = pd.read_parquet(run / "split.parquet")
+    test_rows = pq.read_table(table_path).take(split.index[split["part"] == "test"].to_numpy())
+    pq.write_table(test_rows.drop_columns(["LN_IC50"]), tmp_path / "new.parquet")  # labels optional
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet"),
+                      "--out", str(tmp_path / "p.parquet")]) == 0
+    got = pd.read_parquet(tmp_path / "p.parquet")
+    want = pd.read_parquet(run / "predictions.parquet")
+    assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
+
+
+def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path):
+    run = tmp_path / "run"
+    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
+    t = merged_table(n_drugs=6, n_lines=2, cells_per_pair=1).to_pandas()
+    new = pq.read_table(table_path).schema
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pandas(t, schema=new, preserve_index=False), tmp_path / "new.parquet")
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet")]) == 0
+    out = pd.read_parquet(tmp_path / "new_predictions.parquet")
+    assert len(out) == 12 and out["prediction"].notna().all()
+
+
+def test_predict_names_a_bad_checkpoint(tmp_path, table_path):
+    (tmp_path / "x.pt").write_text("not a checkpoint")
+    assert main.main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(table_path)]) == 2
+
+
+def test_chemberta_vectors_are_cached_per_model_pooling_and_smiles(tiny_roberta, monkeypatch):
+    first, _ = model.encode_drugs(["CCO", "c1ccccc1"], "chemberta", str(tiny_roberta))
+
+    def no_model(*a, **k):
+        raise AssertionError("ChemBERTa should not run for cached SMILES")
+
+    monkeypatch.setattr(model, "chemberta_embeddings", no_model)
+    again, _ = model.encode_drugs(["c1ccccc1", "CCO"], "chemberta", str(tiny_roberta))
+    assert np.allclose(again, first[::-1])
+    with pytest.raises(AssertionError):  # another pooling is another cache entry
+        model.encode_drugs(["CCO"], "chemberta", str(tiny_roberta), pooling="cls")
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rotary", "none"])
+def test_every_positional_encoding_trains(pos):
+    torch.manual_seed(0)
+    m = model.IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=2, ff_dim=32,
+                              head_dim=16, dropout=0.0, attn_dropout=0.0, pos_encoding=pos)
+    g, v, d, y = torch.randint(1, 50, (16, 8)), torch.rand(16, 8), torch.rand(16, 16), torch.randn(16)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(m(g, v, d), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_rotary_makes_the_output_depend_on_token_order():
+    torch.manual_seed(0)
+    m = model.IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=1, ff_dim=32,
+                              head_dim=16, pos_encoding="rotary").eval()
+    g, v, d = torch.randint(1, 50, (1, 6)), torch.rand(1, 6), torch.rand(1, 16)
+    with torch.no_grad():
+        assert not torch.allclose(m(g, v, d), m(g.flip(1), v.flip(1), d))
+
+
+def test_all_gene_tokens_train_end_to_end(tmp_path, table_path):
+    assert main.main(["--data", str(table_path), "--epochs", "2", "--tokens", "all", "--pos-encoding",
+                      "rotary", "--lr-schedule", "cosine", "--grad-clip", "1.0", "--loader-workers", "1",
+                      "--out", str(tmp_path / "run"), *SMALL]) == 0
+    assert metrics(tmp_path / "run")["history"][1]["lr"] < 1e-3
+
+
+def test_ragged_features_pad_each_batch_to_its_longest_cell():
+    import data
+    t = merged_table(n_drugs=1, n_lines=3, cells_per_pair=1)
+    vocab = data.gene_vocabulary(t["genes"])
+    f = data.build_features(t, vocab, {"drug0": 0}, top_k=4, tokens="all")
+    lengths = f.lengths()
+    g, v = f.tokens(np.arange(3))
+    assert g.shape == (3, lengths.max()) and ((g != 0).sum(1) == lengths).all()
+    assert (np.diff(v[0][: lengths[0]]) <= 0).all()  # most expressed first
+
+
+def test_finetuning_updates_the_drug_encoder(tmp_path, table_path, tiny_roberta):
+    run = tmp_path / "ft"
+    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL,
+                      "--drug-encoder", "chemberta", "--smiles-model", str(tiny_roberta),
+                      "--finetune-drug-encoder"]) == 0
+    state = torch.load(run / "best.pt", weights_only=False)
+    base = model.load_chemberta(str(tiny_roberta))[1].state_dict()
+    tuned = {k.removeprefix("encoder."): v for k, v in state["tower"].items()}
+    changed = [k for k in base if k in tuned and not torch.equal(base[k], tuned[k])]
+    assert changed
