@@ -83,6 +83,12 @@ class Config:
     test_frac: float = opt(0.1, "Fraction of groups held out for the test.", group="split")
     seed: int = opt(0, "Seed for sampling, the split, initialisation and batch order.",
                     group="split")
+    seeds: list[int] | None = opt(None, "Several seeds in one command (e.g. --seeds 0 1 2): one "
+                                  "run per seed in <out>/seed-<s>, then mean ± sd. The data are "
+                                  "prepared once, with --seed.", group="split")
+    folds: int = opt(0, "k-fold cross-validation over groups: each fold is the test set once "
+                     "(validation is taken from the other folds); 0 or 1: a single split.",
+                     group="split")
 
     # drug encoder
     drug_encoder: str = opt("auto", "Drug features: ChemBERTa (frozen, once per SMILES), Morgan "
@@ -154,6 +160,7 @@ class Config:
              "top_k, epochs, patience and batch_size must be at least 1"),
             (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)"),
             (self.grad_clip >= 0 and self.loader_workers >= 0, "grad_clip and loader_workers must be >= 0"),
+            (self.folds >= 0, "folds must be >= 0"),
             (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
              "rotary positions need an even head width (d_model / n_heads)"),
         ]
@@ -186,6 +193,11 @@ def from_dict(values: dict[str, Any], source: str) -> Config:
             value = None  # '' switches an optional input off
         if value is not None and t is float and isinstance(value, int):
             value = float(value)
+        if get_origin(t) is list:
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+                raise PipelineError(f"{source}: setting {key!r} should be a list of integers, got {value!r}.")
+            setattr(cfg, key, value)
+            continue
         if value is not None and not isinstance(value, t):
             raise PipelineError(f"{source}: setting {key!r} should be {t.__name__}, got {value!r}.")
         setattr(cfg, key, value)
@@ -214,6 +226,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             groups[group] = parser.add_argument_group(group)
         t = _field_type(f)
         default = f.default
+        if get_origin(t) is list:
+            groups[group].add_argument("--" + f.name.replace("_", "-"), dest=f.name, nargs="+",
+                                       type=get_args(t)[0], default=None, metavar="INT",
+                                       help=f.metadata["help"])
+            continue
         if t is bool:
             groups[group].add_argument("--" + f.name.replace("_", "-"), dest=f.name,
                                        action="store_true", default=None, help=f.metadata["help"])

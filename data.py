@@ -99,8 +99,12 @@ def check_rows(table: pa.Table, source: str) -> None:
 
 
 def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
-               test_frac: float = 0.1) -> np.ndarray:
-    """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups."""
+               test_frac: float = 0.1, fold: int = 0, n_folds: int = 0) -> np.ndarray:
+    """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups.
+
+    With n_folds >= 2 the shuffled groups are cut into n_folds folds: fold `fold` is the test
+    set, and `val_frac` of all groups, taken from the other folds, the validation set.
+    """
     if mode not in GROUP_COLUMNS:
         raise PipelineError(f"unknown split {mode!r}; expected one of {list(GROUP_COLUMNS)}.")
     cols = GROUP_COLUMNS[mode]
@@ -112,6 +116,13 @@ def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
     if n_groups < 3:
         raise PipelineError(f"split {mode!r} needs at least 3 groups, the data has {n_groups}.")
     perm = np.random.default_rng(seed).permutation(n_groups)
+    if n_folds >= 2:
+        if n_groups < n_folds + 1:
+            raise PipelineError(f"{n_folds}-fold split {mode!r} needs more than {n_folds} groups, "
+                                f"the data has {n_groups}.")
+        chunks = np.array_split(perm, n_folds)
+        perm = np.concatenate([chunks[fold]] + [c for i, c in enumerate(chunks) if i != fold])
+        test_frac = len(chunks[fold]) / n_groups
     n_test = max(1, int(round(test_frac * n_groups)))
     n_val = max(1, int(round(val_frac * n_groups)))
     part_of_group = np.empty(n_groups, dtype=object)

@@ -14,6 +14,8 @@ writes goes to one run directory, which is named <out>.incomplete until the run 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -83,16 +85,19 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     return None if cfg.stop_after == "merge" else merged
 
 
-def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
+def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 0) -> dict:
+    """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
-    split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac)
+    split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac, fold, cfg.folds)
     split_df = data.split_frame(table, split)
     if train.is_main():
         write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
     parts = data.split_table(table, split)
     sizes = data.summarise_split(split_df)
-    log.info("split %r (seed %d): %s", cfg.split, cfg.seed, "; ".join(
-        f"{p} {s['cells']} cells / {s['pairs']} pairs" for p, s in sizes.items()))
+    log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
+             if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
+                                                 for p, s in sizes.items()))
     if cfg.split == "random":
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
@@ -104,21 +109,53 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path) -> dict:
         return {}
 
     test_rows = np.flatnonzero(split == "test")
-    test_df = keys.iloc[test_rows].reset_index(drop=True)
-    preds = test_df.assign(row=test_rows, prediction=pred)[
+    preds = keys.iloc[test_rows].reset_index(drop=True).assign(row=test_rows, prediction=pred)[
         ["row", "drug", "cell_line_id", "LN_IC50", "prediction"]]
     if "dose_uM" in table.column_names:
         preds.insert(3, "dose_uM", table["dose_uM"].to_numpy(zero_copy_only=False)[test_rows])
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
 
-    result = evaluate.evaluate(keys.iloc[np.flatnonzero(split == "train")], test_df, pred)
-    metrics = {"split": cfg.split, "seed": cfg.seed, "parts": sizes, **result,
-               "drug_encoder": trained.drug_encoder, "best_epoch": trained.best_epoch,
-               "epochs_run": len(trained.history),
+    index = train.drug_index(table, trained.smiles)
+    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in index.items()}
+    result = evaluate.evaluate(parts["train"], parts["test"], pred, vectors, cfg.seed)
+    metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
+               "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
+               "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
                "parameters": sum(p.numel() for p in trained.model.parameters()),
                "history": trained.history}
     write_json(metrics, run_dir / "metrics.json")
     evaluate.plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
+    evaluate.plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {cfg.split} split")
+    evaluate.plot_per_drug(metrics, run_dir / "per_drug_pearson.png")
+    evaluate.write_report(run_dir, metrics)
+    (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
+    return metrics
+
+
+def train_runs(cfg: Config, table: pa.Table, work: Path) -> dict:
+    """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
+    seeds = cfg.seeds or [cfg.seed]
+    folds = list(range(cfg.folds)) if cfg.folds > 1 else [0]
+    if len(seeds) == 1 and len(folds) == 1:
+        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), table, work)
+    results = {}
+    for seed in seeds:
+        for fold in folds:
+            name = f"seed-{seed}" + (f"-fold-{fold}" if len(folds) > 1 else "")
+            sub = work / name
+            if (sub / "metrics.json").exists():  # finished before an interruption
+                results[name] = json.loads((sub / "metrics.json").read_text())
+                continue
+            log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
+            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), table, sub, fold)
+    if not train.is_main():
+        return {}
+    summary = evaluate.aggregate(results)
+    first = next(iter(results.values()))
+    metrics = {**summary, "seeds": seeds, "folds": cfg.folds, "drug_encoder": first["drug_encoder"],
+               "per_run": {k: {"test": v["test"], "baselines": v["baselines"]} for k, v in results.items()}}
+    write_json(metrics, work / "metrics.json")
+    evaluate.write_report(work, metrics, runs=list(results))
     return metrics
 
 
@@ -203,7 +240,7 @@ def run(cfg: Config) -> Path:
         else:
             table = prepare_data(cfg, work)
         if table is not None:
-            metrics = train_and_evaluate(cfg, table, work)
+            metrics = train_runs(cfg, table, work)
     except BaseException:
         if train.is_main():
             if resumable(work):
@@ -214,7 +251,6 @@ def run(cfg: Config) -> Path:
         raise
     if not train.is_main():
         return final
-    (work / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     work.rename(final)
     setup_logging(logging.getLogger().level, final / "log.txt")
     minutes = (time.perf_counter() - t0) / 60
@@ -223,12 +259,10 @@ def run(cfg: Config) -> Path:
                 f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {cfg.stop_after!r}")
         log.info("%s; outputs in %s (%.1f min)", what, final, minutes)
         return final
-    t = metrics["test"]
-    dm = metrics["baselines"]["drug_mean"]
-    log.info("test set (%s split, %d cells): MSE %.3f  PCC %.3f  SCC %.3f  | drug-mean baseline: "
-             "MSE %.3f  PCC %.3f", cfg.split, t["n"], t["mse"], t["pcc"], t["scc"], dm["mse"], dm["pcc"])
-    print("\n" + evaluate.format_table(metrics) + "\n")
-    log.info("done in %.1f min; results in %s (metrics.json, predictions.parquet, loss_curve.png, "
+    print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
+                                               if "runs" in metrics else "") + ":")
+    print(evaluate.format_table(metrics) + "\n")
+    log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
              "best.pt)", minutes, final)
     return final
 

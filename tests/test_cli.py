@@ -32,7 +32,7 @@ def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "demo-run"
     r = cli("--out", out, "--epochs", "2")
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("config.yaml", "gdsc_combined.parquet", "match_report.csv", "merged.parquet",
+    for name in ("config.yaml", "gdsc_combined.parquet", "match_report.csv", "merged.parquet", "report.md",
                  "split.parquet", "predictions.parquet", "metrics.json", "loss_curve.png", "best.pt",
                  "log.txt"):
         assert (out / name).exists(), name
@@ -52,7 +52,7 @@ def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     assert len(preds) == metrics["test"]["n"] and preds["prediction"].notna().all()
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
-    assert "test set" in r.stderr and "drug_mean" in r.stdout
+    assert "test set" in r.stdout and "drug_mean" in r.stdout and "ridge" in r.stdout
 
 
 def test_data_flag_trains_on_a_hand_built_merged_table(tmp_path):
