@@ -36,14 +36,15 @@ class Config:
     gdsc2: str = opt(str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"),
                      "GDSC2 fitted dose-response file (.xlsx, .csv or .csv.gz); wins over GDSC1 "
                      "where a (drug, cell line) pair is in both.", group="data")
-    gdsc_compounds: str | None = opt(str(DEMO_DIR / "Drug_list_demo.csv"), "GDSC compounds: "
-                                     "the cancerrxgene compounds export (with PubCHEM) or "
-                                     "screened_compounds_rel_8.5.csv. Drugs then match by PubChem "
-                                     "CID and synonyms; '' for names only.", group="data")
-    cell_model_list: str | None = opt(str(DEMO_DIR / "model_list_demo.csv"), "Cell Model "
-                                      "Passports model_list_*.csv. Cell lines then match by "
-                                      "Cellosaurus accession (RRID -> SANGER_MODEL_ID); '' for "
-                                      "names only.", group="data")
+    gdsc_compounds: str | None = opt("auto", "GDSC compounds: the cancerrxgene compounds export "
+                                     "(with PubCHEM) or screened_compounds_rel_8.5.csv. Drugs then "
+                                     "match by PubChem CID and synonyms. auto: the demo's table "
+                                     "when the GDSC files are the demo's; '' for names only.",
+                                     group="data")
+    cell_model_list: str | None = opt("auto", "Cell Model Passports model_list_*.csv. Cell lines "
+                                      "then match by Cellosaurus accession (RRID -> "
+                                      "SANGER_MODEL_ID). auto: the demo's table when the GDSC "
+                                      "files are the demo's; '' for names only.", group="data")
     match_overrides: str | None = opt(None, "CSV of known exceptions (kind, tahoe, gdsc) that "
                                       "override every other matching rule.", group="data")
     data: str | None = opt(None, "Train on an existing merged table (parquet with the columns of "
@@ -168,6 +169,14 @@ class Config:
             if not ok:
                 raise PipelineError(f"invalid configuration: {msg}.")
         return self
+
+    def identifier_tables(self) -> tuple[str | None, str | None]:
+        """(compounds, model list) with `auto` resolved: the demo's tables describe only the
+        demo's GDSC ids, so they are used only with the demo's GDSC files."""
+        demo = (self.gdsc1 == Config.gdsc1 and self.gdsc2 == Config.gdsc2)
+        pick = lambda v, name: (str(DEMO_DIR / name) if demo else None) if v == "auto" else v  # noqa: E731
+        return (pick(self.gdsc_compounds, "Drug_list_demo.csv"),
+                pick(self.cell_model_list, "model_list_demo.csv"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,7 +36,8 @@ PARTS = ("train", "val", "test")
 PAD, UNK = 0, 1
 
 
-def _as_large_lists(table: pa.Table) -> pa.Table:
+def _as_regular_lists(table: pa.Table) -> pa.Table:
+    """large_list columns (e.g. written by polars) -> list, which the feature code reads."""
     for name in ("genes", "expressions"):
         col = table[name]
         if pa.types.is_large_list(col.type):
@@ -72,7 +73,7 @@ def load_merged(path: str | Path, labelled: bool = True) -> pa.Table:
             raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
                                 f"{'list<int>' if name == 'genes' else 'list<float>' if name == 'expressions' else 'float' if name == 'LN_IC50' else 'string'}.")
     cols = [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
-    table = _as_large_lists(pq.read_table(path, columns=cols))
+    table = _as_regular_lists(pq.read_table(path, columns=cols))
     for name in ("cell_line_id", "drug", "canonical_smiles"):
         if pa.types.is_large_string(table[name].type):
             table = table.set_column(table.schema.get_field_index(name), name,

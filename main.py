@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="main.py", description=__doc__.split("\n\n")[0],
         epilog="Settings come from the defaults, then --config YAML, then the flags given here. "
-               "The resolved settings are saved as config.yaml in the run directory.")
+               "The resolved settings are saved as config.yaml in the run directory. "
+               "To predict with a trained model: python main.py predict --help.")
     p.add_argument("--config", metavar="YAML", help="YAML file of settings (e.g. configs/paper.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch and more detail")
     config_mod.add_arguments(p)
@@ -60,10 +61,11 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     if cfg.stop_after == "gdsc":
         return None
     source = downsample.TahoeSource(cfg.tahoe)
+    compounds, models = cfg.identifier_tables()
     matches = merge.match(
         source.metadata("drug"), source.metadata("cell_line"), combined,
-        merge.load_compounds(cfg.gdsc_compounds) if cfg.gdsc_compounds else None,
-        merge.load_model_list(cfg.cell_model_list) if cfg.cell_model_list else None,
+        merge.load_compounds(compounds) if compounds else None,
+        merge.load_model_list(models) if models else None,
         merge.load_overrides(cfg.match_overrides) if cfg.match_overrides else None)
     matches.report.to_csv(run_dir / "match_report.csv", index=False)
     pairs = merge.labelled_pairs(matches, combined)
@@ -197,7 +199,7 @@ def broadcast(obj):
 
 def resumable(work: Path) -> bool:
     """Whether a failed run left work worth resuming (scanned shards, a checkpoint)."""
-    return ((work / "last.pt").exists() or (work / "merged.parquet").exists()
+    return (any(work.rglob("last.pt")) or (work / "merged.parquet").exists()
             or any((work / "downsample_parts").rglob("*.part.parquet")))
 
 
@@ -207,9 +209,9 @@ def check_inputs(cfg: Config) -> None:
         if not Path(cfg.data).exists():
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
         return
+    compounds, models = cfg.identifier_tables()
     for flag, path in (("--gdsc1", cfg.gdsc1), ("--gdsc2", cfg.gdsc2),
-                       ("--gdsc-compounds", cfg.gdsc_compounds),
-                       ("--cell-model-list", cfg.cell_model_list),
+                       ("--gdsc-compounds", compounds), ("--cell-model-list", models),
                        ("--match-overrides", cfg.match_overrides)):
         if path and not Path(path).exists():
             raise PipelineError(f"input file not found: '{path}' ({flag}).")
@@ -285,7 +287,8 @@ def predict(argv: list[str]) -> int:
         pred = trained.predict(trained.features(table))
         cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
         out = table.select(cols).append_column("prediction", pa.array(pred))
-        path = Path(args.out) if args.out else Path(args.data).with_name(Path(args.data).stem + "_predictions.parquet")
+        data_path = Path(args.data)
+        path = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_predictions.parquet")
         write_parquet(out, path)
         log.info("%d predictions written to %s (model: %s, drug encoder %s)", len(pred), path,
                  args.checkpoint, trained.drug_encoder)

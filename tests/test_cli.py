@@ -162,3 +162,12 @@ def test_without_identifier_tables_matching_falls_back_to_names(tmp_path):
     assert report.loc["SW 1417", "how"] == "normalised name"
     assert report.loc["olaparib", "how"] == "normalised name"
     assert report.loc["A549", "how"] == "exact name"
+
+
+def test_the_demo_identifier_tables_are_used_only_with_the_demo_gdsc(tmp_path):
+    demo = config.Config()
+    assert all(p and p.endswith(".csv") for p in demo.identifier_tables())
+    real = config.Config(gdsc1=str(tmp_path / "GDSC1.xlsx"))
+    assert real.identifier_tables() == (None, None)
+    mine = config.Config(gdsc1=str(tmp_path / "GDSC1.xlsx"), cell_model_list="models.csv")
+    assert mine.identifier_tables() == (None, "models.csv")
