@@ -29,8 +29,8 @@ def opt(default: Any, help: str, choices: tuple | None = None, group: str = "run
 class Config:
     # inputs and outputs
     tahoe: str = opt(str(DEMO_DIR / "tahoe"), "Tahoe-100M source: a hub dataset id to stream "
-                     "(e.g. tahoebio/Tahoe-100M) or a local directory laid out like the hub repo "
-                     "(data/train-*.parquet, metadata/*.parquet).", group="data")
+                     "(e.g. tahoebio/Tahoe-100M), a local directory laid out like the hub repo "
+                     "(data/train-*.parquet, metadata/*.parquet), or a glob of shards.", group="data")
     gdsc1: str = opt(str(DEMO_DIR / "GDSC1_fitted_dose_response_demo.csv"),
                      "GDSC1 fitted dose-response file (.xlsx, .csv or .csv.gz).", group="data")
     gdsc2: str = opt(str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"),

@@ -268,6 +268,10 @@ def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[
                                  cfg.morgan_bits)
     tower = None
     if cfg.finetune_drug_encoder:
+        if size > 1:
+            raise PipelineError("--finetune-drug-encoder runs in one process only: under torchrun "
+                                "its gradients would not be synchronised. Train it without torchrun, "
+                                "or freeze the encoder.")
         if not encoder.startswith("chemberta"):
             raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be loaded "
                                 "(see the warning above); fingerprints have nothing to fine-tune.")
