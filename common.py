@@ -13,8 +13,6 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-log = logging.getLogger("ic50")
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -6,7 +6,6 @@ train/val/test; `random` (cells) is kept only to compare with the original study
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import PipelineError, require_file
-
-log = logging.getLogger("ic50.data")
 
 # the merged-table contract (see README): column -> accepted Arrow type check
 CONTRACT = {
@@ -170,6 +167,28 @@ def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
     return np.unique(pc.list_flatten(genes).to_numpy())
 
 
+def normalised_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat (row, gene id, log1p(count / cell total x 10,000)) of every listed gene, and the
+    number of genes per row: the normalisation the model and the ridge baseline both read."""
+    g = table["genes"].combine_chunks()
+    e = table["expressions"].combine_chunks()
+    offsets = g.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    genes = g.flatten().to_numpy(zero_copy_only=False)
+    counts = e.flatten().to_numpy(zero_copy_only=False)
+    counts = np.where(counts > 0, counts, 0).astype(np.float64)  # a leftover marker (<0) counts 0
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    totals = np.bincount(rows, weights=counts, minlength=len(lengths))
+    values = np.log1p(counts / np.maximum(totals[rows], 1e-12) * 1e4)  # float64; callers cast
+    return rows, genes, values, lengths
+
+
+def vocab_index(vocab: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each gene id in the sorted vocabulary, and whether it is there at all."""
+    idx = np.minimum(np.searchsorted(vocab, genes), len(vocab) - 1)
+    return idx, vocab[idx] == genes
+
+
 def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
                    tokens: str = "top_k", chunk: int = 4096) -> Features:
     """Normalise per cell, log1p, order genes by expression; keep the top_k (or all of them).
@@ -183,20 +202,9 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         genes_out = np.zeros((n, top_k), dtype=np.int32)
         values_out = np.zeros((n, top_k), dtype=np.float32)
     for start in range(0, n, chunk):
-        part = table.slice(start, chunk)
-        g = part["genes"].combine_chunks()
-        e = part["expressions"].combine_chunks()
-        offsets = g.offsets.to_numpy()
-        offsets = offsets - offsets[0]
-        gv = g.flatten().to_numpy(zero_copy_only=False)
-        ev = e.flatten().to_numpy(zero_copy_only=False)
-        cell_len = np.diff(offsets)
-        rows = np.repeat(np.arange(len(cell_len)), cell_len)
-        ev = np.where(ev > 0, ev, 0).astype(np.float64)   # any leftover marker (<0) counts as 0
-        totals = np.bincount(rows, weights=ev, minlength=len(cell_len))
-        norm = np.log1p(ev / np.maximum(totals[rows], 1e-12) * 1e4).astype(np.float32)
+        rows, gv, norm, cell_len = normalised_counts(table.slice(start, chunk))
         width = max(int(cell_len.max(initial=0)), 1)
-        cols = np.arange(len(gv)) - np.repeat(offsets[:-1], cell_len)
+        cols = np.arange(len(gv)) - np.repeat(np.cumsum(cell_len) - cell_len, cell_len)
         dense_v = np.full((len(cell_len), width), -1.0, dtype=np.float32)
         dense_g = np.zeros((len(cell_len), width), dtype=np.int64)
         dense_v[rows, cols] = norm
@@ -209,8 +217,8 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
         tv = np.take_along_axis(tv, order, axis=1)
         tg = np.take_along_axis(tg, order, axis=1)
-        idx = np.minimum(np.searchsorted(vocab, tg), len(vocab) - 1)
-        tok = np.where(vocab[idx] == tg, idx + 2, UNK).astype(np.int32)
+        idx, known = vocab_index(vocab, tg)
+        tok = np.where(known, idx + 2, UNK).astype(np.int32)
         valid = tv > 0
         if ragged:
             parts_g.append(tok[valid])      # row-major: each cell's tokens stay together, in order
@@ -238,12 +246,12 @@ def split_table(table: pa.Table, split: np.ndarray) -> dict[str, pa.Table]:
     return {p: table.filter(pa.array(split == p)) for p in PARTS}
 
 
-def split_frame(table: pa.Table, split: np.ndarray) -> pd.DataFrame:
+def split_frame(keys: pd.DataFrame, split: np.ndarray) -> pd.DataFrame:
     """split.parquet: every merged row -> its part, with the keys that define the groups."""
-    keys = table.select(["drug", "cell_line_id"]).to_pandas()
-    keys.insert(0, "row", np.arange(table.num_rows))
-    keys["part"] = split
-    return keys
+    out = keys[["drug", "cell_line_id"]].copy()
+    out.insert(0, "row", np.arange(len(keys)))
+    out["part"] = split
+    return out
 
 
 def summarise_split(frame: pd.DataFrame) -> dict:

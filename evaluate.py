@@ -11,7 +11,6 @@ least 3 test pairs, so differences between drugs cannot carry the score).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import matplotlib
@@ -21,12 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 
 from common import atomic_path  # noqa: E402
-
-log = logging.getLogger("ic50.evaluate")
+from data import gene_vocabulary, normalised_counts, vocab_index  # noqa: E402
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -94,18 +91,10 @@ def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: in
     rank = keys.assign(r=np.random.default_rng(seed).random(len(keys))).groupby(
         ["drug", "cell_line_id"])["r"].rank(method="first")
     keep = np.flatnonzero(rank.to_numpy() <= max_cells)
-    sub = table.take(pa.array(keep))
-    g = sub["genes"].combine_chunks()
-    e = sub["expressions"].combine_chunks()
-    offsets = g.offsets.to_numpy() - g.offsets[0].as_py()
-    genes = g.flatten().to_numpy(zero_copy_only=False)
-    vals = np.clip(e.flatten().to_numpy(zero_copy_only=False).astype(np.float64), 0, None)
-    col = np.searchsorted(vocab, genes)
-    ok = (col < len(vocab)) & (vocab[np.minimum(col, len(vocab) - 1)] == genes)
-    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    totals = np.bincount(rows, weights=vals, minlength=len(offsets) - 1)
-    x = sparse.csr_matrix((np.log1p(vals[ok] / np.maximum(totals[rows[ok]], 1e-12) * 1e4),
-                           (rows[ok], col[ok])), shape=(len(offsets) - 1, len(vocab)))
+    rows, genes, values, _ = normalised_counts(table.take(pa.array(keep)))
+    col, ok = vocab_index(vocab, genes)
+    x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])),
+                          shape=(len(keep), len(vocab)))
     pair_keys = keys.iloc[keep].reset_index(drop=True)
     pair_id = pair_keys.groupby(["drug", "cell_line_id"], sort=True).ngroup().to_numpy()
     n_pairs = int(pair_id.max()) + 1 if len(pair_id) else 0
@@ -123,7 +112,7 @@ def ridge_baseline(train: pa.Table, test: pa.Table, drug_vectors: dict[str, np.n
     over them; a test cell gets its pair's prediction."""
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
-    vocab = np.unique(pc.list_flatten(train["genes"]).to_numpy())
+    vocab = gene_vocabulary(train["genes"])
     tr_index, tr_x = pseudobulk(train, vocab, seed=seed)
     te_index, te_x = pseudobulk(test, vocab, seed=seed)
     mean = np.asarray(tr_x.mean(0)).ravel()

@@ -92,7 +92,7 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
     split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac, fold, cfg.folds)
-    split_df = data.split_frame(table, split)
+    split_df = data.split_frame(keys, split)
     if train.is_main():
         write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
     parts = data.split_table(table, split)

@@ -268,9 +268,7 @@ def labelled_pairs(m: Matches, gdsc: pd.DataFrame) -> pd.DataFrame:
 
 def attach_labels(cells: pa.Table, pairs: pd.DataFrame) -> pa.Table:
     """The merged table: every cell with its pair's ln IC50 (columns of the merged-table contract)."""
-    key_cells = pd.DataFrame({"drug": cells["drug"].to_pylist(),
-                              "cell_line_id": cells["cell_line_id"].to_pylist()})
-    lab = key_cells.merge(pairs[["drug", "cell_line_id", "LN_IC50", "cell_name", "gdsc_dataset"]],
+    lab = cells.select(["drug", "cell_line_id"]).to_pandas().merge(pairs[["drug", "cell_line_id", "LN_IC50", "cell_name", "gdsc_dataset"]],
                           on=["drug", "cell_line_id"], how="left", validate="many_to_one")
     if lab["LN_IC50"].isna().all():
         raise PipelineError("merge produced no labelled cell: none of the downsampled cells belongs "
@@ -279,8 +277,8 @@ def attach_labels(cells: pa.Table, pairs: pd.DataFrame) -> pa.Table:
     out = cells.filter(pa.array(keep))
     lab = lab[keep]
     out = out.append_column("LN_IC50", pa.array(lab["LN_IC50"].to_numpy(np.float64)))
-    out = out.append_column("cell_name", pa.array(lab["cell_name"].tolist(), pa.string()))
-    out = out.append_column("gdsc_dataset", pa.array(lab["gdsc_dataset"].tolist(), pa.string()))
+    for col in ("cell_name", "gdsc_dataset"):
+        out = out.append_column(col, pa.array(lab[col], pa.string(), from_pandas=True))
     log.info("merged: %d cells, %d drugs, %d cell lines, %d pairs", out.num_rows,
              lab["drug"].nunique(), lab["cell_line_id"].nunique(),
              len(lab.drop_duplicates(["drug", "cell_line_id"])))

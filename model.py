@@ -75,26 +75,19 @@ def load_chemberta(model_id: str) -> tuple[object, nn.Module]:
 @torch.no_grad()
 def chemberta_embeddings(smiles: list[str], model_id: str, pooling: str = "mean",
                          batch_size: int = 32) -> np.ndarray:
-    tok, model = load_chemberta(model_id)
-    max_len = min(getattr(tok, "model_max_length", 512) or 512,
-                  getattr(model.config, "max_position_embeddings", 514) - 2)
-    out = []
-    for i in range(0, len(smiles), batch_size):
-        batch = tok(smiles[i:i + batch_size], padding=True, truncation=True, max_length=max_len,
-                    return_tensors="pt")
-        hidden = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).last_hidden_state
-        if pooling == "cls":
-            vec = hidden[:, 0]
-        else:
-            m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        out.append(vec.float().numpy())
-    return np.concatenate(out).astype(np.float32)
+    """Frozen ChemBERTa: the fine-tuning tower run once over every SMILES, without gradients."""
+    tower = DrugTower(model_id, smiles, pooling).eval()
+    idx = torch.arange(len(smiles))
+    return torch.cat([tower(idx[i:i + batch_size]) for i in range(0, len(smiles), batch_size)]
+                     ).float().numpy().astype(np.float32)
 
 
 class DrugTower(nn.Module):
-    """ChemBERTa inside the graph, for fine-tuning: each batch encodes its distinct drugs only."""
+    """ChemBERTa over a fixed list of SMILES; forward(drug indices) -> one vector per row.
+
+    Frozen, it is run once by chemberta_embeddings; fine-tuned, it sits in the graph and each
+    batch encodes its distinct drugs only.
+    """
 
     def __init__(self, model_id: str, smiles: list[str], pooling: str = "mean"):
         super().__init__()
@@ -108,8 +101,9 @@ class DrugTower(nn.Module):
 
     def forward(self, drug: torch.Tensor) -> torch.Tensor:
         uniq, inverse = drug.unique(return_inverse=True)
-        mask = self.mask[uniq]
-        hidden = self.encoder(input_ids=self.ids[uniq], attention_mask=mask).last_hidden_state
+        width = int(self.mask[uniq].sum(1).max())      # padding is on the right: trim to this batch
+        mask = self.mask[uniq, :width]
+        hidden = self.encoder(input_ids=self.ids[uniq, :width], attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             vec = hidden[:, 0]
         else:

@@ -156,3 +156,17 @@ def tiny_roberta(tmp_path: Path) -> Path:
     RobertaModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def train_steps(model, genes, values, drug, y, steps: int, lr: float = 1e-2) -> list[float]:
+    """Adam on one fixed batch; the loss before each step."""
+    import torch
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(genes, values, drug), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -7,7 +7,7 @@ import torch
 
 from common import PipelineError
 from config import Config, from_dict, load_yaml
-from conftest import ROOT
+from conftest import ROOT, train_steps
 from model import IC50Transformer, count_parameters, encode_drugs
 
 
@@ -25,14 +25,7 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tokens):
     genes = torch.randint(1, 50, (32, 10))
     genes[:, -2:] = 0  # some padding
     values, drug, y = torch.rand(32, 10), torch.rand(32, 16), torch.randn(32)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(2):
-        loss = torch.nn.functional.mse_loss(model(genes, values, drug), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, genes, values, drug, y, steps=2)
     assert losses[1] < losses[0]
 
 

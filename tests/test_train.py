@@ -14,7 +14,7 @@ import torch
 import main
 import model
 import train
-from conftest import ROOT, merged_table
+from conftest import ROOT, merged_table, train_steps
 
 SMALL = ["--d-model", "16", "--ff-dim", "32", "--n-layers", "1", "--top-k", "16", "--gene-dim", "8",
          "--head-dim", "16", "--drug-encoder", "morgan", "--morgan-bits", "64"]
@@ -129,14 +129,7 @@ def test_every_positional_encoding_trains(pos):
     m = model.IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=2, ff_dim=32,
                               head_dim=16, dropout=0.0, attn_dropout=0.0, pos_encoding=pos)
     g, v, d, y = torch.randint(1, 50, (16, 8)), torch.rand(16, 8), torch.rand(16, 16), torch.randn(16)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(3):
-        loss = torch.nn.functional.mse_loss(m(g, v, d), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(m, g, v, d, y, steps=3)
     assert losses[-1] < losses[0]
 
 
