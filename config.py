@@ -51,6 +51,11 @@ class Config:
                            "the merged-table contract), skipping data preparation.", group="data")
     out: str | None = opt(None, "Run directory (default: runs/<date-time>). Written as "
                           "<out>.incomplete and renamed when the run succeeds.", group="data")
+    value_kind: str = opt("auto", "What the merged table's expressions hold: raw counts (normalised "
+                          "to 10,000 per cell, then log1p) or values already normalised (log-TPM, "
+                          "z-scores: used as they are, negatives included). auto: what the table "
+                          "declares in its metadata, else counts (Tahoe).",
+                          ("auto", "counts", "normalised"), group="data")
     ic50_average: str = opt("ln", "How duplicate GDSC measurements of a pair within one version "
                             "are averaged: mean of ln IC50 (ln) or log of the mean IC50 (linear).",
                             ("ln", "linear"), group="data")
@@ -121,12 +126,31 @@ class Config:
     attn_dropout: float = opt(0.0, "Dropout on attention weights (torch's encoder layer uses "
                               "`dropout` here too; it makes CPU attention ~4x slower).",
                               group="model")
+    expr_embedding: str = opt("linear", "How a gene's value enters its token: the gene-id "
+                              "embedding plus one linear map of the value shared by all genes "
+                              "(the study's), or the gene's own vector scaled by its value "
+                              "(gene-specific; with tokens=pooled, a learned linear projection "
+                              "of the whole profile).", ("linear", "scaled"), group="model")
+    gene_dropout: float = opt(0.0, "Fraction of a cell's gene tokens dropped at random in each "
+                              "training step (regularises the cell representation).",
+                              group="model")
+    head: str = opt("shared", "The MLP head alone, or plus one linear read-out of the cell per "
+                    "training drug (per_drug; drugs not in training use the shared head alone).",
+                    ("shared", "per_drug"), group="model")
+    ensemble: int = opt(1, "Train this many networks of the same design side by side, each from "
+                        "its own initialisation, and predict their mean (a seed ensemble).",
+                        group="model")
     pos_encoding: str = opt("sinusoidal", "Positions of the tokens (genes are ordered by "
                             "expression): the study's absolute sinusoidal encoding, rotary "
                             "(on queries and keys), or none.", ("sinusoidal", "rotary", "none"),
                             group="model")
 
     # training
+    target: str = opt("ln_ic50", "What the network fits: ln IC50; its residual from the drug's "
+                      "training mean (drug_residual); or that residual over the drug's training sd "
+                      "(drug_zscore: every drug weighs the same, as in per-drug correlation). A "
+                      "drug not in training gets the overall mean (and the pooled sd).",
+                      ("ln_ic50", "drug_residual", "drug_zscore"), group="train")
     epochs: int = opt(40, "Maximum epochs.", group="train")
     patience: int = opt(6, "Stop after this many epochs without a lower validation loss; the "
                         "best weights are restored.", group="train")
@@ -159,9 +183,10 @@ class Config:
             (self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"),
             (self.top_k >= 1 and self.epochs >= 1 and self.patience >= 1 and self.batch_size >= 1,
              "top_k, epochs, patience and batch_size must be at least 1"),
-            (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)"),
+            (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1 and 0 <= self.gene_dropout < 1,
+             "dropouts must be in [0, 1)"),
             (self.grad_clip >= 0 and self.loader_workers >= 0, "grad_clip and loader_workers must be >= 0"),
-            (self.folds >= 0, "folds must be >= 0"),
+            (self.folds >= 0 and self.ensemble >= 1, "folds must be >= 0 and ensemble >= 1"),
             (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
              "rotary positions need an even head width (d_model / n_heads)"),
         ]

@@ -6,6 +6,7 @@ train/val/test; `random` (cells) is kept only to compare with the original study
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pyarrow.parquet as pq
 
 from common import PipelineError, require_file
 
+log = logging.getLogger("ic50.data")
+
 # the merged-table contract (see README): column -> accepted Arrow type check
 CONTRACT = {
     "genes": lambda t: pa.types.is_list(t) and pa.types.is_integer(t.value_type),
@@ -27,6 +30,11 @@ CONTRACT = {
     "LN_IC50": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
 }
 OPTIONAL = ("dose_uM", "cell_name", "gdsc_dataset")
+# What `expressions` holds: raw counts (normalised per cell here) or values already normalised
+# (log-TPM, z-scores; used as they are, negatives included). A table declares it in its parquet
+# metadata under this key; tables without it hold counts.
+VALUE_KINDS = ("counts", "normalised")
+VALUE_KIND_KEY = "value_kind"
 GROUP_COLUMNS = {"pair": ["drug", "cell_line_id"], "cell_line": ["cell_line_id"],
                  "drug": ["drug"], "random": None}
 PARTS = ("train", "val", "test")
@@ -43,10 +51,45 @@ def _as_regular_lists(table: pa.Table) -> pa.Table:
     return table
 
 
-def load_merged(path: str | Path, labelled: bool = True) -> pa.Table:
+def declared_value_kind(path: str | Path) -> str | None:
+    """The value kind a merged table declares in its parquet metadata, or None."""
+    path = require_file(path, "merged table")
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as e:
+        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from None
+    kind = meta.get(VALUE_KIND_KEY.encode())
+    if kind is None:
+        return None
+    kind = kind.decode()
+    if kind not in VALUE_KINDS:
+        raise PipelineError(f"merged table '{path}' declares {VALUE_KIND_KEY}={kind!r} in its "
+                            f"metadata; expected one of {list(VALUE_KINDS)}.")
+    return kind
+
+
+def resolve_value_kind(setting: str, path: str | Path | None) -> str:
+    """`auto` -> the table's declaration, else counts; an explicit setting wins over it."""
+    declared = declared_value_kind(path) if path else None
+    if setting == "auto":
+        return declared or "counts"
+    if declared and declared != setting:
+        log.warning("merged table '%s' declares %s values; --value-kind %s overrides that.", path,
+                    declared, setting)
+    return setting
+
+
+def with_value_kind(table: pa.Table, kind: str) -> pa.Table:
+    """The table with its value kind declared in its (parquet) metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta[VALUE_KIND_KEY.encode()] = kind.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "counts") -> pa.Table:
     """Read and check a merged table; the error names the file, the column and what was expected.
 
-    `labelled=False` (prediction) makes LN_IC50 optional.
+    `labelled=False` (prediction) makes LN_IC50 optional. Counts must not be negative.
     """
     path = require_file(path, "merged table")
     try:
@@ -77,11 +120,11 @@ def load_merged(path: str | Path, labelled: bool = True) -> pa.Table:
                                      table[name].cast(pa.string()))
     if table.num_rows == 0:
         raise PipelineError(f"merged table '{path}' has no rows.")
-    check_rows(table, str(path))
+    check_rows(table, str(path), value_kind)
     return table
 
 
-def check_rows(table: pa.Table, source: str) -> None:
+def check_rows(table: pa.Table, source: str, value_kind: str = "counts") -> None:
     for name in ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "genes", "expressions"):
         n = table[name].null_count if name in table.column_names else 0
         if n:
@@ -94,6 +137,15 @@ def check_rows(table: pa.Table, source: str) -> None:
     if bad.size:
         raise PipelineError(f"merged table '{source}': row {bad[0]} has {g_len[bad[0]]} genes but "
                             f"{e_len[bad[0]]} expressions; the two lists must be parallel.")
+    values = pc.list_flatten(table["expressions"])
+    if len(values) and not pc.all(pc.is_finite(values)).as_py():
+        raise PipelineError(f"merged table '{source}': column 'expressions' has NaN or infinite values.")
+    low = pc.min(values).as_py() if len(values) else None
+    if value_kind == "counts" and low is not None and low < 0:
+        raise PipelineError(f"merged table '{source}': column 'expressions' has negative values (min "
+                            f"{low:.3g}), but they are read as raw counts. If they are already "
+                            f"normalised (log-TPM, z-scores), pass --value-kind normalised or declare "
+                            f"it in the table's metadata ({VALUE_KIND_KEY}=normalised).")
 
 
 def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
@@ -167,17 +219,21 @@ def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
     return np.unique(pc.list_flatten(genes).to_numpy())
 
 
-def normalised_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flat (row, gene id, log1p(count / cell total x 10,000)) of every listed gene, and the
-    number of genes per row: the normalisation the model and the ridge baseline both read."""
+def normalised_values(table: pa.Table, value_kind: str = "counts"
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat (row, gene id, value) of every listed gene, and the number of genes per row: the
+    values the model and the baselines all read. Counts become log1p(count / cell total x
+    10,000); normalised values are used as they are."""
     g = table["genes"].combine_chunks()
     e = table["expressions"].combine_chunks()
     offsets = g.offsets.to_numpy()
     lengths = np.diff(offsets)
     genes = g.flatten().to_numpy(zero_copy_only=False)
-    counts = e.flatten().to_numpy(zero_copy_only=False)
-    counts = np.where(counts > 0, counts, 0).astype(np.float64)  # a leftover marker (<0) counts 0
+    raw = e.flatten().to_numpy(zero_copy_only=False)
     rows = np.repeat(np.arange(len(lengths)), lengths)
+    if value_kind == "normalised":
+        return rows, genes, raw.astype(np.float64), lengths
+    counts = np.where(raw > 0, raw, 0).astype(np.float64)
     totals = np.bincount(rows, weights=counts, minlength=len(lengths))
     values = np.log1p(counts / np.maximum(totals[rows], 1e-12) * 1e4)  # float64; callers cast
     return rows, genes, values, lengths
@@ -190,11 +246,15 @@ def vocab_index(vocab: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
-                   tokens: str = "top_k", chunk: int = 4096) -> Features:
-    """Normalise per cell, log1p, order genes by expression; keep the top_k (or all of them).
+                   tokens: str = "top_k", chunk: int = 4096, value_kind: str = "counts") -> Features:
+    """Normalise counts per cell and log1p them (normalised values stay as they are), order genes
+    by value; keep the top_k (or all of them). A zero count is no token; with normalised values
+    every listed gene is one, whatever its sign.
 
     Vectorised over chunks of cells: no per-row Python.
     """
+    counts = value_kind == "counts"
+    fill = -1.0 if counts else -np.inf
     n = table.num_rows
     ragged = tokens == "all"
     parts_g, parts_v, lengths = [], [], []
@@ -202,10 +262,10 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         genes_out = np.zeros((n, top_k), dtype=np.int32)
         values_out = np.zeros((n, top_k), dtype=np.float32)
     for start in range(0, n, chunk):
-        rows, gv, norm, cell_len = normalised_counts(table.slice(start, chunk))
+        rows, gv, norm, cell_len = normalised_values(table.slice(start, chunk), value_kind)
         width = max(int(cell_len.max(initial=0)), 1)
         cols = np.arange(len(gv)) - np.repeat(np.cumsum(cell_len) - cell_len, cell_len)
-        dense_v = np.full((len(cell_len), width), -1.0, dtype=np.float32)
+        dense_v = np.full((len(cell_len), width), fill, dtype=np.float32)
         dense_g = np.zeros((len(cell_len), width), dtype=np.int64)
         dense_v[rows, cols] = norm
         dense_g[rows, cols] = gv
@@ -219,7 +279,7 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         tg = np.take_along_axis(tg, order, axis=1)
         idx, known = vocab_index(vocab, tg)
         tok = np.where(known, idx + 2, UNK).astype(np.int32)
-        valid = tv > 0
+        valid = tv > 0 if counts else np.isfinite(tv)
         if ragged:
             parts_g.append(tok[valid])      # row-major: each cell's tokens stay together, in order
             parts_v.append(tv[valid])

@@ -374,10 +374,10 @@ def combine(source: TahoeSource, sampling: Sampling, parts_dir: Path, out: Path,
         raise PipelineError("downsample: no Tahoe cell belongs to a labelled (drug, cell line) pair; "
                             "check that the GDSC names match the Tahoe metadata (match_report.csv).")
     # pass 2: the chosen rows, part by part, in shard order (so the output is layout-independent)
-    rows = chosen.groupby("_part")["_row"].agg(lambda r: np.sort(r.to_numpy()))
+    rows = {part: np.sort(r.to_numpy()) for part, r in chosen.groupby("_part")["_row"]}
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, OUT_SCHEMA, compression="zstd") as w:
         for i, p in enumerate(present):
-            if i in rows.index:
+            if i in rows:
                 w.write_table(pq.read_table(p).take(pa.array(rows[i])).select(OUT_SCHEMA.names))
     per_group = chosen.groupby(GROUP, dropna=False).size()
     return {**totals, "cells_kept": int(len(chosen)), "groups": int(len(per_group)),

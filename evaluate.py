@@ -11,6 +11,7 @@ least 3 test pairs, so differences between drugs cannot carry the score).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,7 @@ import pyarrow as pa  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 
 from common import atomic_path  # noqa: E402
-from data import gene_vocabulary, normalised_counts, vocab_index  # noqa: E402
+from data import gene_vocabulary, normalised_values, vocab_index  # noqa: E402
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -82,16 +83,17 @@ def score(test: pd.DataFrame, pred: np.ndarray) -> dict:
             "per_drug": per_drug(pairs)}
 
 
-# ----------------------------------------------------------------------------- ridge baseline
+# ----------------------------------------------------------------------------- classical baselines
 
-def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0
-               ) -> tuple[pd.DataFrame, sparse.csr_matrix]:
-    """Mean log1p(CP10k) expression of each (drug, cell line) pair over up to max_cells cells."""
+def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0,
+               value_kind: str = "counts") -> tuple[pd.DataFrame, sparse.csr_matrix]:
+    """Mean expression (log1p CP10k for counts) of each (drug, cell line) pair over up to
+    max_cells of its cells."""
     keys = table.select(["drug", "cell_line_id"]).to_pandas()
     rank = keys.assign(r=np.random.default_rng(seed).random(len(keys))).groupby(
         ["drug", "cell_line_id"])["r"].rank(method="first")
     keep = np.flatnonzero(rank.to_numpy() <= max_cells)
-    rows, genes, values, _ = normalised_counts(table.take(pa.array(keep)))
+    rows, genes, values, _ = normalised_values(table.take(pa.array(keep)), value_kind)
     col, ok = vocab_index(vocab, genes)
     x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])),
                           shape=(len(keep), len(vocab)))
@@ -105,41 +107,134 @@ def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: in
     return index, (agg @ x).tocsr()
 
 
-def ridge_baseline(train: pa.Table, test: pa.Table, drug_vectors: dict[str, np.ndarray],
-                   n_genes: int = 2000, seed: int = 0) -> np.ndarray:
-    """Ridge regression on per-pair pseudobulk of the training pairs' most variable genes plus
-    the drug's vector (standardised), fitted on training pairs with alpha chosen by leave-one-out
-    over them; a test cell gets its pair's prediction."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.preprocessing import StandardScaler
+@dataclass
+class Design:
+    """Per-pair pseudobulk of the training pairs' most variable genes, standardised with the
+    training pairs' mean and sd: what every classical baseline reads."""
+    train: pd.DataFrame     # one row per training pair: drug, cell_line_id, LN_IC50
+    test: pd.DataFrame      # one row per test pair: drug, cell_line_id
+    x_train: np.ndarray     # [train pairs, genes]
+    x_test: np.ndarray      # [test pairs, genes]
+
+
+def expression_design(train: pa.Table, test: pa.Table, n_genes: int = 2000, seed: int = 0,
+                      value_kind: str = "counts") -> Design:
     vocab = gene_vocabulary(train["genes"])
-    tr_index, tr_x = pseudobulk(train, vocab, seed=seed)
-    te_index, te_x = pseudobulk(test, vocab, seed=seed)
+    tr_index, tr_x = pseudobulk(train, vocab, seed=seed, value_kind=value_kind)
+    te_index, te_x = pseudobulk(test, vocab, seed=seed, value_kind=value_kind)
     mean = np.asarray(tr_x.mean(0)).ravel()
     var = np.asarray(tr_x.multiply(tr_x).mean(0)).ravel() - mean ** 2
     hvg = np.sort(np.argsort(-var, kind="stable")[:n_genes])
     labels = train.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas().groupby(
         ["drug", "cell_line_id"], as_index=False)["LN_IC50"].mean()
-    y = tr_index.merge(labels, on=["drug", "cell_line_id"], how="left")["LN_IC50"].to_numpy()
+    tr_index = tr_index.merge(labels, on=["drug", "cell_line_id"], how="left")
+    x_tr, x_te = tr_x[:, hvg].toarray(), te_x[:, hvg].toarray()
+    mu, sd = x_tr.mean(0), x_tr.std(0)
+    sd[sd == 0] = 1.0
+    return Design(tr_index, te_index, (x_tr - mu) / sd, (x_te - mu) / sd)
 
-    def design(index: pd.DataFrame, x: sparse.csr_matrix) -> np.ndarray:
-        return np.hstack([x[:, hvg].toarray(), np.stack([drug_vectors[d] for d in index["drug"]])])
 
-    scaler = StandardScaler().fit(design(tr_index, tr_x))
-    model = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(scaler.transform(design(tr_index, tr_x)), y)
-    pair_pred = te_index.assign(prediction=model.predict(scaler.transform(design(te_index, te_x))))
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu, sd = train.mean(0), train.std(0)
+    sd[sd == 0] = 1.0
+    return (train - mu) / sd, (test - mu) / sd
+
+
+def drug_offsets(design: Design, drug_vectors: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Each test pair's drug mean over the training pairs; a drug not in training gets a ridge
+    regression of the training drugs' means on their drug vectors (the global mean without)."""
+    from sklearn.linear_model import RidgeCV
+    means = design.train.groupby("drug")["LN_IC50"].mean()
+    out = np.array(design.test["drug"].map(means), dtype=float)
+    unseen = np.isnan(out)
+    if unseen.any():
+        out[unseen] = float(design.train["LN_IC50"].mean())
+        if drug_vectors is not None and len(means) >= 2:
+            v_tr, v_te = _standardise(np.stack([drug_vectors[d] for d in means.index]),
+                                      np.stack([drug_vectors[d] for d in design.test["drug"][unseen]]))
+            fit = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(v_tr, means.to_numpy())
+            out[unseen] = fit.predict(v_te)
+    return out
+
+
+def ridge_baseline(design: Design, drug_vectors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """One ridge for all drugs with a per-drug intercept: the drug's training mean (see
+    drug_offsets) plus a ridge of the residuals on expression, alpha by leave-one-out. As alpha
+    grows it becomes the drug mean, so it cannot do much worse."""
+    from sklearn.linear_model import RidgeCV
+    resid = design.train["LN_IC50"].to_numpy() - design.train["drug"].map(
+        design.train.groupby("drug")["LN_IC50"].mean()).to_numpy()
+    fit = RidgeCV(alphas=np.logspace(-2, 6, 17)).fit(design.x_train, resid)
+    return drug_offsets(design, drug_vectors) + fit.predict(design.x_test)
+
+
+def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray | None:
+    """The classical GDSC approach: one ridge per drug on expression, alpha by leave-one-out over
+    the drug's training pairs. NaN for a drug with fewer than min_pairs training pairs; None when
+    no test drug has a model (unseen drugs)."""
+    from sklearn.linear_model import RidgeCV
+    out = np.full(len(design.test), np.nan)
+    train_rows = design.train.groupby("drug").indices
+    for drug, rows in design.test.groupby("drug").indices.items():
+        fit_rows = train_rows.get(drug, [])
+        if len(fit_rows) >= min_pairs:
+            fit = RidgeCV(alphas=np.logspace(-1, 6, 15)).fit(
+                design.x_train[fit_rows], design.train["LN_IC50"].to_numpy()[fit_rows])
+            out[rows] = fit.predict(design.x_test[rows])
+    return None if np.isnan(out).all() else out
+
+
+def boosted_trees(design: Design, seed: int = 0) -> np.ndarray:
+    """Gradient-boosted trees (scikit-learn's histogram GBM) on expression + drug identity
+    (one-hot; a drug not in training has none), early-stopped on a tenth of the training pairs."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    drugs = {d: i for i, d in enumerate(sorted(design.train["drug"].unique()))}
+
+    def onehot(frame: pd.DataFrame) -> np.ndarray:
+        m = np.zeros((len(frame), len(drugs)), dtype=np.float64)
+        idx = frame["drug"].map(drugs)
+        seen = idx.notna().to_numpy()
+        m[np.flatnonzero(seen), idx[seen].astype(int).to_numpy()] = 1.0
+        return m
+
+    fit = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, early_stopping=True,
+                                        validation_fraction=0.1, n_iter_no_change=20,
+                                        random_state=seed)
+    fit.fit(np.hstack([design.x_train, onehot(design.train)]), design.train["LN_IC50"].to_numpy())
+    return fit.predict(np.hstack([design.x_test, onehot(design.test)]))
+
+
+def classical_baselines(train: pa.Table, test: pa.Table, drug_vectors: dict[str, np.ndarray],
+                        fallback: np.ndarray, seed: int = 0, value_kind: str = "counts"
+                        ) -> dict[str, np.ndarray]:
+    """Per-cell predictions of the expression baselines; `fallback` (per test cell) stands in
+    where a per-drug model has too few training pairs."""
+    design = expression_design(train, test, seed=seed, value_kind=value_kind)
     cells = test.select(["drug", "cell_line_id"]).to_pandas()
-    return cells.merge(pair_pred, on=["drug", "cell_line_id"], how="left")["prediction"].to_numpy()
+
+    def per_cell(pair_pred: np.ndarray) -> np.ndarray:
+        return cells.merge(design.test.assign(prediction=pair_pred), on=["drug", "cell_line_id"],
+                           how="left")["prediction"].to_numpy()
+
+    out = {"ridge": per_cell(ridge_baseline(design, drug_vectors))}
+    per_drug_pred = ridge_per_drug(design)
+    if per_drug_pred is not None:
+        p = per_cell(per_drug_pred)
+        out["ridge_per_drug"] = np.where(np.isnan(p), fallback, p)
+    out["boosted_trees"] = per_cell(boosted_trees(design, seed))
+    return out
 
 
 def evaluate(train: pa.Table, test: pa.Table, pred: np.ndarray,
-             drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0) -> dict:
+             drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0,
+             value_kind: str = "counts") -> dict:
     """metrics.json's test and baseline sections, every one scored the same three ways."""
     tr = train.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
     te = test.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
     preds = predict_baselines(fit_baselines(tr), te)
     if drug_vectors is not None:
-        preds = {"ridge": ridge_baseline(train, test, drug_vectors, seed=seed), **preds}
+        preds = {**classical_baselines(train, test, drug_vectors, preds["mean_effects"], seed,
+                                       value_kind), **preds}
     return {"test": score(te, pred), "baselines": {k: score(te, p) for k, p in preds.items()}}
 
 
@@ -173,15 +268,23 @@ def plot_pairs(pred: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_per_drug(metrics: dict, path: Path) -> None:
-    """Per-drug Pearson of the model beside mean effects (drugs with >= 3 test pairs)."""
+    """Per-drug Pearson of the model beside the best baseline per drug, and mean effects where
+    it has a within-drug correlation (it has none under the cell_line split)."""
     model = metrics["test"]["per_drug"]["by_drug"]
-    base = metrics["baselines"].get("mean_effects", {}).get("per_drug", {}).get("by_drug", {})
-    drugs = sorted(model, key=lambda d: -(model[d]["pcc"] if model[d]["pcc"] is not None else -9))
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(drugs) + 1.5))
+    shown = [("model", model)]
+    best = metrics.get("verdict", {}).get("best_baseline")
+    for name in dict.fromkeys([best, "mean_effects"]):
+        by_drug = metrics["baselines"].get(name, {}).get("per_drug", {}).get("by_drug", {})
+        if any(_finite((r or {}).get("pcc")) for r in by_drug.values()):
+            shown.append((name.replace("_", " "), by_drug))
+    drugs = sorted(model, key=lambda d: -(model[d]["pcc"] if _finite(model[d]["pcc"]) else -9))
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(drugs) * len(shown) / 2 + 1.5))
     y = np.arange(len(drugs))
-    ax.barh(y - 0.2, [model[d]["pcc"] or 0 for d in drugs], height=0.4, label="model")
-    ax.barh(y + 0.2, [(base.get(d) or {}).get("pcc") or 0 for d in drugs], height=0.4,
-            label="mean effects")
+    height = 0.8 / len(shown)
+    for i, (label, by_drug) in enumerate(shown):
+        vals = [(by_drug.get(d) or {}).get("pcc") for d in drugs]
+        ax.barh(y - 0.4 + height * (i + 0.5), [v if _finite(v) else 0.0 for v in vals],
+                height=height, label=label)
     ax.set_yticks(y, drugs, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="grey", lw=0.8)
@@ -197,7 +300,46 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-ROWS = ("model", "ridge", "mean_effects", "drug_mean", "cell_line_mean", "global_mean")
+ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "mean_effects", "drug_mean",
+        "cell_line_mean", "global_mean")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and np.isfinite(v)
+
+
+def _value(v) -> float | None:
+    """A metric, or its mean over runs; None where it is undefined."""
+    v = v.get("mean") if isinstance(v, dict) else v
+    return float(v) if _finite(v) else None
+
+
+def verdict(metrics: dict) -> dict:
+    """The best baseline (highest per-drug Pearson; lowest MSE where no baseline has one), the
+    lowest-MSE baseline, and whether the model beats them, said in one plain paragraph."""
+    base = metrics["baselines"]
+    per_drug = {k: _value(b["per_drug"]["pcc"]) for k, b in base.items()}
+    per_drug = {k: v for k, v in per_drug.items() if v is not None}
+    mse = {k: _value(b["mse"]) for k, b in base.items() if _value(b["mse"]) is not None}
+    model_pd, model_mse = _value(metrics["test"]["per_drug"]["pcc"]), _value(metrics["test"]["mse"])
+    lowest = min(mse, key=mse.get)
+    best = max(per_drug, key=per_drug.get) if per_drug else lowest
+    beats_mse = model_mse is not None and model_mse <= mse[lowest]
+    beats_pd = None
+    lines = [f"Best baseline: **{best}**" + (f" (per-drug Pearson {per_drug[best]:.3f})." if per_drug else ".")]
+    if per_drug:
+        beats_pd = model_pd is not None and model_pd > per_drug[best]
+        gap = "–" if model_pd is None else f"{model_pd - per_drug[best]:+.3f}"
+        lines.append(f"Per drug, the model's Pearson is {_fmt(model_pd)} ({gap}): "
+                     f"{'**better**' if beats_pd else '**not better**'}.")
+    lines.append(f"In MSE the model scores {_fmt(model_mse)} against {mse[lowest]:.3f} for the lowest "
+                 f"baseline, {lowest}: {'**no higher**' if beats_mse else '**higher**'}.")
+    won = beats_mse and beats_pd is not False
+    lines.append("The model beats the best baseline." if won else
+                 "The model does **not** beat the best baseline: a simpler predictor does as well "
+                 "or better on these test rows.")
+    return {"best_baseline": best, "lowest_mse_baseline": lowest, "beats_per_drug": beats_pd,
+            "beats_mse": beats_mse, "beats_best_baseline": won, "text": " ".join(lines)}
 
 
 def _fmt(v) -> str:
@@ -244,13 +386,19 @@ def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) ->
     else:
         lines += [f"Seed {metrics['seed']}; drug encoder `{metrics['drug_encoder']}`; best epoch "
                   f"{metrics['best_epoch']} of {metrics['epochs_run']}."]
+    if metrics.get("verdict"):
+        lines += ["", "## Verdict", "", metrics["verdict"]["text"]]
     lines += ["", "## Model and baselines on the same test rows", "", results_table(metrics), "",
               "Baselines are fitted on the training split only. *pairs*: each pair's mean "
               "prediction against its label. *per drug*: correlation within each drug over its "
               "test pairs, averaged over the drugs with at least 3 test pairs — differences "
               "between drugs cannot carry it. "
               "A model that does not beat *mean effects* has learned nothing beyond drug and "
-              "cell-line averages."]
+              "cell-line averages. Classical baselines, on per-pair pseudobulk of the training "
+              "pairs' 2,000 most variable genes: *ridge_per_drug*, one ridge per drug (the "
+              "classical GDSC approach); *boosted_trees*, gradient-boosted trees on expression "
+              "and drug identity; *ridge*, one ridge for all drugs on expression with a per-drug "
+              "intercept (the drug's training mean)."]
     if parts:
         lines += ["", "## Split", "", "| part | cells | pairs | drugs | cell lines |", "|---|---|---|---|---|"]
         lines += [f"| {p} | {s['cells']} | {s['pairs']} | {s['drugs']} | {s['cell_lines']} |"
@@ -277,7 +425,7 @@ def aggregate(results: dict[str, dict]) -> dict:
     return {"split": first["split"], "runs": list(results),
             "test": walk([r["test"] for r in results.values()], first["test"]),
             "baselines": {b: walk([r["baselines"][b] for r in results.values()], first["baselines"][b])
-                          for b in first["baselines"]}}
+                          for b in first["baselines"] if all(b in r["baselines"] for r in results.values())}}
 
 
 def format_table(result: dict) -> str:

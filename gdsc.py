@@ -25,12 +25,14 @@ AVERAGES = ("ln", "linear")
 
 
 def excel_engine() -> str:
-    """calamine (Rust) reads the 333k-row GDSC1 sheet ~10x faster than openpyxl; either works."""
+    """calamine (Rust) reads the 333k-row GDSC1 sheet ~10x faster than openpyxl; either works.
+    pandas reads with calamine from 2.2 on."""
     try:
         import python_calamine  # noqa: F401
-        return "calamine"
     except ImportError:
         return "openpyxl"
+    major, minor = (int(x) for x in pd.__version__.split(".")[:2])
+    return "calamine" if (major, minor) >= (2, 2) else "openpyxl"
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -79,7 +79,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     write_json(summary, run_dir / "downsample_summary.json")
     if not summary["complete"] or cfg.stop_after == "downsample":
         return None
-    merged = merge.attach_labels(pq.read_table(cells_path), pairs)
+    merged = data.with_value_kind(merge.attach_labels(pq.read_table(cells_path), pairs), "counts")
     write_parquet(merged, run_dir / "merged.parquet")
     cells_path.unlink()  # merged.parquet holds the same cells, labelled
     if not cfg.parts_dir:
@@ -119,12 +119,13 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
 
     index = train.drug_index(table, trained.smiles)
     vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in index.items()}
-    result = evaluate.evaluate(parts["train"], parts["test"], pred, vectors, cfg.seed)
+    result = evaluate.evaluate(parts["train"], parts["test"], pred, vectors, cfg.seed, cfg.value_kind)
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
                "parameters": sum(p.numel() for p in trained.model.parameters()),
                "history": trained.history}
+    metrics["verdict"] = evaluate.verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
     evaluate.plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
     evaluate.plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {cfg.split} split")
@@ -156,6 +157,7 @@ def train_runs(cfg: Config, table: pa.Table, work: Path) -> dict:
     first = next(iter(results.values()))
     metrics = {**summary, "seeds": seeds, "folds": cfg.folds, "drug_encoder": first["drug_encoder"],
                "per_run": {k: {"test": v["test"], "baselines": v["baselines"]} for k, v in results.items()}}
+    metrics["verdict"] = evaluate.verdict(metrics)
     write_json(metrics, work / "metrics.json")
     evaluate.write_report(work, metrics, runs=list(results))
     return metrics
@@ -228,6 +230,7 @@ def run(cfg: Config) -> Path:
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     check_inputs(cfg)
+    cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
     final, work = new_run_dir(cfg.out, cfg.resume)
     if train.is_main():
         setup_logging(logging.getLogger().level, work / "log.txt")
@@ -235,10 +238,10 @@ def run(cfg: Config) -> Path:
         log.info("run directory: %s (written as %s until the run completes)", final, work.name)
     try:
         if cfg.data:
-            table = data.load_merged(cfg.data)
+            table = data.load_merged(cfg.data, value_kind=cfg.value_kind)
         elif cfg.resume and (work / "merged.parquet").exists():
             log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
-            table = data.load_merged(work / "merged.parquet")
+            table = data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
         else:
             table = prepare_data(cfg, work)
         if table is not None:
@@ -264,6 +267,7 @@ def run(cfg: Config) -> Path:
     print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
                                                if "runs" in metrics else "") + ":")
     print(evaluate.format_table(metrics) + "\n")
+    print(metrics["verdict"]["text"].replace("**", "") + "\n")
     log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
              "best.pt)", minutes, final)
     return final
@@ -282,7 +286,12 @@ def predict(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         trained = train.Trained.load(args.checkpoint, train.pick_device(args.device))
-        table = data.load_merged(args.data, labelled=False)
+        kind = trained.cfg.value_kind
+        declared = data.declared_value_kind(args.data)
+        if declared and declared != kind:
+            raise PipelineError(f"'{args.data}' declares {declared} values, but the model was trained "
+                                f"on {kind} values; give it a table of the same kind.")
+        table = data.load_merged(args.data, labelled=False, value_kind=kind)
         trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
         pred = trained.predict(trained.features(table))
         cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]

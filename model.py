@@ -239,11 +239,15 @@ class IC50Transformer(nn.Module):
     def __init__(self, n_tokens: int, drug_dim: int, gene_dim: int = 128, d_model: int = 512,
                  n_heads: int = 4, n_layers: int = 3, ff_dim: int = 512, head_dim: int = 256,
                  dropout: float = 0.1, tokens: str = "top_k", pos_encoding: str = "sinusoidal",
-                 attn_dropout: float = 0.1):
+                 attn_dropout: float = 0.1, expr_embedding: str = "linear",
+                 gene_dropout: float = 0.0, n_drug_heads: int = 0):
         super().__init__()
         self.tokens, self.pos_encoding = tokens, pos_encoding
+        self.expr_embedding, self.gene_dropout = expr_embedding, gene_dropout
         self.gene_emb = nn.Embedding(n_tokens, gene_dim, padding_idx=0)
-        self.expr_emb = nn.Linear(1, gene_dim)
+        # linear: one map of the value shared by all genes, added to the gene's id embedding;
+        # scaled: the gene's own vector times its value (gene-specific and continuous)
+        self.expr_emb = nn.Linear(1, gene_dim) if expr_embedding == "linear" else None
         self.gene_proj = nn.Linear(gene_dim, d_model)
         self.drug_proj = nn.Linear(drug_dim, d_model)
         self.layers = nn.ModuleList(
@@ -252,29 +256,100 @@ class IC50Transformer(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout),
                                   nn.Linear(d_model, head_dim), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(head_dim, 1))
+        # per-drug heads: one linear read-out of the cell's representation per training drug,
+        # added to the shared head; zero at the start, and for drugs never trained on
+        self.drug_heads = nn.Embedding(n_drug_heads, d_model) if n_drug_heads else None
+        if self.drug_heads is not None:
+            nn.init.zeros_(self.drug_heads.weight)
 
     @classmethod
-    def from_config(cls, cfg, n_tokens: int, drug_dim: int) -> "IC50Transformer":
+    def from_config(cls, cfg, n_tokens: int, drug_dim: int, n_drugs: int = 0) -> "IC50Transformer":
         return cls(n_tokens, drug_dim, cfg.gene_dim, cfg.d_model, cfg.n_heads, cfg.n_layers,
                    cfg.ff_dim, cfg.head_dim, cfg.dropout, cfg.tokens, cfg.pos_encoding,
-                   cfg.attn_dropout)
+                   cfg.attn_dropout, getattr(cfg, "expr_embedding", "linear"),
+                   getattr(cfg, "gene_dropout", 0.0),
+                   n_drugs if getattr(cfg, "head", "shared") == "per_drug" else 0)
 
-    def forward(self, genes: torch.Tensor, values: torch.Tensor, drug_vec: torch.Tensor) -> torch.Tensor:
-        """genes [B, K] token indices (0 = padding), values [B, K], drug_vec [B, drug_dim] -> [B]."""
-        keep = genes != 0
-        x = self.gene_proj(self.gene_emb(genes) + self.expr_emb(values.unsqueeze(-1)))
-        if self.tokens == "pooled":   # the study's two-token design: mean of the gene tokens
-            w = keep.unsqueeze(-1).to(x.dtype)
-            x = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
-            keep = torch.ones_like(keep[:, :1])
-        drug = self.drug_proj(drug_vec).unsqueeze(1)
-        seq = torch.cat([drug, x], dim=1)
+    def embed_genes(self, genes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gene tokens [B, K, d_model] (one pooled token [B, 1, d_model] when tokens=pooled) and
+        which of them are real."""
+        listed = genes != 0
+        keep = listed
+        if self.training and self.gene_dropout > 0:
+            keep = listed & (torch.rand(listed.shape, device=listed.device) >= self.gene_dropout)
+        if self.tokens == "pooled":   # the study's two-token design: the mean of the gene tokens
+            x = self.pooled(genes, values, keep, listed)
+            return self.gene_proj(x).unsqueeze(1), torch.ones_like(keep[:, :1])
+        if self.expr_embedding == "scaled":
+            x = self.gene_emb(genes) * values.unsqueeze(-1)
+        else:
+            x = self.gene_emb(genes) + self.expr_emb(values.unsqueeze(-1))
+        return self.gene_proj(x), keep
+
+    def pooled(self, genes: torch.Tensor, values: torch.Tensor, keep: torch.Tensor,
+               listed: torch.Tensor) -> torch.Tensor:
+        """The kept genes pooled into one token [B, gene_dim], as one product of a [B, vocabulary]
+        row of weights with the embedding table (no [B, K, gene_dim] tensor). linear: the mean of
+        e_g + map(v_g) = mean e_g + map(mean v) over the kept genes. scaled: the sum of e_g * v_g
+        over sqrt(listed genes), so its size does not shrink as a cell has more genes; dropped
+        genes are made up for by scaling the kept ones (inverted dropout), so training and
+        prediction see tokens of the same expected size."""
+        w = keep.to(self.gene_emb.weight.dtype)
+        if self.expr_embedding == "scaled":
+            drop = self.gene_dropout if self.training else 0.0
+            weights = values.to(w.dtype) * w / (1.0 - drop)
+            norm = listed.sum(1, keepdim=True).clamp(min=1).to(w.dtype).sqrt()
+        else:
+            weights = w
+            norm = w.sum(1, keepdim=True).clamp(min=1)
+        rows = torch.zeros(genes.shape[0], self.gene_emb.num_embeddings, dtype=w.dtype,
+                           device=genes.device).scatter_add_(1, genes, weights)
+        x = rows @ self.gene_emb.weight / norm
+        if self.expr_embedding == "linear":
+            x = x + self.expr_emb((values * w).sum(1, keepdim=True) / norm)
+        return x
+
+    def forward(self, genes: torch.Tensor, values: torch.Tensor, drug_vec: torch.Tensor,
+                drug: torch.Tensor | None = None) -> torch.Tensor:
+        """genes [B, K] token indices (0 = padding), values [B, K], drug_vec [B, drug_dim],
+        drug [B] drug-table rows (needed by per-drug heads) -> [B]."""
+        x, keep = self.embed_genes(genes, values)
+        seq = torch.cat([self.drug_proj(drug_vec).unsqueeze(1), x], dim=1)
         keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
         if self.pos_encoding == "sinusoidal":
             seq = seq + sinusoidal(seq.shape[1], seq.shape[2], seq.device).to(seq.dtype)
         for layer in self.layers:
             seq = layer(seq, keep)
-        return self.head(seq[:, 0]).squeeze(-1)
+        out = self.head(seq[:, 0]).squeeze(-1)
+        if self.drug_heads is not None:
+            w = keep[:, 1:].unsqueeze(-1).to(x.dtype)
+            cell = (x * w).sum(1) / w.sum(1).clamp(min=1)               # [B, d_model]
+            known = drug < self.drug_heads.num_embeddings
+            weight = self.drug_heads(torch.where(known, drug, 0)) * known.unsqueeze(-1)
+            out = out + (weight * cell).sum(-1)
+        return out
+
+
+class Ensemble(nn.Module):
+    """A seed ensemble: networks of one design, each with its own initialisation and dropout,
+    trained side by side on the same batches, each on its own loss. Training returns every
+    member's prediction [B, M]; evaluation their mean [B]."""
+
+    def __init__(self, members: list[IC50Transformer]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.gene_emb, self.drug_proj = members[0].gene_emb, members[0].drug_proj  # shapes, for checkpoints
+
+    def forward(self, *args) -> torch.Tensor:
+        out = torch.stack([m(*args) for m in self.members], dim=-1)
+        return out if self.training else out.mean(-1)
+
+
+def build_model(cfg, n_tokens: int, drug_dim: int, n_drugs: int = 0) -> nn.Module:
+    """The network a configuration describes: one IC50Transformer, or an ensemble of them."""
+    members = [IC50Transformer.from_config(cfg, n_tokens, drug_dim, n_drugs)
+               for _ in range(max(1, getattr(cfg, "ensemble", 1)))]
+    return members[0] if len(members) == 1 else Ensemble(members)
 
 
 def count_parameters(model: nn.Module) -> int:

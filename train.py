@@ -29,7 +29,7 @@ from tqdm import tqdm
 from common import PipelineError, atomic_path
 from config import Config
 from data import Features, build_features, gene_vocabulary
-from model import DrugTower, IC50Transformer, count_parameters, encode_drugs
+from model import DrugTower, build_model, count_parameters, encode_drugs
 
 log = logging.getLogger("ic50.train")
 
@@ -135,7 +135,7 @@ def autocast(device: torch.device):
 @dataclass
 class Trained:
     """A fitted model with everything needed to featurise new rows the same way."""
-    model: IC50Transformer
+    model: torch.nn.Module   # an IC50Transformer, or an Ensemble of them
     cfg: Config
     vocab: np.ndarray
     smiles: list[str]
@@ -146,10 +146,42 @@ class Trained:
     tower: DrugTower | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
+    # target != ln_ic50: per drug-table row, the offset and scale the network's target is taken
+    # from (drug mean; drug sd), and the values a drug not in training gets
+    offset: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    unseen: tuple[float, float] = (0.0, 1.0)
+
+    def fit_target(self, y: np.ndarray, drug: np.ndarray) -> None:
+        """Offsets and scales from the training rows, then the mean and sd of what is left."""
+        kind = self.cfg.target
+        if kind != "ln_ic50":
+            n = len(self.smiles)
+            count = np.bincount(drug, minlength=n)
+            mean = np.bincount(drug, weights=y, minlength=n) / np.maximum(count, 1)
+            var = np.bincount(drug, weights=(y - mean[drug]) ** 2, minlength=n) / np.maximum(count, 1)
+            seen = count > 0
+            scale = np.sqrt(var) if kind == "drug_zscore" else np.ones(n)
+            scale[scale < 1e-6] = 1.0
+            self.unseen = (float(y.mean()), float(np.sqrt(var[seen].mean())) if kind == "drug_zscore" else 1.0)
+            self.offset = np.where(seen, mean, self.unseen[0])
+            self.scale = np.where(seen, scale, self.unseen[1])
+            y = (y - self.offset[drug]) / self.scale[drug]
+        self.y_mean, self.y_std = float(y.mean()), float(y.std() or 1.0)
+
+    def encode_target(self, y: np.ndarray, drug: np.ndarray) -> np.ndarray:
+        if self.offset is not None:
+            y = (y - self.offset[drug]) / self.scale[drug]
+        return ((y - self.y_mean) / self.y_std).astype(np.float32)
+
+    def decode_target(self, out: np.ndarray, drug: np.ndarray) -> np.ndarray:
+        y = out * self.y_std + self.y_mean
+        return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
 
     def features(self, table: pa.Table) -> Features:
         index = drug_index(table, self.smiles)
-        return build_features(table, self.vocab, index, self.cfg.top_k, self.cfg.tokens)
+        return build_features(table, self.vocab, index, self.cfg.top_k, self.cfg.tokens,
+                              value_kind=self.cfg.value_kind)
 
     def drug_vectors(self, drug: torch.Tensor) -> torch.Tensor:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
@@ -168,8 +200,8 @@ class Trained:
         for g, v, d, _ in loader(feats, plan, 0, device):
             g, v, d = g.to(device), v.to(device), d.to(device)
             with autocast(device):
-                out.append(self.model(g, v, self.drug_vectors(d)).float().cpu().numpy())
-        local = (np.concatenate(out) if out else np.zeros(0)) * self.y_std + self.y_mean
+                out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
+        local = self.decode_target(np.concatenate(out) if out else np.zeros(0), feats.drug[mine])
         return gather(local, mine, len(feats.y))
 
     def state(self) -> dict:
@@ -178,6 +210,7 @@ class Trained:
                 "drug_encoder": self.drug_encoder, "y_mean": self.y_mean, "y_std": self.y_std,
                 "n_tokens": self.model.gene_emb.num_embeddings,
                 "drug_dim": self.model.drug_proj.in_features,
+                "target": {"offset": self.offset, "scale": self.scale, "unseen": self.unseen},
                 "tower": self.tower.state_dict() if self.tower is not None else None}
 
     @classmethod
@@ -190,16 +223,22 @@ class Trained:
         except Exception as e:  # missing, truncated, or not a torch file at all
             raise PipelineError(f"'{path}' is not a checkpoint written by this tool: "
                                 f"{type(e).__name__}: {e}") from None
-        model = IC50Transformer.from_config(cfg, state["n_tokens"], state["drug_dim"])
+        if cfg.value_kind == "auto":  # checkpoints from before value kinds hold counts
+            cfg.value_kind = "counts"
+        heads = next((v for k, v in state["model"].items() if k.endswith("drug_heads.weight")), None)
+        model = build_model(cfg, state["n_tokens"], state["drug_dim"],
+                            0 if heads is None else heads.shape[0])
         model.load_state_dict(state["model"])
         tower = None
         if state.get("tower") is not None:
             tower = DrugTower(cfg.smiles_model, state["smiles"], cfg.smiles_pooling)
             tower.load_state_dict(state["tower"])
             tower.to(device)
+        target = state.get("target") or {}
         return cls(model.to(device), cfg, state["vocab"], list(state["smiles"]),
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"],
-                   state["y_std"], tower)
+                   state["y_std"], tower, offset=target.get("offset"), scale=target.get("scale"),
+                   unseen=tuple(target.get("unseen", (0.0, 1.0))))
 
     def add_drugs(self, smiles: list[str]) -> None:
         """Encode SMILES the checkpoint has not seen, with the encoder it was trained with."""
@@ -217,6 +256,9 @@ class Trained:
                                 f"{self.drug_encoder}; make that encoder available (--smiles-model).")
         self.smiles += new
         self.drug_table = torch.cat([self.drug_table, torch.from_numpy(vecs).to(self.drug_table.device)])
+        if self.offset is not None:
+            self.offset = np.concatenate([self.offset, np.full(len(new), self.unseen[0])])
+            self.scale = np.concatenate([self.scale, np.full(len(new), self.unseen[1])])
 
 
 def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
@@ -277,12 +319,12 @@ def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[
                                 "(see the warning above); fingerprints have nothing to fine-tune.")
         tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(device)
     vocab = gene_vocabulary(train_table["genes"])
-    y = train_table["LN_IC50"].to_numpy()
-    model = IC50Transformer.from_config(cfg, len(vocab) + 2, vecs.shape[1]).to(device)
+    model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(device)
     trained = Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(device), encoder,
-                      float(y.mean()), float(y.std() or 1.0), tower)
+                      0.0, 1.0, tower)
     t0 = time.perf_counter()
     tr, va = trained.features(train_table), trained.features(val_table)
+    trained.fit_target(train_table["LN_IC50"].to_numpy(), tr.drug)
     log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes (%.1fs)",
              len(tr.y), len(va.y), "all" if cfg.tokens == "all" else cfg.top_k, len(vocab),
              time.perf_counter() - t0)
@@ -313,8 +355,10 @@ def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[
         log.info("resumed from %s after epoch %d (best validation MSE %.4f at epoch %d)", last,
                  state["epoch"], best, best_epoch)
 
-    y_tr = Features(tr.genes, tr.values, tr.drug, ((tr.y - trained.y_mean) / trained.y_std).astype(np.float32),
-                    tr.offsets)
+    y_tr = Features(tr.genes, tr.values, tr.drug, trained.encode_target(tr.y, tr.drug), tr.offsets)
+    row_weight = None   # a row's squared error in ln IC50 units, over its squared normalised error
+    if trained.scale is not None:
+        row_weight = torch.as_tensor(trained.scale ** 2, dtype=torch.float32, device=device)
     stopped = waited >= cfg.patience
     bar = tqdm(range(start, cfg.epochs + 1), desc="train", unit=" epoch", leave=False,
                disable=not is_main() or stopped)
@@ -329,15 +373,17 @@ def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[
         for (g, v, d, target), total in zip(loader(y_tr, shards, cfg.loader_workers, device), totals):
             g, v, d, target = (t.to(device, non_blocking=True) for t in (g, v, d, target))
             with autocast(device):
-                pred = net(g, v, trained.drug_vectors(d))
-            err = ((pred.float() - target) ** 2).sum()
+                pred = net(g, v, trained.drug_vectors(d), d)
+            sq = (pred.float() - target) ** 2 if pred.dim() == 1 else \
+                ((pred.float() - target.unsqueeze(-1)) ** 2).mean(-1)   # an ensemble: each member's loss
+            err = sq.sum()
             loss = err / total * size   # DDP averages over ranks: the global-batch mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            sse += err.item()
+            sse += (err if row_weight is None else (sq * row_weight[d]).sum()).item()
             n += len(target)
         if size > 1:
             t = torch.tensor([sse, n], dtype=torch.float64, device=device)

@@ -73,3 +73,46 @@ def test_load_merged_rejects_wrong_types(tmp_path):
     pq.write_table(t, tmp_path / "m.parquet")
     with pytest.raises(PipelineError, match="'LN_IC50' has type string"):
         data.load_merged(tmp_path / "m.parquet")
+
+
+def normalised_table(values: list[list[float]]) -> pa.Table:
+    return pa.table({"genes": pa.array([[10, 11, 12, 13]] * len(values), pa.list_(pa.int32())),
+                     "expressions": pa.array(values, pa.list_(pa.float32())),
+                     "drug": ["d"] * len(values), "LN_IC50": [0.0] * len(values)})
+
+
+def test_normalised_values_are_used_as_they_are_negatives_included():
+    table = normalised_table([[-1.5, 0.25, 0.0, -0.5]])
+    f = data.build_features(table, np.array([10, 11, 12, 13]), {"d": 0}, top_k=4,
+                            value_kind="normalised")
+    # every listed gene is a token, ordered by value; no CP10k, no log1p, no clipping at zero
+    assert f.genes[0].tolist() == [3, 4, 5, 2]
+    assert f.values[0].tolist() == [0.25, 0.0, -0.5, -1.5]
+    rows, genes, values, _ = data.normalised_values(table, "normalised")
+    assert values.tolist() == [-1.5, 0.25, 0.0, -0.5]
+    counts = data.build_features(normalised_table([[1.0, 3.0, 0.0, 0.0]]), np.array([10, 11, 12, 13]),
+                                 {"d": 0}, top_k=4)
+    assert (counts.genes[0] > 0).sum() == 2     # as counts, zeros are no token
+
+
+def test_negative_values_read_as_counts_are_refused_with_the_fix(tmp_path):
+    path = tmp_path / "bulk.parquet"
+    pq.write_table(merged_table(n_drugs=2, n_lines=3).set_column(
+        1, "expressions", pa.array([[-0.5] + [1.0] * 36] * 30, pa.list_(pa.float32()))), path)
+    with pytest.raises(PipelineError, match=r"'expressions' has negative values .*--value-kind normalised"):
+        data.load_merged(path)
+    assert data.load_merged(path, value_kind="normalised").num_rows == 30
+
+
+def test_a_table_declares_its_value_kind_and_auto_reads_it(tmp_path, caplog):
+    plain, declared = tmp_path / "plain.parquet", tmp_path / "declared.parquet"
+    pq.write_table(merged_table(n_drugs=2, n_lines=3), plain)
+    pq.write_table(data.with_value_kind(merged_table(n_drugs=2, n_lines=3), "normalised"), declared)
+    assert data.resolve_value_kind("auto", plain) == "counts"
+    assert data.resolve_value_kind("auto", declared) == "normalised"
+    assert data.resolve_value_kind("counts", declared) == "counts"
+    assert "declares normalised values; --value-kind counts overrides" in caplog.text
+    pq.write_table(merged_table(n_drugs=2, n_lines=3).replace_schema_metadata({"value_kind": "tpm"}),
+                   tmp_path / "odd.parquet")
+    with pytest.raises(PipelineError, match="value_kind='tpm'.*expected one of"):
+        data.resolve_value_kind("auto", tmp_path / "odd.parquet")

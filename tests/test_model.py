@@ -73,3 +73,33 @@ def test_an_unparsable_smiles_is_named():
 
 def test_config_defaults_are_valid():
     Config().validate()
+
+
+@pytest.mark.parametrize("embedding", ["linear", "scaled"])
+def test_the_pooled_token_equals_the_mean_or_scaled_sum_of_the_gene_tokens(embedding):
+    torch.manual_seed(0)
+    m = IC50Transformer(50, 8, gene_dim=8, d_model=16, n_heads=2, n_layers=1, ff_dim=16, head_dim=8,
+                        tokens="pooled", expr_embedding=embedding).eval()
+    genes = torch.randint(1, 50, (4, 10))
+    genes[:, 7:] = 0
+    values = torch.randn(4, 10) * (genes != 0)
+    listed = genes != 0
+    if embedding == "scaled":   # sum of e_g * v_g over sqrt(number of genes)
+        want = (m.gene_emb(genes) * values.unsqueeze(-1)).sum(1) / listed.sum(1, keepdim=True).sqrt()
+    else:                       # mean of e_g + map(v_g), the study's two-token design
+        x = (m.gene_emb(genes) + m.expr_emb(values.unsqueeze(-1))) * listed.unsqueeze(-1)
+        want = x.sum(1) / listed.sum(1, keepdim=True)
+    assert torch.allclose(m.pooled(genes, values, listed, listed), want, atol=1e-6)
+
+
+def test_gene_dropout_keeps_the_scaled_tokens_expected_size():
+    torch.manual_seed(0)
+    m = IC50Transformer(200, 8, gene_dim=4, d_model=8, n_heads=2, n_layers=1, ff_dim=8, head_dim=8,
+                        tokens="pooled", expr_embedding="scaled", gene_dropout=0.5).eval()
+    genes = torch.arange(3, 195).repeat(2000, 1)
+    values = torch.ones_like(genes, dtype=torch.float32)
+    full = m.pooled(genes[:1], values[:1], genes[:1] != 0, genes[:1] != 0)
+    m.train()
+    keep = (genes != 0) & (torch.rand(genes.shape) >= 0.5)
+    dropped = m.pooled(genes, values, keep, genes != 0).mean(0)
+    assert torch.allclose(dropped, full[0], rtol=0.05, atol=0.02)

@@ -89,15 +89,10 @@ def test_pair_and_per_drug_metrics_match_a_hand_computation():
     assert s["n"] == 9 and s["mse"] == pytest.approx(np.mean((test.LN_IC50 - pred) ** 2))
 
 
-def test_the_ridge_baseline_matches_a_hand_computation():
-    t = merged_table(n_drugs=3, n_lines=5, cells_per_pair=2, seed=1)
-    df = t.to_pandas()
-    train_mask = df["cell_line_id"] != "CVCL_0004"
-    train, test = t.filter(pa.array(train_mask)), t.filter(pa.array(~train_mask))
-    vectors = {d: np.array([i, i * i], float) for i, d in enumerate(sorted(df.drug.unique()))}
-    got = evaluate.ridge_baseline(train, test, vectors, n_genes=5)
-
-    def bulk(frame):  # mean log1p CP10k per pair, by hand
+def hand_design(df, train_mask, n_genes):
+    """Per-pair mean log1p CP10k of the training pairs' n_genes most variable genes,
+    standardised with the training pairs' mean and sd: by hand, with pandas."""
+    def bulk(frame):
         rows = {}
         for r in frame.itertuples():
             v = np.array(r.expressions, float)
@@ -108,23 +103,131 @@ def test_the_ridge_baseline_matches_a_hand_computation():
     tr, te = bulk(df[train_mask]), bulk(df[~train_mask])
     genes = sorted(set().union(*(s.index for s in tr.values())))
     x_tr = pd.DataFrame([tr[k] for k in sorted(tr)]).reindex(columns=genes).fillna(0)
-    hvg = x_tr.var(ddof=0).sort_values(ascending=False, kind="stable").index[:5]
+    hvg = x_tr.var(ddof=0).sort_values(ascending=False, kind="stable").index[:n_genes]
     hvg = sorted(hvg, key=genes.index)
-
-    def design(b):
+    mats = {}
+    for name, b in (("train", tr), ("test", te)):
         keys = sorted(b)
-        x = pd.DataFrame([b[k] for k in keys]).reindex(columns=genes).fillna(0)[hvg].to_numpy()
-        return keys, np.hstack([x, np.stack([vectors[d] for d, _ in keys])])
-
-    k_tr, x_tr = design(tr)
-    y = df[train_mask].groupby(["drug", "cell_line_id"])["LN_IC50"].mean().loc[k_tr].to_numpy()
-    mu, sd = x_tr.mean(0), x_tr.std(0)
+        mats[name] = (keys, pd.DataFrame([b[k] for k in keys]).reindex(columns=genes).fillna(0)[hvg].to_numpy())
+    mu, sd = mats["train"][1].mean(0), mats["train"][1].std(0)
     sd[sd == 0] = 1
+    y = df[train_mask].groupby(["drug", "cell_line_id"])["LN_IC50"].mean().loc[mats["train"][0]].to_numpy()
+    return (mats["train"][0], (mats["train"][1] - mu) / sd, y, mats["test"][0], (mats["test"][1] - mu) / sd)
+
+
+def ridge_by_hand(x, y, x_new, alphas):
     from sklearn.linear_model import RidgeCV
-    alpha = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit((x_tr - mu) / sd, y).alpha_
-    z = (x_tr - mu) / sd
-    w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - y.mean()))
-    k_te, x_te = design(te)
-    pair_pred = dict(zip(k_te, ((x_te - mu) / sd) @ w + y.mean()))
-    want = [pair_pred[(d, c)] for d, c in zip(df[~train_mask].drug, df[~train_mask].cell_line_id)]
+    alpha = RidgeCV(alphas=alphas).fit(x, y).alpha_          # alpha by leave-one-out, as the tool
+    xc = x - x.mean(0)
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
+    return (x_new - x.mean(0)) @ w + y.mean()
+
+
+@pytest.fixture
+def split_table():
+    t = merged_table(n_drugs=3, n_lines=8, cells_per_pair=2, seed=1)
+    df = t.to_pandas()
+    train_mask = ~df["cell_line_id"].isin(["CVCL_0004", "CVCL_0006"])
+    return t, df, train_mask
+
+
+def test_the_shared_ridge_is_the_drug_mean_plus_a_ridge_of_the_residuals(split_table):
+    t, df, train_mask = split_table
+    design = evaluate.expression_design(t.filter(pa.array(train_mask)), t.filter(pa.array(~train_mask)),
+                                        n_genes=5)
+    got = evaluate.ridge_baseline(design)
+    k_tr, x_tr, y, k_te, x_te = hand_design(df, train_mask, 5)
+    drugs = np.array([d for d, _ in k_tr])
+    means = {d: y[drugs == d].mean() for d in set(drugs)}
+    resid = y - np.array([means[d] for d in drugs])
+    want = ridge_by_hand(x_tr, resid, x_te, np.logspace(-2, 6, 17)) + np.array([means[d] for d, _ in k_te])
     assert got == pytest.approx(want, rel=1e-6, abs=1e-8)
+
+
+def test_one_ridge_per_drug_matches_a_hand_computation(split_table):
+    t, df, train_mask = split_table
+    design = evaluate.expression_design(t.filter(pa.array(train_mask)), t.filter(pa.array(~train_mask)),
+                                        n_genes=5)
+    got = evaluate.ridge_per_drug(design)
+    k_tr, x_tr, y, k_te, x_te = hand_design(df, train_mask, 5)
+    want = []
+    for drug, line in k_te:
+        rows = [i for i, (d, _) in enumerate(k_tr) if d == drug]
+        want.append(ridge_by_hand(x_tr[rows], y[rows], x_te[[k_te.index((drug, line))]],
+                                  np.logspace(-1, 6, 15))[0])
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-8)
+    # no test drug seen in training (unseen drugs): no per-drug model at all
+    by_drug = ~df["drug"].eq("drug0")
+    assert evaluate.ridge_per_drug(evaluate.expression_design(
+        t.filter(pa.array(by_drug)), t.filter(pa.array(~by_drug)), n_genes=5)) is None
+
+
+def test_boosted_trees_read_expression_and_a_one_hot_drug(split_table):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    t, df, train_mask = split_table
+    design = evaluate.expression_design(t.filter(pa.array(train_mask)), t.filter(pa.array(~train_mask)),
+                                        n_genes=5)
+    got = evaluate.boosted_trees(design, seed=3)
+    k_tr, x_tr, y, k_te, x_te = hand_design(df, train_mask, 5)
+    drugs = sorted({d for d, _ in k_tr})
+    onehot = lambda keys: np.array([[float(d == e) for e in drugs] for d, _ in keys])  # noqa: E731
+    fit = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, early_stopping=True,
+                                        validation_fraction=0.1, n_iter_no_change=20, random_state=3)
+    fit.fit(np.hstack([x_tr, onehot(k_tr)]), y)
+    assert got == pytest.approx(fit.predict(np.hstack([x_te, onehot(k_te)])), rel=1e-9)
+
+
+def test_an_unseen_drug_gets_its_mean_from_a_ridge_on_drug_vectors(split_table):
+    t, df, _ = split_table
+    train_mask = df["drug"] != "drug2"
+    design = evaluate.expression_design(t.filter(pa.array(train_mask)), t.filter(pa.array(~train_mask)),
+                                        n_genes=5)
+    vectors = {"drug0": np.array([0.0, 1.0]), "drug1": np.array([1.0, 0.0]), "drug2": np.array([2.0, 1.0])}
+    got = evaluate.drug_offsets(design, vectors)
+    means = design.train.groupby("drug")["LN_IC50"].mean()
+    v = np.stack([vectors[d] for d in means.index])
+    mu, sd = v.mean(0), v.std(0)
+    want = ridge_by_hand((v - mu) / sd, means.to_numpy(), ((vectors["drug2"] - mu) / sd)[None],
+                         np.logspace(-2, 5, 15))
+    assert got == pytest.approx(np.repeat(want, len(design.test)))
+
+
+def metrics_with(model_pd: float, model_mse: float) -> dict:
+    row = lambda pd_, mse: {"mse": mse, "rmse": mse ** 0.5, "pcc": 0.9, "scc": 0.9,  # noqa: E731
+                            "pairs": {"pcc": 0.9, "scc": 0.9}, "per_drug": {"pcc": pd_, "scc": pd_}}
+    return {"split": "cell_line", "seed": 0, "drug_encoder": "morgan:r2:64", "best_epoch": 3,
+            "epochs_run": 5, "test": row(model_pd, model_mse),
+            "baselines": {"ridge_per_drug": row(0.55, 1.60), "boosted_trees": row(0.51, 1.72),
+                          "mean_effects": row(float("nan"), 2.4), "drug_mean": row(float("nan"), 2.4)}}
+
+
+def test_a_report_where_the_best_baseline_beats_the_model_says_so(tmp_path):
+    m = metrics_with(0.39, 2.21)
+    m["verdict"] = evaluate.verdict(m)
+    assert m["verdict"]["best_baseline"] == "ridge_per_drug"
+    assert m["verdict"]["beats_best_baseline"] is False
+    evaluate.write_report(tmp_path, m)
+    report = (tmp_path / "report.md").read_text()
+    assert "Best baseline: **ridge_per_drug** (per-drug Pearson 0.550)" in report
+    assert "0.390 (-0.160): **not better**" in report
+    assert "2.210 against 1.600 for the lowest baseline, ridge_per_drug: **higher**" in report
+    assert "does **not** beat the best baseline" in report
+    won = metrics_with(0.60, 1.50)
+    assert evaluate.verdict(won)["beats_best_baseline"] is True
+    assert "The model beats the best baseline." in evaluate.verdict(won)["text"]
+    split = metrics_with(0.60, 1.70)   # better per drug, worse in MSE: not a win
+    assert evaluate.verdict(split)["beats_per_drug"] and not evaluate.verdict(split)["beats_best_baseline"]
+
+
+def test_the_per_drug_plot_shows_the_best_baseline_and_no_empty_mean_effects(tmp_path, monkeypatch):
+    m = metrics_with(0.39, 2.21)
+    by_drug = lambda v: {"by_drug": {"a": {"pcc": v}, "b": {"pcc": v}}}  # noqa: E731
+    m["test"]["per_drug"].update(by_drug(0.4))
+    m["baselines"]["ridge_per_drug"]["per_drug"].update(by_drug(0.5))
+    m["baselines"]["mean_effects"]["per_drug"].update(by_drug(None))   # cell_line: no correlation
+    m["verdict"] = evaluate.verdict(m)
+    labels = []
+    monkeypatch.setattr(evaluate.plt.Axes, "barh", lambda self, *a, **k: labels.append(k["label"]))
+    evaluate.plot_per_drug(m, tmp_path / "p.png")
+    assert labels == ["model", "ridge per drug"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -170,3 +170,73 @@ def test_finetuning_updates_the_drug_encoder(tmp_path, table_path, tiny_roberta)
     tuned = {k.removeprefix("encoder."): v for k, v in state["tower"].items()}
     changed = [k for k in base if k in tuned and not torch.equal(base[k], tuned[k])]
     assert changed
+
+
+def bulk_table(seed: int = 0):
+    """One row per pair, a z-scored profile per cell line (negatives included), declared normalised."""
+    import pyarrow as pa
+    import data
+    rng = np.random.default_rng(seed)
+    lines = rng.normal(size=(8, 12)).astype(np.float32)
+    rows = []
+    for d in range(4):
+        for c in range(8):
+            rows.append({"genes": list(range(3, 15)), "expressions": lines[c].tolist(),
+                         "cell_line_id": f"L{c}", "drug": f"drug{d}",
+                         "canonical_smiles": ["CCO", "c1ccccc1O", "CC(=O)O", "CCN"][d],
+                         "LN_IC50": float(d + 2 * lines[c, 0] * (d % 2 * 2 - 1))})
+    schema = pa.schema([("genes", pa.list_(pa.int32())), ("expressions", pa.list_(pa.float32())),
+                        ("cell_line_id", pa.string()), ("drug", pa.string()),
+                        ("canonical_smiles", pa.string()), ("LN_IC50", pa.float64())])
+    return data.with_value_kind(pa.Table.from_pylist(rows, schema=schema), "normalised")
+
+
+@pytest.mark.parametrize("levers", [
+    ["--tokens", "pooled", "--expr-embedding", "scaled", "--target", "drug_zscore", "--head", "per_drug",
+     "--gene-dropout", "0.2", "--pos-encoding", "none"],
+    ["--target", "drug_residual", "--expr-embedding", "scaled", "--ensemble", "2"]])
+def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp_path, levers):
+    import yaml
+    path, run = tmp_path / "bulk.parquet", tmp_path / "run"
+    pq.write_table(bulk_table(), path)
+    assert main.main(["--data", str(path), "--epochs", "3", "--out", str(run), *SMALL, *levers]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["value_kind"] == "normalised"
+    trained = train.Trained.load(run / "best.pt")
+    assert trained.cfg.value_kind == "normalised" and trained.offset is not None
+    split = pd.read_parquet(run / "split.parquet")
+    test_rows = pq.read_table(path).take(split.index[split["part"] == "test"].to_numpy())
+    pq.write_table(test_rows, tmp_path / "new.parquet")
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet"),
+                      "--out", str(tmp_path / "p.parquet")]) == 0
+    want = pd.read_parquet(run / "predictions.parquet")["prediction"]
+    assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prediction"], want, atol=1e-5)
+    pq.write_table(test_rows.replace_schema_metadata({"value_kind": "counts"}), tmp_path / "counts.parquet")
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data",
+                      str(tmp_path / "counts.parquet")]) == 2
+
+
+def test_a_residual_target_round_trips_and_unseen_drugs_get_the_overall_mean():
+    cfg = config_for(target="drug_zscore")
+    t = train.Trained(None, cfg, np.arange(3), ["a", "b", "c"], None, "morgan", 0.0, 1.0)
+    y, drug = np.array([1.0, 3.0, 10.0, 14.0]), np.array([0, 0, 1, 1])
+    t.fit_target(y, drug)
+    assert t.offset.tolist() == [2.0, 12.0, 7.0] and t.scale.tolist() == [1.0, 2.0, np.sqrt(2.5)]
+    assert t.decode_target(t.encode_target(y, drug), drug) == pytest.approx(y)
+    assert t.decode_target(np.zeros(1, np.float32), np.array([2]))[0] == pytest.approx(7.0)
+
+
+def config_for(**kw):
+    from config import Config
+    return Config(**kw)
+
+
+def test_per_drug_heads_start_at_zero_and_leave_unknown_drugs_to_the_shared_head():
+    torch.manual_seed(0)
+    m = model.IC50Transformer(20, 4, gene_dim=4, d_model=8, n_heads=2, n_layers=1, ff_dim=8, head_dim=8,
+                              n_drug_heads=2).eval()
+    g, v, vec = torch.randint(1, 20, (3, 5)), torch.rand(3, 5), torch.rand(3, 4)
+    before = m(g, v, vec, torch.tensor([0, 1, 5]))
+    with torch.no_grad():
+        m.drug_heads.weight.fill_(1.0)
+    after = m(g, v, vec, torch.tensor([0, 1, 5]))
+    assert not torch.allclose(before[:2], after[:2]) and torch.allclose(before[2], after[2])
