@@ -10,12 +10,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+CONTROL = "DMSO_TF"  # Tahoe-100M's control, matched by exact name: "Trametinib (DMSO_TF solvate)" is a drug
 
 
 class PipelineError(Exception):
@@ -75,6 +78,16 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def report_error(logger: logging.Logger, error: PipelineError) -> int:
+    """The error as one paragraph; with -v (debug logging) also the traceback of its cause.
+    Returns the exit status, 2."""
+    logger.error("%s", error)
+    cause = error.__cause__
+    if cause is not None:
+        logger.debug("caused by %s", type(cause).__name__, exc_info=(type(cause), cause, cause.__traceback__))
+    return 2
+
+
 def setup_logging(level: int = logging.INFO, logfile: Path | None = None) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
     root = logging.getLogger()
@@ -90,3 +103,19 @@ def setup_logging(level: int = logging.INFO, logfile: Path | None = None) -> Non
         h.setFormatter(fmt)
         h._ic50 = True  # type: ignore[attr-defined]
         root.addHandler(h)
+
+
+# ----------------------------------------------------------------------------- ragged rows
+
+def flat_list(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (row offsets starting at 0, flat values): rows of any length, laid end to end."""
+    a = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = a.offsets.to_numpy()
+    return offsets - offsets[0], a.flatten().to_numpy(zero_copy_only=False)
+
+
+def ragged_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every element of rows with these lengths, laid end to end."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(int(np.sum(lengths))) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return rows, cols

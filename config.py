@@ -245,16 +245,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise PipelineError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise PipelineError(f"config file '{path}' is not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise PipelineError(f"config file '{path}' must hold a mapping of setting: value.")
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per Config field; defaults are None so that only flags given override the YAML."""
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One --flag per Config field (or per field named); defaults are None so that only flags
+    given override the YAML. The stand-alone stages take their flags from here too."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(Config):
+        if names is not None and f.name not in names:
+            continue
         group = f.metadata["group"]
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
@@ -271,19 +274,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         groups[group].add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
-            choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else t.__name__.upper(),
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else t.__name__.upper(),
             help=f"{f.metadata['help']} (default: {default})")
 
 
 def resolve(args: argparse.Namespace) -> Config:
+    """Defaults, then the --config YAML (if the parser has one), then the flags given."""
     values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
+    yaml_path = getattr(args, "config", None)
+    if yaml_path:
+        values.update(load_yaml(yaml_path))
     for f in fields(Config):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return from_dict(values, args.config or "command line").validate()
+    return from_dict(values, yaml_path or "command line").validate()
 
 
 def save_yaml(cfg: Config, path: Path) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import PipelineError, require_file
+from common import PipelineError, flat_list, ragged_positions, require_file
 
 log = logging.getLogger("ic50.data")
 
@@ -57,7 +57,7 @@ def declared_value_kind(path: str | Path) -> str | None:
     try:
         meta = pq.read_schema(path).metadata or {}
     except Exception as e:
-        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from None
+        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from e
     kind = meta.get(VALUE_KIND_KEY.encode())
     if kind is None:
         return None
@@ -95,7 +95,7 @@ def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "coun
     try:
         schema = pq.read_schema(path)
     except Exception as e:
-        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from None
+        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from e
     contract = {k: v for k, v in CONTRACT.items() if labelled or k != "LN_IC50"}
     missing = [c for c in contract if c not in schema.names]
     if missing:
@@ -110,8 +110,9 @@ def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "coun
         if pa.types.is_large_string(t):
             t = pa.string()
         if not ok(t):
+            expected = {"genes": "list<int>", "expressions": "list<float>", "LN_IC50": "float"}
             raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
-                                f"{'list<int>' if name == 'genes' else 'list<float>' if name == 'expressions' else 'float' if name == 'LN_IC50' else 'string'}.")
+                                f"{expected.get(name, 'string')}.")
     cols = [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
     table = _as_regular_lists(pq.read_table(path, columns=cols))
     for name in ("cell_line_id", "drug", "canonical_smiles"):
@@ -148,7 +149,7 @@ def check_rows(table: pa.Table, source: str, value_kind: str = "counts") -> None
                             f"it in the table's metadata ({VALUE_KIND_KEY}=normalised).")
 
 
-def make_split(keys: pd.DataFrame, mode: str, seed: int, val_frac: float = 0.1,
+def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.1,
                test_frac: float = 0.1, fold: int = 0, n_folds: int = 0) -> np.ndarray:
     """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups.
 
@@ -205,8 +206,7 @@ class Features:
         starts = self.offsets[idx]
         lens = self.offsets[np.asarray(idx) + 1] - starts
         width = max(int(lens.max(initial=0)), 1)
-        rows = np.repeat(np.arange(len(idx)), lens)
-        cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        rows, cols = ragged_positions(lens)
         src = np.repeat(starts, lens) + cols
         g = np.zeros((len(idx), width), dtype=np.int32)
         v = np.zeros((len(idx), width), dtype=np.float32)
@@ -224,13 +224,10 @@ def normalised_values(table: pa.Table, value_kind: str = "counts"
     """Flat (row, gene id, value) of every listed gene, and the number of genes per row: the
     values the model and the baselines all read. Counts become log1p(count / cell total x
     10,000); normalised values are used as they are."""
-    g = table["genes"].combine_chunks()
-    e = table["expressions"].combine_chunks()
-    offsets = g.offsets.to_numpy()
+    offsets, genes = flat_list(table["genes"])
+    raw = flat_list(table["expressions"])[1]
     lengths = np.diff(offsets)
-    genes = g.flatten().to_numpy(zero_copy_only=False)
-    raw = e.flatten().to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
+    rows = ragged_positions(lengths)[0]
     if value_kind == "normalised":
         return rows, genes, raw.astype(np.float64), lengths
     counts = np.where(raw > 0, raw, 0).astype(np.float64)
@@ -245,16 +242,38 @@ def vocab_index(vocab: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.nd
     return idx, vocab[idx] == genes
 
 
+def ranked_tokens(table: pa.Table, vocab: np.ndarray, k: int | None, value_kind: str = "counts"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[rows, K] token indices and values of each row's k highest-valued genes (all of them for
+    k=None), highest first, and which entries are real tokens. A zero count is no token; with
+    normalised values every listed gene is one, whatever its sign."""
+    counts = value_kind == "counts"
+    rows, gv, norm, cell_len = normalised_values(table, value_kind)
+    width = max(int(cell_len.max(initial=0)), 1)
+    cols = ragged_positions(cell_len)[1]
+    dense_v = np.full((len(cell_len), width), -1.0 if counts else -np.inf, dtype=np.float32)
+    dense_g = np.zeros((len(cell_len), width), dtype=np.int64)
+    dense_v[rows, cols] = norm
+    dense_g[rows, cols] = gv
+    k = width if k is None else min(k, width)
+    top = (np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width
+           else np.broadcast_to(np.arange(width), (len(cell_len), width)))
+    tv = np.take_along_axis(dense_v, top, axis=1)
+    tg = np.take_along_axis(dense_g, top, axis=1)
+    order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
+    tv = np.take_along_axis(tv, order, axis=1)
+    tg = np.take_along_axis(tg, order, axis=1)
+    idx, known = vocab_index(vocab, tg)
+    return np.where(known, idx + 2, UNK).astype(np.int32), tv, (tv > 0 if counts else np.isfinite(tv))
+
+
 def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
                    tokens: str = "top_k", chunk: int = 4096, value_kind: str = "counts") -> Features:
     """Normalise counts per cell and log1p them (normalised values stay as they are), order genes
-    by value; keep the top_k (or all of them). A zero count is no token; with normalised values
-    every listed gene is one, whatever its sign.
+    by value; keep the top_k (or all of them, ragged).
 
     Vectorised over chunks of cells: no per-row Python.
     """
-    counts = value_kind == "counts"
-    fill = -1.0 if counts else -np.inf
     n = table.num_rows
     ragged = tokens == "all"
     parts_g, parts_v, lengths = [], [], []
@@ -262,36 +281,21 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
         genes_out = np.zeros((n, top_k), dtype=np.int32)
         values_out = np.zeros((n, top_k), dtype=np.float32)
     for start in range(0, n, chunk):
-        rows, gv, norm, cell_len = normalised_values(table.slice(start, chunk), value_kind)
-        width = max(int(cell_len.max(initial=0)), 1)
-        cols = np.arange(len(gv)) - np.repeat(np.cumsum(cell_len) - cell_len, cell_len)
-        dense_v = np.full((len(cell_len), width), fill, dtype=np.float32)
-        dense_g = np.zeros((len(cell_len), width), dtype=np.int64)
-        dense_v[rows, cols] = norm
-        dense_g[rows, cols] = gv
-        k = width if ragged else min(top_k, width)
-        top = (np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width
-               else np.broadcast_to(np.arange(width), (len(cell_len), width)))
-        tv = np.take_along_axis(dense_v, top, axis=1)
-        tg = np.take_along_axis(dense_g, top, axis=1)
-        order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
-        tv = np.take_along_axis(tv, order, axis=1)
-        tg = np.take_along_axis(tg, order, axis=1)
-        idx, known = vocab_index(vocab, tg)
-        tok = np.where(known, idx + 2, UNK).astype(np.int32)
-        valid = tv > 0 if counts else np.isfinite(tv)
+        tok, tv, valid = ranked_tokens(table.slice(start, chunk), vocab, None if ragged else top_k,
+                                       value_kind)
         if ragged:
             parts_g.append(tok[valid])      # row-major: each cell's tokens stay together, in order
             parts_v.append(tv[valid])
             lengths.append(valid.sum(1))
         else:
-            genes_out[start:start + len(cell_len), :k] = np.where(valid, tok, PAD)
-            values_out[start:start + len(cell_len), :k] = np.where(valid, tv, 0.0)
+            k = tok.shape[1]
+            genes_out[start:start + len(tok), :k] = np.where(valid, tok, PAD)
+            values_out[start:start + len(tok), :k] = np.where(valid, tv, 0.0)
     drugs = table["drug"].to_numpy(zero_copy_only=False)
     try:
         drug = np.array([drug_index[d] for d in drugs], dtype=np.int64)
     except KeyError as e:
-        raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from None
+        raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from e
     y = (table["LN_IC50"].to_numpy().astype(np.float32) if "LN_IC50" in table.column_names
          else np.full(n, np.nan, dtype=np.float32))
     if ragged:

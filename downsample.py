@@ -38,11 +38,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common import PipelineError, atomic_path, setup_logging, write_json
+from common import (
+    CONTROL,
+    PipelineError,
+    atomic_path,
+    flat_list,
+    report_error,
+    require_file,
+    setup_logging,
+    write_json,
+)
 
 log = logging.getLogger("ic50.downsample")
 
-CONTROL = "DMSO_TF"
 HUB_ID = "tahoebio/Tahoe-100M"
 CHEAP = ["drug", "cell_line_id", "sample", "BARCODE_SUB_LIB_ID"]
 HEAVY = ["genes", "expressions", "canonical_smiles", "plate"]
@@ -97,7 +105,7 @@ class TahoeSource:
                 files = HfApi().list_repo_files(self.spec, repo_type="dataset")
             except Exception as e:
                 raise PipelineError(f"could not list the shards of '{self.spec}' on the Hugging Face "
-                                    f"hub: {e}") from None
+                                    f"hub: {e}") from e
             self.shards = [f"hf://datasets/{self.spec}/{f}" for f in sorted(files)
                            if f.startswith("data/train-") and f.endswith(".parquet")]
             if not self.shards:
@@ -112,7 +120,7 @@ class TahoeSource:
                 return load_dataset(self.spec, name=f"{name}_metadata", split="train").to_pandas()
             except Exception as e:
                 raise PipelineError(f"could not load {name}_metadata of '{self.spec}' from the "
-                                    f"Hugging Face hub: {e}") from None
+                                    f"Hugging Face hub: {e}") from e
         path = self.root / "metadata" / f"{name}_metadata.parquet"
         if not path.exists():
             raise PipelineError(f"Tahoe metadata file not found: '{path}' (expected the hub "
@@ -122,6 +130,13 @@ class TahoeSource:
 
 class BadShard(Exception):
     pass
+
+
+def check_columns(names: list[str], shard: str) -> None:
+    missing = [c for c in CHEAP + HEAVY if c not in names]
+    if missing:
+        raise BadShard(f"Tahoe shard '{Path(shard).name}' lacks column(s) {missing} ({shard}); a "
+                       f"Tahoe-100M expression shard has {CHEAP + HEAVY}")
 
 
 def row_groups(shard: str, stream: bool, threads: bool = True) -> Iterator[tuple[pa.Table, callable]]:
@@ -135,26 +150,30 @@ def row_groups(shard: str, stream: bool, threads: bool = True) -> Iterator[tuple
         try:
             ds = load_dataset("parquet", data_files=[shard], split="train", streaming=True)
             for batch in ds.with_format("arrow").iter(batch_size=1000):
+                check_columns(batch.schema.names, shard)
                 yield batch.select(CHEAP), (lambda idx, b=batch: b.select(HEAVY).take(idx))
+        except BadShard:
+            raise
         except Exception as e:
-            raise BadShard(f"Tahoe shard '{name}' could not be streamed: {e}") from None
+            raise BadShard(f"Tahoe shard '{name}' could not be streamed: {e}") from e
         return
     try:
         pf = pq.ParquetFile(shard)
         n = pf.num_row_groups
     except Exception as e:
-        raise BadShard(f"Tahoe shard '{name}' is not readable parquet ({shard}): {e}") from None
+        raise BadShard(f"Tahoe shard '{name}' is not readable parquet ({shard}): {e}") from e
+    check_columns(pf.schema_arrow.names, shard)
     for i in range(n):
         try:
             cheap = pf.read_row_group(i, columns=CHEAP, use_threads=threads)
         except Exception as e:
-            raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
+            raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from e
 
         def take(idx, i=i):
             try:
                 return pf.read_row_group(i, columns=HEAVY, use_threads=threads).take(idx)
             except Exception as e:
-                raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from None
+                raise BadShard(f"Tahoe shard '{name}', row group {i}: {e}") from e
         yield cheap, take
 
 
@@ -217,12 +236,8 @@ def smallest_per_group(keys: pd.DataFrame, cap: int) -> np.ndarray:
 def drop_cls(genes: pa.ChunkedArray | pa.Array, exprs: pa.ChunkedArray | pa.Array
              ) -> tuple[pa.Array, pa.Array]:
     """Remove the leading CLS-like marker (first entry with expression < 0), vectorised."""
-    g = genes.combine_chunks() if isinstance(genes, pa.ChunkedArray) else genes
-    e = exprs.combine_chunks() if isinstance(exprs, pa.ChunkedArray) else exprs
-    offsets = g.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    gv = g.flatten().to_numpy(zero_copy_only=False)
-    ev = e.flatten().to_numpy(zero_copy_only=False)
+    offsets, gv = flat_list(genes)
+    ev = flat_list(exprs)[1]
     starts, ends = offsets[:-1], offsets[1:]
     first_neg = np.zeros(len(starts), dtype=bool)
     nonempty = ends > starts
@@ -292,7 +307,7 @@ def _scan_job(job: tuple[str, bool, Sampling, str, str, bool]) -> dict:
     except BadShard as e:
         if on_bad == "fail":
             raise PipelineError(f"{e}. Re-download the shard, or pass --on-bad-shard skip to go on "
-                                f"without it (it is then counted in the summary).") from None
+                                f"without it (it is then counted in the summary).") from e
         return {"shard": shard, "bad": str(e)}
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     meta = {b"ic50.stats": json.dumps(stats).encode()}
@@ -339,7 +354,8 @@ def scan(source: TahoeSource, sampling: Sampling, parts_dir: Path, num_workers: 
         log.warning("skipped: %s", r["bad"])
     elapsed = time.perf_counter() - t0
     scanned = sum(r.get("cells_scanned", 0) for r in results)
-    return {"shards_total": len(shards), "shards_this_task": len(mine), "shards_scanned_now": len(results) - len(bad),
+    return {"shards_total": len(shards), "shards_this_task": len(mine),
+            "shards_scanned_now": len(results) - len(bad),
             "shards_resumed": len(mine) - len(todo), "shards_skipped": len(bad),
             "skipped": [Path(r["shard"]).name for r in bad], "cells_scanned_now": scanned,
             "scan_seconds": round(elapsed, 2), "workers": max(1, min(num_workers, len(jobs))),
@@ -385,7 +401,7 @@ def combine(source: TahoeSource, sampling: Sampling, parts_dir: Path, out: Path,
             "kept_per_group": {f"{d} | {c} | {x}": int(n) for (d, c, x), n in per_group.items()}}
 
 
-def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], cells_per_group: int,
+def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], *, cells_per_group: int,
                fraction: float, seed: int, out: Path, parts_dir: Path | None = None,
                num_workers: int = 1, shard_index: int = 0, num_shards: int = 1,
                on_bad_shard: str = "fail") -> dict:
@@ -416,47 +432,44 @@ def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], cells_per_
     return summary
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tahoe", default=HUB_ID, help="hub dataset id, local directory or shard glob")
-    p.add_argument("--pairs", required=True,
-                   help="CSV with columns drug, cell_line_id: the (drug, cell line) pairs to keep")
-    p.add_argument("--cells-per-group", type=int, default=200,
-                   help="at most this many cells per (drug, cell line, dose)")
-    p.add_argument("--fraction", type=float, default=1.0, help="keep each cell with this probability")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="cells.parquet", help="output parquet")
-    p.add_argument("--parts-dir", help="where per-shard parts go (default: <out>.parts)")
-    p.add_argument("--num-workers", type=int, default=1, help="processes scanning shards")
-    p.add_argument("--shard-index", type=int, default=0, help="this array task's index")
-    p.add_argument("--num-shards", type=int, default=1, help="array tasks the shards are split over")
-    p.add_argument("--on-bad-shard", choices=("fail", "skip"), default="fail",
-                   help="an unreadable shard stops the run (fail) or is skipped and counted (skip)")
+# the settings this stage reads, with the flags, help and defaults main.py has for them
+SETTINGS = ("tahoe", "cells_per_group", "fraction", "seed", "parts_dir", "num_workers",
+            "shard_index", "num_shards", "on_bad_shard")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    import config as config_mod
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    add_arguments(p)
-    args = p.parse_args()
-    setup_logging()
+    p.add_argument("--pairs", required=True,
+                   help="CSV with columns drug, cell_line_id: the (drug, cell line) pairs to keep")
+    p.add_argument("--out", default="cells.parquet", help="output parquet (default: cells.parquet)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
+    config_mod.add_arguments(p, SETTINGS)
+    args = p.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        pairs = pd.read_csv(args.pairs)
+        if args.parts_dir is None:   # array tasks and the combining run share <out>.parts
+            args.parts_dir = str(Path(args.out).with_suffix(".parts"))
+        cfg = config_mod.resolve(args)
+        pairs = pd.read_csv(require_file(args.pairs, "pairs file"))
         missing = {"drug", "cell_line_id"} - set(pairs.columns)
         if missing:
             raise PipelineError(f"pairs file '{args.pairs}' lacks column(s) {sorted(missing)}.")
         out = Path(args.out)
-        summary = downsample(TahoeSource(args.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
-                             args.cells_per_group, args.fraction, args.seed, out,
-                             Path(args.parts_dir) if args.parts_dir else None, args.num_workers,
-                             args.shard_index, args.num_shards, args.on_bad_shard)
+        summary = downsample(TahoeSource(cfg.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
+                             cells_per_group=cfg.cells_per_group, fraction=cfg.fraction,
+                             seed=cfg.seed, out=out, parts_dir=Path(cfg.parts_dir),
+                             num_workers=cfg.num_workers, shard_index=cfg.shard_index,
+                             num_shards=cfg.num_shards, on_bad_shard=cfg.on_bad_shard)
         if summary["complete"]:
             write_json(summary, out.with_suffix(".summary.json"))
             log.info("wrote %s and %s", out, out.with_suffix(".summary.json"))
-    except (PipelineError, FileNotFoundError) as e:
-        log.error("%s", e)
-        raise SystemExit(2)
+        return 0
+    except PipelineError as e:
+        return report_error(log, e)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

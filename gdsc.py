@@ -2,7 +2,7 @@
 
 Within one version, duplicate pairs (one drug name can carry several DRUG_IDs) are averaged;
 across versions, GDSC2 replaces GDSC1, as in the original study. Run alone:
-    python gdsc.py GDSC1.xlsx GDSC2.xlsx --out gdsc_combined.parquet
+    python gdsc.py GDSC1.xlsx GDSC2.xlsx [--ic50-average ln] --out gdsc_combined.parquet
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from common import PipelineError, require_file, setup_logging, write_parquet
+from common import PipelineError, report_error, require_file, setup_logging, write_parquet
 
 log = logging.getLogger("ic50.gdsc")
 
@@ -46,7 +46,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
     except Exception as e:  # the reader's own message says what is wrong with the bytes
-        raise PipelineError(f"could not read GDSC file '{path}': {e}") from None
+        raise PipelineError(f"could not read GDSC file '{path}': {e}") from e
     raise PipelineError(f"GDSC file '{path}' has an unknown extension: expected .xlsx, .csv, "
                         f".csv.gz or .parquet.")
 
@@ -124,20 +124,34 @@ def save(combined: pd.DataFrame, path: str | Path) -> None:
     write_parquet(pa.Table.from_pandas(combined, preserve_index=False), path)
 
 
-def main() -> None:
+# the settings this stage reads, with the flags, help and defaults main.py has for them
+SETTINGS = ("gdsc1", "gdsc2", "ic50_average")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import config as config_mod
     p = argparse.ArgumentParser(description="Combine GDSC1 and GDSC2 fitted dose response tables.")
-    p.add_argument("gdsc1", help="GDSC1 file (.xlsx, .csv, .csv.gz)")
-    p.add_argument("gdsc2", help="GDSC2 file (.xlsx, .csv, .csv.gz)")
-    p.add_argument("--average", choices=AVERAGES, default="ln",
-                   help="duplicates within a version: mean of ln IC50 (ln, default) or log of "
-                        "the mean IC50 (linear)")
-    p.add_argument("--out", default="gdsc_combined.parquet", help="output parquet")
-    args = p.parse_args()
-    setup_logging()
-    combined, _ = combine(args.gdsc1, args.gdsc2, args.average)
-    save(combined, args.out)
-    log.info("wrote %s", args.out)
+    p.add_argument("files", nargs="*", metavar="FILE", help="GDSC1 and GDSC2 files: a shorthand "
+                   "for --gdsc1 and --gdsc2")
+    p.add_argument("--out", default="gdsc_combined.parquet", help="output parquet (default: "
+                   "gdsc_combined.parquet)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
+    config_mod.add_arguments(p, SETTINGS)
+    args = p.parse_args(argv)
+    if args.files:
+        if len(args.files) != 2 or args.gdsc1 or args.gdsc2:
+            p.error("give the two GDSC files either as FILE FILE or as --gdsc1/--gdsc2.")
+        args.gdsc1, args.gdsc2 = args.files
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        cfg = config_mod.resolve(args)
+        combined, _ = combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
+        save(combined, args.out)
+        log.info("wrote %s", args.out)
+        return 0
+    except PipelineError as e:
+        return report_error(log, e)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ writes goes to one run directory, which is named <out>.incomplete until the run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,6 +23,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +37,9 @@ import evaluate
 import gdsc
 import merge
 import train
-from common import PipelineError, setup_logging, write_json, write_parquet
+from common import PipelineError, report_error, setup_logging, write_json, write_parquet
 from config import Config
+from model import count_parameters
 
 log = logging.getLogger("ic50")
 
@@ -64,18 +67,19 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     compounds, models = cfg.identifier_tables()
     matches = merge.match(
         source.metadata("drug"), source.metadata("cell_line"), combined,
-        merge.load_compounds(compounds) if compounds else None,
-        merge.load_model_list(models) if models else None,
-        merge.load_overrides(cfg.match_overrides) if cfg.match_overrides else None)
+        compounds=merge.load_compounds(compounds) if compounds else None,
+        models=merge.load_model_list(models) if models else None,
+        overrides=merge.load_overrides(cfg.match_overrides) if cfg.match_overrides else None)
     matches.report.to_csv(run_dir / "match_report.csv", index=False)
     pairs = merge.labelled_pairs(matches, combined)
     pairs.to_csv(run_dir / "labelled_pairs.csv", index=False)
     cells_path = run_dir / "cells.parquet"
     parts_dir = Path(cfg.parts_dir) if cfg.parts_dir else run_dir / "downsample_parts"
     summary = downsample.downsample(
-        source, zip(pairs["drug"], pairs["cell_line_id"]), cfg.cells_per_group, cfg.fraction,
-        cfg.seed, cells_path, parts_dir, cfg.num_workers, cfg.shard_index, cfg.num_shards,
-        cfg.on_bad_shard)
+        source, zip(pairs["drug"], pairs["cell_line_id"]), cells_per_group=cfg.cells_per_group,
+        fraction=cfg.fraction, seed=cfg.seed, out=cells_path, parts_dir=parts_dir,
+        num_workers=cfg.num_workers, shard_index=cfg.shard_index, num_shards=cfg.num_shards,
+        on_bad_shard=cfg.on_bad_shard)
     write_json(summary, run_dir / "downsample_summary.json")
     if not summary["complete"] or cfg.stop_after == "downsample":
         return None
@@ -91,10 +95,9 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
-    split = data.make_split(keys, cfg.split, cfg.seed, cfg.val_frac, cfg.test_frac, fold, cfg.folds)
+    split = data.make_split(keys, cfg.split, cfg.seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                            fold=fold, n_folds=cfg.folds)
     split_df = data.split_frame(keys, split)
-    if train.is_main():
-        write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
     parts = data.split_table(table, split)
     sizes = data.summarise_split(split_df)
     log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
@@ -109,6 +112,7 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     pred = trained.predict(trained.features(parts["test"]))
     if not train.is_main():
         return {}
+    write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
 
     test_rows = np.flatnonzero(split == "test")
     preds = keys.iloc[test_rows].reset_index(drop=True).assign(row=test_rows, prediction=pred)[
@@ -123,7 +127,7 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
-               "parameters": sum(p.numel() for p in trained.model.parameters()),
+               "parameters": count_parameters(trained.model),
                "history": trained.history}
     metrics["verdict"] = evaluate.verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
@@ -219,57 +223,67 @@ def check_inputs(cfg: Config) -> None:
             raise PipelineError(f"input file not found: '{path}' ({flag}).")
 
 
-def run(cfg: Config) -> Path:
-    t0 = time.perf_counter()
-    train.init_distributed(cfg.device)
-    rank, size = train.world()
-    if size > 1 and not cfg.data:
-        raise PipelineError("under torchrun, train on a prepared table: run the data stages once "
-                            "(python main.py --stop-after merge), then torchrun ... main.py --data "
-                            "RUN/merged.parquet.")
-    if rank > 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    check_inputs(cfg)
-    cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
+@contextlib.contextmanager
+def run_directory(cfg: Config) -> Iterator[tuple[Path, Path]]:
+    """(final, work): the run works in <out>.incomplete, logged into, and renamed to <out> when
+    it succeeds; a failed run's directory is removed unless it holds work worth resuming. Under
+    torchrun rank 0 looks after the directory and the other ranks only follow."""
     final, work = new_run_dir(cfg.out, cfg.resume)
-    if train.is_main():
+    lead = train.is_main()
+    if lead:
         setup_logging(logging.getLogger().level, work / "log.txt")
         config_mod.save_yaml(cfg, work / "config.yaml")
         log.info("run directory: %s (written as %s until the run completes)", final, work.name)
     try:
-        if cfg.data:
-            table = data.load_merged(cfg.data, value_kind=cfg.value_kind)
-        elif cfg.resume and (work / "merged.parquet").exists():
-            log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
-            table = data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
-        else:
-            table = prepare_data(cfg, work)
-        if table is not None:
-            metrics = train_runs(cfg, table, work)
+        yield final, work
     except BaseException:
-        if train.is_main():
-            if resumable(work):
-                log.error("partial results kept in %s; rerun with --resume --out %s to continue",
-                          work, final)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
+        if lead and resumable(work):
+            log.error("partial results kept in %s; rerun with --resume --out %s to continue", work, final)
+        elif lead:
+            shutil.rmtree(work, ignore_errors=True)
         raise
+    if lead:
+        work.rename(final)
+        setup_logging(logging.getLogger().level, final / "log.txt")
+
+
+def load_table(cfg: Config, work: Path) -> pa.Table | None:
+    """The merged table: given (--data), left by an interrupted run, or prepared from the sources
+    (None when the run stops before training)."""
+    if cfg.data:
+        return data.load_merged(cfg.data, value_kind=cfg.value_kind)
+    if cfg.resume and (work / "merged.parquet").exists():
+        log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
+        return data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
+    return prepare_data(cfg, work)
+
+
+def run(cfg: Config) -> Path:
+    t0 = time.perf_counter()
+    train.init_distributed(cfg.device)
+    if train.world()[1] > 1 and not cfg.data:
+        raise PipelineError("under torchrun, train on a prepared table: run the data stages once "
+                            "(python main.py --stop-after merge), then torchrun ... main.py --data "
+                            "RUN/merged.parquet.")
     if not train.is_main():
-        return final
-    work.rename(final)
-    setup_logging(logging.getLogger().level, final / "log.txt")
+        logging.getLogger().setLevel(logging.WARNING)
+    check_inputs(cfg)
+    cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
+    with run_directory(cfg) as (final, work):
+        table = load_table(cfg, work)
+        metrics = train_runs(cfg, table, work) if table is not None else None
     minutes = (time.perf_counter() - t0) / 60
     if table is None:
         what = (f"array task {cfg.shard_index}/{cfg.num_shards} scanned its shards into "
                 f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {cfg.stop_after!r}")
         log.info("%s; outputs in %s (%.1f min)", what, final, minutes)
-        return final
-    print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
-                                               if "runs" in metrics else "") + ":")
-    print(evaluate.format_table(metrics) + "\n")
-    print(metrics["verdict"]["text"].replace("**", "") + "\n")
-    log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
-             "best.pt)", minutes, final)
+    elif metrics:   # rank 0: the others return no metrics
+        print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
+                                                   if "runs" in metrics else "") + ":")
+        print(evaluate.format_table(metrics) + "\n")
+        print(metrics["verdict"]["text"].replace("**", "") + "\n")
+        log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
+                 "best.pt)", minutes, final)
     return final
 
 
@@ -283,7 +297,9 @@ def predict(argv: list[str]) -> int:
     p.add_argument("--data", required=True, help="parquet table of cells and drugs")
     p.add_argument("--out", help="output parquet (default: <data>_predictions.parquet beside it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     args = p.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         trained = train.Trained.load(args.checkpoint, train.pick_device(args.device))
         kind = trained.cfg.value_kind
@@ -303,14 +319,12 @@ def predict(argv: list[str]) -> int:
                  args.checkpoint, trained.drug_encoder)
         return 0
     except PipelineError as e:
-        log.error("%s", e)
-        return 2
+        return report_error(log, e)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
-        setup_logging()
         return predict(argv[1:])
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
@@ -319,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
         return 0
     except PipelineError as e:
-        log.error("%s", e)
-        return 2
+        return report_error(log, e)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

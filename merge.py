@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from common import PipelineError, require_file
+from common import CONTROL, PipelineError, require_file
 
 log = logging.getLogger("ic50.merge")
 
-CONTROL = "DMSO_TF"
 _SALT = re.compile(r"\s*\((?:[^()]*\b(?:salt|solvate|hydrate)\b[^()]*|hydrochloride|dihydrochloride|"
                    r"hcl|mesylate|dimesylate|malate|s-malate|l-malate|sulfate|tosylate|citrate|"
                    r"maleate|phosphate|sodium|potassium|acetate|tartrate|fumarate|besylate|"
@@ -69,7 +68,7 @@ def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as e:
-        raise PipelineError(f"could not read {what} '{path}': {e}") from None
+        raise PipelineError(f"could not read {what} '{path}': {e}") from e
 
 
 def _split(text) -> list[str]:
@@ -205,7 +204,7 @@ def match_cell_lines(cell_meta: pd.DataFrame, gdsc: pd.DataFrame, models: pd.Dat
     return out
 
 
-def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame,
+def match(drug_meta: pd.DataFrame, cell_meta: pd.DataFrame, gdsc: pd.DataFrame, *,
           compounds: pd.DataFrame | None = None, models: pd.DataFrame | None = None,
           overrides: pd.DataFrame | None = None) -> Matches:
     """Every Tahoe drug and cell line -> its GDSC partner, by identifier where the tables allow."""
@@ -268,8 +267,9 @@ def labelled_pairs(m: Matches, gdsc: pd.DataFrame) -> pd.DataFrame:
 
 def attach_labels(cells: pa.Table, pairs: pd.DataFrame) -> pa.Table:
     """The merged table: every cell with its pair's ln IC50 (columns of the merged-table contract)."""
-    lab = cells.select(["drug", "cell_line_id"]).to_pandas().merge(pairs[["drug", "cell_line_id", "LN_IC50", "cell_name", "gdsc_dataset"]],
-                          on=["drug", "cell_line_id"], how="left", validate="many_to_one")
+    labels = pairs[["drug", "cell_line_id", "LN_IC50", "cell_name", "gdsc_dataset"]]
+    lab = cells.select(["drug", "cell_line_id"]).to_pandas().merge(
+        labels, on=["drug", "cell_line_id"], how="left", validate="many_to_one")
     if lab["LN_IC50"].isna().all():
         raise PipelineError("merge produced no labelled cell: none of the downsampled cells belongs "
                             "to a GDSC-labelled (drug, cell line) pair.")

@@ -29,9 +29,18 @@ from tqdm import tqdm
 from common import PipelineError, atomic_path
 from config import Config
 from data import Features, build_features, gene_vocabulary
-from model import DrugTower, build_model, count_parameters, encode_drugs
+from drugs import DrugTower, encode_drugs
+from model import build_model, count_parameters
 
 log = logging.getLogger("ic50.train")
+
+# What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
+# the same way (nanoGPT's model_args). Other settings may come and go without breaking it.
+CHECKPOINT_FORMAT = 2
+MODEL_SETTINGS = ("value_kind", "tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
+                  "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
+                  "ensemble", "pos_encoding", "target", "drug_encoder", "smiles_model",
+                  "smiles_pooling", "morgan_bits", "batch_size")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -163,7 +172,8 @@ class Trained:
             seen = count > 0
             scale = np.sqrt(var) if kind == "drug_zscore" else np.ones(n)
             scale[scale < 1e-6] = 1.0
-            self.unseen = (float(y.mean()), float(np.sqrt(var[seen].mean())) if kind == "drug_zscore" else 1.0)
+            pooled_sd = float(np.sqrt(var[seen].mean())) if kind == "drug_zscore" else 1.0
+            self.unseen = (float(y.mean()), pooled_sd)
             self.offset = np.where(seen, mean, self.unseen[0])
             self.scale = np.where(seen, scale, self.unseen[1])
             y = (y - self.offset[drug]) / self.scale[drug]
@@ -205,7 +215,10 @@ class Trained:
         return gather(local, mine, len(feats.y))
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "vocab": self.vocab,
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "model_args": {k: getattr(self.cfg, k) for k in MODEL_SETTINGS},
+                "config": self.cfg.to_dict(),    # the run's settings, for the record only
+                "vocab": self.vocab,
                 "smiles": self.smiles, "drug_table": self.drug_table.cpu(),
                 "drug_encoder": self.drug_encoder, "y_mean": self.y_mean, "y_std": self.y_std,
                 "n_tokens": self.model.gene_emb.num_embeddings,
@@ -216,15 +229,14 @@ class Trained:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Trained":
         """A checkpoint (best.pt) back into a model that can featurise and predict new rows."""
-        from config import from_dict
         try:
             state = torch.load(path, map_location=device, weights_only=False)
-            cfg = from_dict({k: v for k, v in state["config"].items() if k != "resume"}, str(path))
+            cfg = model_config(state, str(path))
+        except PipelineError:
+            raise
         except Exception as e:  # missing, truncated, or not a torch file at all
             raise PipelineError(f"'{path}' is not a checkpoint written by this tool: "
-                                f"{type(e).__name__}: {e}") from None
-        if cfg.value_kind == "auto":  # checkpoints from before value kinds hold counts
-            cfg.value_kind = "counts"
+                                f"{type(e).__name__}: {e}") from e
         heads = next((v for k, v in state["model"].items() if k.endswith("drug_heads.weight")), None)
         model = build_model(cfg, state["n_tokens"], state["drug_dim"],
                             0 if heads is None else heads.shape[0])
@@ -259,6 +271,25 @@ class Trained:
         if self.offset is not None:
             self.offset = np.concatenate([self.offset, np.full(len(new), self.unseen[0])])
             self.scale = np.concatenate([self.scale, np.full(len(new), self.unseen[1])])
+
+
+def model_config(state: dict, source: str) -> Config:
+    """The checkpoint's model settings over the defaults. Format 1 stored the whole run
+    configuration: its model settings are taken and the rest ignored. A setting this version does
+    not know is skipped with a warning instead of failing."""
+    from config import from_dict
+    args = state.get("model_args")
+    if args is None:   # format 1
+        args = {k: v for k, v in state["config"].items() if k in MODEL_SETTINGS}
+        args.setdefault("value_kind", "counts")    # checkpoints from before value kinds hold counts
+    known = set(Config.__dataclass_fields__)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        log.warning("checkpoint %s: setting(s) %s unknown to this version, ignored", source, unknown)
+    cfg = from_dict({k: v for k, v in args.items() if k in known}, source)
+    if cfg.value_kind == "auto":
+        cfg.value_kind = "counts"
+    return cfg
 
 
 def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
@@ -299,133 +330,208 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[str],
-          run_dir: Path, resume: bool = False) -> Trained:
-    """`smiles`: every drug the model will be asked about, test drugs included (the encoder is
-    frozen and never sees a label, so this leaks nothing)."""
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    rank, size = world()
-    vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
-                                 cfg.morgan_bits)
-    tower = None
-    if cfg.finetune_drug_encoder:
-        if size > 1:
-            raise PipelineError("--finetune-drug-encoder runs in one process only: under torchrun "
-                                "its gradients would not be synchronised. Train it without torchrun, "
-                                "or freeze the encoder.")
-        if not encoder.startswith("chemberta"):
-            raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be loaded "
-                                "(see the warning above); fingerprints have nothing to fine-tune.")
-        tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(device)
-    vocab = gene_vocabulary(train_table["genes"])
-    model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(device)
-    trained = Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(device), encoder,
-                      0.0, 1.0, tower)
-    t0 = time.perf_counter()
-    tr, va = trained.features(train_table), trained.features(val_table)
-    trained.fit_target(train_table["LN_IC50"].to_numpy(), tr.drug)
-    log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes (%.1fs)",
-             len(tr.y), len(va.y), "all" if cfg.tokens == "all" else cfg.top_k, len(vocab),
-             time.perf_counter() - t0)
-    params = list(model.parameters()) + (list(tower.parameters()) if tower is not None else [])
-    log.info("model: %s trainable parameters on %s%s", f"{count_parameters(model):,}", device,
-             f" x {size} processes" if size > 1 else "")
+class Trainer:
+    """Owns the training loop and everything a resumed run needs: the model (and fine-tuned drug
+    tower), optimiser, scheduler, RNG, epoch and early-stopping counters, saved and restored
+    together by state_dict() / load_state_dict(). main.py only wires data into it, as with
+    Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
+    _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
 
-    net = model
-    if size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = make_scheduler(opt, cfg)
-    gen = np.random.default_rng(cfg.seed)
-    best, best_epoch, waited, start = float("inf"), 0, 0, 1
-    last, ckpt = run_dir / "last.pt", run_dir / "best.pt"
-    if resume and last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        if tower is not None and state.get("tower") is not None:
-            tower.load_state_dict(state["tower"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        set_rng_state(gen, state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-        best, best_epoch, waited = state["best"], state["best_epoch"], state["waited"]
-        trained.history, start = state["history"], state["epoch"] + 1
-        log.info("resumed from %s after epoch %d (best validation MSE %.4f at epoch %d)", last,
-                 state["epoch"], best, best_epoch)
+    def __init__(self, cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[str],
+                 run_dir: Path):
+        """`smiles`: every drug the model will be asked about, test drugs included (the encoder is
+        frozen and never sees a label, so this leaks nothing)."""
+        seed_everything(cfg.seed)
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = pick_device(cfg.device)
+        self.rank, self.size = world()
+        self.trained = self._build(train_table, smiles)
+        t0 = time.perf_counter()
+        self.train_set, self.val_set = self._features(train_table, val_table)
+        log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes "
+                 "(%.1fs)", len(self.train_set.y), len(self.val_set.y),
+                 "all" if cfg.tokens == "all" else cfg.top_k, len(self.trained.vocab),
+                 time.perf_counter() - t0)
+        model, tower = self.trained.model, self.trained.tower
+        self.params = list(model.parameters()) + (list(tower.parameters()) if tower is not None else [])
+        log.info("model: %s trainable parameters on %s%s", f"{count_parameters(model):,}",
+                 self.device, f" x {self.size} processes" if self.size > 1 else "")
+        self.net = model if self.size == 1 else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = make_scheduler(self.opt, cfg)
+        self.gen = np.random.default_rng(cfg.seed)
+        self.epoch, self.best, self.best_epoch, self.waited = 0, float("inf"), 0, 0
 
-    y_tr = Features(tr.genes, tr.values, tr.drug, trained.encode_target(tr.y, tr.drug), tr.offsets)
-    row_weight = None   # a row's squared error in ln IC50 units, over its squared normalised error
-    if trained.scale is not None:
-        row_weight = torch.as_tensor(trained.scale ** 2, dtype=torch.float32, device=device)
-    stopped = waited >= cfg.patience
-    bar = tqdm(range(start, cfg.epochs + 1), desc="train", unit=" epoch", leave=False,
-               disable=not is_main() or stopped)
-    for epoch in (bar if not stopped else []):
-        net.train()
-        if tower is not None:
-            tower.train()
-        t_ep, sse, n = time.perf_counter(), 0.0, 0
-        plan = epoch_plan(y_tr, cfg.batch_size, gen, bucket=cfg.tokens == "all")
-        shards = [b[rank::size] for b in plan if len(b) >= size]   # every rank steps together
-        totals = [len(b) for b in plan if len(b) >= size]
-        for (g, v, d, target), total in zip(loader(y_tr, shards, cfg.loader_workers, device), totals):
-            g, v, d, target = (t.to(device, non_blocking=True) for t in (g, v, d, target))
-            with autocast(device):
-                pred = net(g, v, trained.drug_vectors(d), d)
+    def _build(self, train_table: pa.Table, smiles: list[str]) -> Trained:
+        """Drug vectors (and the tower when fine-tuning), the gene vocabulary, the network."""
+        cfg = self.cfg
+        vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
+                                     cfg.morgan_bits)
+        tower = None
+        if cfg.finetune_drug_encoder:
+            if self.size > 1:
+                raise PipelineError("--finetune-drug-encoder runs in one process only: under torchrun "
+                                    "its gradients would not be synchronised. Train it without "
+                                    "torchrun, or freeze the encoder.")
+            if not encoder.startswith("chemberta"):
+                raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be "
+                                    "loaded (see the warning above); fingerprints have nothing to "
+                                    "fine-tune.")
+            tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(self.device)
+        vocab = gene_vocabulary(train_table["genes"])
+        model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(self.device)
+        return Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(self.device), encoder,
+                       0.0, 1.0, tower)
+
+    def _features(self, train_table: pa.Table, val_table: pa.Table) -> tuple[Features, Features]:
+        """Training features with their targets normalised, and validation features."""
+        tr, va = self.trained.features(train_table), self.trained.features(val_table)
+        self.trained.fit_target(train_table["LN_IC50"].to_numpy(), tr.drug)
+        self.row_weight = None   # a row's squared error in ln IC50 units, over its normalised one
+        if self.trained.scale is not None:
+            self.row_weight = torch.as_tensor(self.trained.scale ** 2, dtype=torch.float32,
+                                              device=self.device)
+        target = self.trained.encode_target(tr.y, tr.drug)
+        return Features(tr.genes, tr.values, tr.drug, target, tr.offsets), va
+
+    # -- resumable state
+
+    def state_dict(self) -> dict:
+        """Everything an interrupted run needs to go on as if it had not stopped. Under torchrun
+        every rank must call it (the RNG states are gathered)."""
+        t = self.trained
+        return {"model": t.model.state_dict(), "tower": t.tower.state_dict() if t.tower else None,
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                "rng": self._rng_states(), "epoch": self.epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "waited": self.waited, "history": t.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        t = self.trained
+        t.model.load_state_dict(state["model"])
+        if t.tower is not None and state.get("tower") is not None:
+            t.tower.load_state_dict(state["tower"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None and state.get("scheduler"):
+            self.sched.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        set_rng_state(self.gen, rng[self.rank] if isinstance(rng, list) else rng)
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.waited, t.history = state["waited"], state["history"]
+
+    # -- the loop
+
+    def fit(self, resume: bool = False) -> Trained:
+        """Epochs until early stopping; best.pt whenever validation improves, last.pt every epoch;
+        the best weights restored at the end."""
+        t0 = time.perf_counter()
+        last = self.run_dir / "last.pt"
+        if resume and last.exists():
+            self.load_state_dict(torch.load(last, map_location=self.device, weights_only=False))
+            log.info("resumed from %s after epoch %d (best validation MSE %.4f at epoch %d)", last,
+                     self.epoch, self.best, self.best_epoch)
+        stopped = self.waited >= self.cfg.patience
+        bar = tqdm(range(self.epoch + 1, self.cfg.epochs + 1), desc="train", unit=" epoch",
+                   leave=False, disable=self.rank > 0 or stopped)
+        for epoch in (bar if not stopped else []):
+            t_ep = time.perf_counter()
+            train_mse = self.train_epoch()
+            val_mse = float(np.mean((self.trained.predict(self.val_set, self.device) - self.val_set.y) ** 2))
+            self.end_epoch(epoch, train_mse, val_mse, time.perf_counter() - t_ep)
+            bar.set_postfix(train=f"{train_mse:.3f}", val=f"{val_mse:.3f}", best=f"{self.best:.3f}")
+            if self.waited >= self.cfg.patience:
+                log.info("early stop at epoch %d: no better validation loss for %d epochs", epoch,
+                         self.cfg.patience)
+                break
+        self._restore_best()
+        log.info("trained %d epochs in %.0fs; best validation MSE %.4f at epoch %d (weights "
+                 "restored)", len(self.trained.history), time.perf_counter() - t0, self.best,
+                 self.best_epoch)
+        return self.trained
+
+    def train_epoch(self) -> float:
+        """One pass over shuffled global batches (every rank takes its share of each); the
+        training MSE in ln IC50 units."""
+        cfg, t = self.cfg, self.trained
+        self.net.train()
+        if t.tower is not None:
+            t.tower.train()
+        sse, n = 0.0, 0
+        plan = epoch_plan(self.train_set, cfg.batch_size, self.gen, bucket=cfg.tokens == "all")
+        shards = [b[self.rank::self.size] for b in plan if len(b) >= self.size]  # ranks step together
+        totals = [len(b) for b in plan if len(b) >= self.size]
+        for (g, v, d, target), total in zip(loader(self.train_set, shards, cfg.loader_workers,
+                                                   self.device), totals):
+            g, v, d, target = (x.to(self.device, non_blocking=True) for x in (g, v, d, target))
+            with autocast(self.device):
+                pred = self.net(g, v, t.drug_vectors(d), d)
             sq = (pred.float() - target) ** 2 if pred.dim() == 1 else \
                 ((pred.float() - target.unsqueeze(-1)) ** 2).mean(-1)   # an ensemble: each member's loss
             err = sq.sum()
-            loss = err / total * size   # DDP averages over ranks: the global-batch mean
-            opt.zero_grad(set_to_none=True)
+            loss = err / total * self.size   # DDP averages over ranks: the global-batch mean
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sse += (err if row_weight is None else (sq * row_weight[d]).sum()).item()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.opt.step()
+            sse += (err if self.row_weight is None else (sq * self.row_weight[d]).sum()).item()
             n += len(target)
-        if size > 1:
-            t = torch.tensor([sse, n], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            sse, n = t.tolist()
-        train_mse = sse / max(n, 1) * trained.y_std ** 2
-        val_mse = float(np.mean((trained.predict(va, device) - va.y) ** 2))
-        if sched is not None:
-            sched.step(val_mse) if cfg.lr_schedule == "plateau" else sched.step()
-        trained.history.append({"epoch": epoch, "train_mse": round(train_mse, 5), "val_mse": round(val_mse, 5),
-                                "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t_ep, 2)})
-        bar.set_postfix(train=f"{train_mse:.3f}", val=f"{val_mse:.3f}", best=f"{min(best, val_mse):.3f}")
+        sse, n = self._all_sum(sse, n)
+        return sse / max(n, 1) * t.y_std ** 2
+
+    def end_epoch(self, epoch: int, train_mse: float, val_mse: float, seconds: float) -> None:
+        """Schedule, history, early-stopping counters, checkpoints."""
+        if self.sched is not None:
+            self.sched.step(val_mse) if self.cfg.lr_schedule == "plateau" else self.sched.step()
+        self.trained.history.append({"epoch": epoch, "train_mse": round(train_mse, 5),
+                                     "val_mse": round(val_mse, 5), "lr": self.opt.param_groups[0]["lr"],
+                                     "seconds": round(seconds, 2)})
         if not np.isfinite(train_mse):
             raise PipelineError(f"training diverged at epoch {epoch} (loss {train_mse}); lower --lr.")
-        if val_mse < best:
-            best, best_epoch, waited = val_mse, epoch, 0
-            if is_main():
-                with atomic_path(ckpt) as tmp:
-                    torch.save({**trained.state(), "epoch": epoch, "val_mse": val_mse}, tmp)
+        self.epoch = epoch
+        if val_mse < self.best:
+            self.best, self.best_epoch, self.waited = val_mse, epoch, 0
+            self._save("best.pt", {**self.trained.state(), "epoch": epoch, "val_mse": val_mse})
         else:
-            waited += 1
-        rngs = rng_state(gen)
-        if size > 1:
-            gathered = [None] * size
-            dist.all_gather_object(gathered, rngs)
-            rngs = gathered
-        if is_main():
-            with atomic_path(last) as tmp:
-                torch.save({**trained.state(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict() if sched is not None else None,
-                            "rng": rngs, "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                            "waited": waited, "history": trained.history}, tmp)
-        if waited >= cfg.patience:
-            log.info("early stop at epoch %d: no better validation loss for %d epochs", epoch, cfg.patience)
-            break
-    if size > 1:
-        dist.barrier()
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    if tower is not None:
-        tower.load_state_dict(state["tower"])
-    trained.best_epoch = best_epoch
-    log.info("trained %d epochs in %.0fs; best validation MSE %.4f at epoch %d (weights restored)",
-             len(trained.history), time.perf_counter() - t0, best, best_epoch)
-    return trained
+            self.waited += 1
+        state = self.state_dict()
+        self._save("last.pt", {**self.trained.state(), **state})
+
+    def _restore_best(self) -> None:
+        if self.size > 1:
+            dist.barrier()   # rank 0 has written best.pt
+        state = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
+        self.trained.model.load_state_dict(state["model"])
+        if self.trained.tower is not None:
+            self.trained.tower.load_state_dict(state["tower"])
+        self.trained.best_epoch = self.best_epoch
+
+    # -- ranks
+
+    def _all_sum(self, *values: float) -> list[float]:
+        if self.size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _rng_states(self) -> dict | list[dict]:
+        """This rank's RNG states; under torchrun every rank's, gathered."""
+        states = rng_state(self.gen)
+        if self.size == 1:
+            return states
+        gathered = [None] * self.size
+        dist.all_gather_object(gathered, states)
+        return gathered
+
+    def _save(self, name: str, state: dict) -> None:
+        if self.rank == 0:
+            with atomic_path(self.run_dir / name) as tmp:
+                torch.save(state, tmp)
+
+
+def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[str],
+          run_dir: Path, resume: bool = False) -> Trained:
+    """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
+    return Trainer(cfg, train_table, val_table, smiles, run_dir).fit(resume)

@@ -178,7 +178,8 @@ def main() -> None:
         rate = lambda r: r["cells"] / r["seconds"]  # noqa: E731
         one = measured("stage", root, 1)
         two = measured("stage", root, 2)
-        print(f"stage, 1 worker      : {rate(one):>9,.0f} cells/s with pyarrow threads ({one['cells']:,} cells in "
+        print(f"stage, 1 worker      : {rate(one):>9,.0f} cells/s with pyarrow threads "
+              f"({one['cells']:,} cells in "
               f"{one['seconds']:.1f}s, kept {one['kept']:,}), peak RSS {one['rss_mb']:,.0f} MB")
         print(f"stage, 2 workers     : {rate(two):>9,.0f} cells/s total ({two['seconds']:.1f}s), "
               f"peak RSS {two['rss_mb']:,.0f} MB (largest process)")

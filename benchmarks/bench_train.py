@@ -9,7 +9,8 @@ feed-forward 512 (11,378,177 parameters). `top_k` feeds K+1 tokens to the Transf
 `pooled` (the study's design) mean-pools the K genes into one token. ChemBERTa here is a
 RoBERTa of ChemBERTa-zinc-base-v1's shape (6 layers, 768 wide, 12 heads), randomly initialised:
 the same compute, no download, with about one token per SMILES character. Each configuration
-runs in its own process, so peak memory is its own. On CUDA the script also reports model FLOP utilisation (MFU)
+runs in its own process, so peak memory is its own. On CUDA the script also reports model FLOP
+utilisation (MFU)
 against the GPU's dense bf16 peak (--peak-tflops, default 989 for an H100 SXM).
 """
 from __future__ import annotations
@@ -39,9 +40,10 @@ SMILES = ["COCCOC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC=CC(=C3)C#C)OCCOC", "C1=C(C(=O)NC(
 
 
 def chemberta_like(device: torch.device):
+    import tempfile
+
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
-    import tempfile
     d = tempfile.mkdtemp()
     bpe = ByteLevelBPETokenizer()
     # few merges: about one token per SMILES character, as long as ChemBERTa's real inputs or longer

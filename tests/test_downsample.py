@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_tahoe
 
 import downsample
 from common import PipelineError
-from conftest import write_tahoe
 
 PAIRS = [("Erlotinib", "CVCL_0023"), ("Erlotinib", "CVCL_0320"),
          ("Trametinib (DMSO_TF solvate)", "CVCL_0023"), ("DMSO_TF", "CVCL_0023")]
@@ -19,8 +19,8 @@ PAIRS = [("Erlotinib", "CVCL_0023"), ("Erlotinib", "CVCL_0320"),
 
 def run(root, tmp_path, cap=100, fraction=1.0, seed=0, pairs=PAIRS, name="cells", stream=False, **kw):
     out = tmp_path / f"{name}.parquet"
-    summary = downsample.downsample(downsample.TahoeSource(str(root), stream=stream), pairs, cap,
-                                    fraction, seed, out, **kw)
+    summary = downsample.downsample(downsample.TahoeSource(str(root), stream=stream), pairs,
+                                    cells_per_group=cap, fraction=fraction, seed=seed, out=out, **kw)
     return (pq.read_table(out) if summary["complete"] else None), summary
 
 
@@ -196,3 +196,27 @@ def test_dose_strings_are_parsed_without_eval():
                        "drugname_drugconc": ["[('Erlotinib', 0.5, 'uM')]", "[('X', 50.0, 'nM')]",
                                              "__import__('os').system('true')"]})
     assert downsample.parse_doses(sm) == {"a": 0.5, "b": 0.05}
+
+
+def test_the_stand_alone_stage_takes_its_flags_from_the_config(tiny_tahoe, tmp_path):
+    pd.DataFrame(PAIRS, columns=["drug", "cell_line_id"]).to_csv(tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "alone.parquet"
+    assert downsample.main(["--tahoe", str(tiny_tahoe), "--pairs", str(tmp_path / "pairs.csv"),
+                            "--cells-per-group", "3", "--out", str(out)]) == 0
+    alone = pq.read_table(out)
+    want, _ = run(tiny_tahoe, tmp_path, cap=3)
+    assert alone.sort_by("BARCODE_SUB_LIB_ID").equals(want.sort_by("BARCODE_SUB_LIB_ID"))
+    assert downsample.main(["--tahoe", str(tiny_tahoe), "--pairs", str(tmp_path / "none.csv")]) == 2
+    assert downsample.main(["--tahoe", str(tiny_tahoe), "--pairs", str(tmp_path / "pairs.csv"),
+                            "--on-bad-shard", "skip", "--fraction", "2"]) == 2   # validated as in main.py
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_shard_without_the_genes_column_is_named_and_can_be_skipped(tiny_tahoe, tmp_path, stream):
+    shard = sorted((tiny_tahoe / "data").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(shard).drop_columns(["genes"]), shard)
+    with pytest.raises(PipelineError, match=rf"'{shard.name}' lacks column\(s\) \['genes'\]"):
+        run(tiny_tahoe, tmp_path, stream=stream)
+    assert not (tmp_path / "cells.parquet").exists()
+    table, s = run(tiny_tahoe, tmp_path, stream=stream, on_bad_shard="skip", name="skipped")
+    assert s["skipped"] == [shard.name] and table.num_rows > 0

@@ -9,7 +9,8 @@ import evaluate
 def test_baselines_match_a_hand_computation():
     train = pd.DataFrame({"drug": ["a", "a", "a", "b", "b"], "cell_line_id": ["x", "x", "y", "x", "y"],
                           "LN_IC50": [1.0, 1.0, 3.0, 5.0, 9.0]})
-    test = pd.DataFrame({"drug": ["a", "b", "c"], "cell_line_id": ["y", "z", "x"], "LN_IC50": [0.0, 0.0, 0.0]})
+    test = pd.DataFrame({"drug": ["a", "b", "c"], "cell_line_id": ["y", "z", "x"],
+                         "LN_IC50": [0.0, 0.0, 0.0]})
     p = evaluate.predict_baselines(evaluate.fit_baselines(train), test)
     # training pairs: (a,x)=1, (a,y)=3, (b,x)=5, (b,y)=9 -> global 4.5; drug a 2, b 7; line x 3, y 6
     assert p["global_mean"].tolist() == [4.5, 4.5, 4.5]

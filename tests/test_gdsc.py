@@ -1,11 +1,14 @@
 """GDSC1 + GDSC2: validation, averaging of duplicates, GDSC2 over GDSC1."""
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, gdsc_frame
 
 import gdsc
 from common import PipelineError
-from conftest import gdsc_frame
 
 
 def write(df, path):
@@ -80,3 +83,21 @@ def test_derived_three_column_tables_are_accepted(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="not found.*nope.csv"):
         gdsc.combine(tmp_path / "nope.csv", None)
+
+
+@pytest.mark.e2e
+def test_the_stand_alone_stage_takes_its_flags_from_the_config(tmp_path):
+    import config
+    import gdsc
+    one, two = tmp_path / "g1.csv", tmp_path / "g2.csv"
+    gdsc_frame([("Erlotinib", "A549", 1.0), ("Erlotinib", "A549", 3.0)], "GDSC1").to_csv(one, index=False)
+    gdsc_frame([("Vorinostat", "A549", 0.5)]).to_csv(two, index=False)
+    out = tmp_path / "combined.parquet"
+    assert gdsc.main([str(one), str(two), "--ic50-average", "linear", "--out", str(out)]) == 0
+    got = pd.read_parquet(out).set_index("DRUG_NAME")["LN_IC50"]
+    assert got["Erlotinib"] == pytest.approx(np.log((np.e + np.e ** 3) / 2))
+    assert gdsc.main(["--gdsc1", str(one), "--gdsc2", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+    usage = " ".join(subprocess.run([sys.executable, str(ROOT / "gdsc.py"), "--help"],
+                                    capture_output=True, text=True).stdout.split())
+    assert "--ic50-average {ln,linear}" in usage and "(default: ln)" in usage
+    assert f"(default: {config.Config.gdsc1})" in usage       # main.py's default: the demo

@@ -82,8 +82,9 @@ def test_labels_are_attached_and_unlabelled_cells_dropped():
 
 def compounds_export(tmp_path, rows):
     path = tmp_path / "Drug_list.csv"
-    pd.DataFrame(rows, columns=["Drug Id", "Name", "Synonyms", "Targets", "Target pathway", "PubCHEM",
-                                "Datasets", "number of cell lines", "Screening site"]).to_csv(path, index=False)
+    columns = ["Drug Id", "Name", "Synonyms", "Targets", "Target pathway", "PubCHEM", "Datasets",
+               "number of cell lines", "Screening site"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     return merge.load_compounds(path)
 
 
@@ -151,7 +152,8 @@ def test_a_model_without_gdsc_data_is_not_matched_by_name(tmp_path):
 def test_an_override_wins_and_an_unknown_gdsc_name_in_it_is_an_error(tmp_path):
     drugs, lines = meta(["Erlotinib"], {"CVCL_0334": "Hs 766T"})
     path = tmp_path / "overrides.csv"
-    pd.DataFrame({"kind": ["cell_line"], "tahoe": ["CVCL_0334"], "gdsc": ["HS766T-GDSC"]}).to_csv(path, index=False)
+    overrides = pd.DataFrame({"kind": ["cell_line"], "tahoe": ["CVCL_0334"], "gdsc": ["HS766T-GDSC"]})
+    overrides.to_csv(path, index=False)
     m = merge.match(drugs, lines, gdsc(["Erlotinib"], ["HS766T-GDSC", "Hs-766T"]),
                     overrides=merge.load_overrides(path))
     assert m.cell_lines == {"CVCL_0334": "HS766T-GDSC"}
@@ -161,7 +163,8 @@ def test_an_override_wins_and_an_unknown_gdsc_name_in_it_is_an_error(tmp_path):
 
 
 def test_two_tahoe_lines_claiming_one_gdsc_line_are_ambiguous():
-    drugs, lines = meta(["Erlotinib"], {"CVCL_0001": "COLO 205", "CVCL_0002": "COLO-205", "CVCL_0023": "A549"})
+    drugs, lines = meta(["Erlotinib"],
+                        {"CVCL_0001": "COLO 205", "CVCL_0002": "COLO-205", "CVCL_0023": "A549"})
     m = merge.match(drugs, lines, gdsc(["Erlotinib"], ["COLO205", "A549"]))
     assert set(m.report.loc[m.report.tahoe_id.isin(["CVCL_0001", "CVCL_0002"]), "how"]) == {"ambiguous"}
 

@@ -4,11 +4,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, train_steps
 
 from common import PipelineError
 from config import Config, from_dict, load_yaml
-from conftest import ROOT, train_steps
-from model import IC50Transformer, count_parameters, encode_drugs
+from drugs import encode_drugs
+from model import IC50Transformer, count_parameters
 
 
 def test_paper_config_has_the_studys_parameter_count():

@@ -10,20 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import ROOT, SMALL, merged_table, train_steps
 
+import drugs
 import main
 import model
 import train
-from conftest import ROOT, merged_table, train_steps
-
-SMALL = ["--d-model", "16", "--ff-dim", "32", "--n-layers", "1", "--top-k", "16", "--gene-dim", "8",
-         "--head-dim", "16", "--drug-encoder", "morgan", "--morgan-bits", "64"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("IC50_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -37,6 +29,7 @@ def metrics(run):
     return json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.e2e
 def test_resume_after_a_stop_at_epoch_1_reaches_the_same_result(tmp_path, table_path, monkeypatch):
     args = ["--data", str(table_path), "--epochs", "4", "--patience", "10", *SMALL]
     assert main.main([*args, "--out", str(tmp_path / "straight")]) == 0
@@ -54,12 +47,15 @@ def test_resume_after_a_stop_at_epoch_1_reaches_the_same_result(tmp_path, table_
     monkeypatch.setattr(train, "epoch_plan", real)
     assert main.main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
-    assert a["test"] == b["test"] and [h["val_mse"] for h in a["history"]] == [h["val_mse"] for h in b["history"]]
+    assert a["test"] == b["test"]
+    assert [h["val_mse"] for h in a["history"]] == [h["val_mse"] for h in b["history"]]
     assert not (tmp_path / "resumed" / "last.pt").exists() and (tmp_path / "resumed" / "best.pt").exists()
 
 
+@pytest.mark.e2e
 def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
-    assert main.main(["--stop-after", "merge", "--out", str(tmp_path / "prep"), "--cells-per-group", "2"]) == 0
+    assert main.main(["--stop-after", "merge", "--out", str(tmp_path / "prep"),
+                      "--cells-per-group", "2"]) == 0
     merged = tmp_path / "prep" / "merged.parquet"
     args = ["--data", str(merged), "--epochs", "1", "--dropout", "0", *SMALL]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -80,19 +76,22 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     assert np.allclose(pa_["prediction"], pb["prediction"], atol=1e-3)
 
 
+@pytest.mark.e2e
 def test_predict_on_the_test_rows_reproduces_the_runs_predictions(tmp_path, table_path):
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL]) == 0
     split = pd.read_parquet(run / "split.parquet")
     test_rows = pq.read_table(table_path).take(split.index[split["part"] == "test"].to_numpy())
     pq.write_table(test_rows.drop_columns(["LN_IC50"]), tmp_path / "new.parquet")  # labels optional
-    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet"),
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
+                      "--data", str(tmp_path / "new.parquet"),
                       "--out", str(tmp_path / "p.parquet")]) == 0
     got = pd.read_parquet(tmp_path / "p.parquet")
     want = pd.read_parquet(run / "predictions.parquet")
     assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path):
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
@@ -100,27 +99,29 @@ def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path)
     new = pq.read_table(table_path).schema
     import pyarrow as pa
     pq.write_table(pa.Table.from_pandas(t, schema=new, preserve_index=False), tmp_path / "new.parquet")
-    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet")]) == 0
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
+                      "--data", str(tmp_path / "new.parquet")]) == 0
     out = pd.read_parquet(tmp_path / "new_predictions.parquet")
     assert len(out) == 12 and out["prediction"].notna().all()
 
 
+@pytest.mark.e2e
 def test_predict_names_a_bad_checkpoint(tmp_path, table_path):
     (tmp_path / "x.pt").write_text("not a checkpoint")
     assert main.main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(table_path)]) == 2
 
 
 def test_chemberta_vectors_are_cached_per_model_pooling_and_smiles(tiny_roberta, monkeypatch):
-    first, _ = model.encode_drugs(["CCO", "c1ccccc1"], "chemberta", str(tiny_roberta))
+    first, _ = drugs.encode_drugs(["CCO", "c1ccccc1"], "chemberta", str(tiny_roberta))
 
     def no_model(*a, **k):
         raise AssertionError("ChemBERTa should not run for cached SMILES")
 
-    monkeypatch.setattr(model, "chemberta_embeddings", no_model)
-    again, _ = model.encode_drugs(["c1ccccc1", "CCO"], "chemberta", str(tiny_roberta))
+    monkeypatch.setattr(drugs, "chemberta_embeddings", no_model)
+    again, _ = drugs.encode_drugs(["c1ccccc1", "CCO"], "chemberta", str(tiny_roberta))
     assert np.allclose(again, first[::-1])
     with pytest.raises(AssertionError):  # another pooling is another cache entry
-        model.encode_drugs(["CCO"], "chemberta", str(tiny_roberta), pooling="cls")
+        drugs.encode_drugs(["CCO"], "chemberta", str(tiny_roberta), pooling="cls")
 
 
 @pytest.mark.parametrize("pos", ["sinusoidal", "rotary", "none"])
@@ -142,6 +143,7 @@ def test_rotary_makes_the_output_depend_on_token_order():
         assert not torch.allclose(m(g, v, d), m(g.flip(1), v.flip(1), d))
 
 
+@pytest.mark.e2e
 def test_all_gene_tokens_train_end_to_end(tmp_path, table_path):
     assert main.main(["--data", str(table_path), "--epochs", "2", "--tokens", "all", "--pos-encoding",
                       "rotary", "--lr-schedule", "cosine", "--grad-clip", "1.0", "--loader-workers", "1",
@@ -160,13 +162,14 @@ def test_ragged_features_pad_each_batch_to_its_longest_cell():
     assert (np.diff(v[0][: lengths[0]]) <= 0).all()  # most expressed first
 
 
+@pytest.mark.e2e
 def test_finetuning_updates_the_drug_encoder(tmp_path, table_path, tiny_roberta):
     run = tmp_path / "ft"
     assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL,
                       "--drug-encoder", "chemberta", "--smiles-model", str(tiny_roberta),
                       "--finetune-drug-encoder"]) == 0
     state = torch.load(run / "best.pt", weights_only=False)
-    base = model.load_chemberta(str(tiny_roberta))[1].state_dict()
+    base = drugs.load_chemberta(str(tiny_roberta))[1].state_dict()
     tuned = {k.removeprefix("encoder."): v for k, v in state["tower"].items()}
     changed = [k for k in base if k in tuned and not torch.equal(base[k], tuned[k])]
     assert changed
@@ -175,6 +178,7 @@ def test_finetuning_updates_the_drug_encoder(tmp_path, table_path, tiny_roberta)
 def bulk_table(seed: int = 0):
     """One row per pair, a z-scored profile per cell line (negatives included), declared normalised."""
     import pyarrow as pa
+
     import data
     rng = np.random.default_rng(seed)
     lines = rng.normal(size=(8, 12)).astype(np.float32)
@@ -191,6 +195,7 @@ def bulk_table(seed: int = 0):
     return data.with_value_kind(pa.Table.from_pylist(rows, schema=schema), "normalised")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("levers", [
     ["--tokens", "pooled", "--expr-embedding", "scaled", "--target", "drug_zscore", "--head", "per_drug",
      "--gene-dropout", "0.2", "--pos-encoding", "none"],
@@ -206,7 +211,8 @@ def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp
     split = pd.read_parquet(run / "split.parquet")
     test_rows = pq.read_table(path).take(split.index[split["part"] == "test"].to_numpy())
     pq.write_table(test_rows, tmp_path / "new.parquet")
-    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(tmp_path / "new.parquet"),
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
+                      "--data", str(tmp_path / "new.parquet"),
                       "--out", str(tmp_path / "p.parquet")]) == 0
     want = pd.read_parquet(run / "predictions.parquet")["prediction"]
     assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prediction"], want, atol=1e-5)
@@ -240,3 +246,29 @@ def test_per_drug_heads_start_at_zero_and_leave_unknown_drugs_to_the_shared_head
         m.drug_heads.weight.fill_(1.0)
     after = m(g, v, vec, torch.tensor([0, 1, 5]))
     assert not torch.allclose(before[:2], after[:2]) and torch.allclose(before[2], after[2])
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_saved_before_model_args_still_loads_and_predicts_the_same(tmp_path):
+    # format 1 (the whole run configuration), written by the code as it was before this format
+    fixtures = ROOT / "tests" / "fixtures"
+    pq.write_table(merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5), tmp_path / "t.parquet")
+    assert main.main(["predict", "--checkpoint", str(fixtures / "format1_best.pt"), "--data",
+                      str(tmp_path / "t.parquet"), "--out", str(tmp_path / "p.parquet")]) == 0
+    want = pd.read_csv(fixtures / "format1_predictions.csv")["prediction"]
+    assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prediction"], want, atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_with_settings_this_version_lacks_loads_with_a_warning(tmp_path, table_path, caplog):
+    run = tmp_path / "run"
+    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
+    state = torch.load(run / "best.pt", weights_only=False)
+    assert state["format"] == 2 and "cells_per_group" not in state["model_args"]
+    state["config"]["a_future_downsampling_knob"] = 3        # a pipeline setting added later
+    state["model_args"]["a_future_model_knob"] = "x"          # and a model setting
+    torch.save(state, tmp_path / "future.pt")
+    assert main.main(["predict", "--checkpoint", str(tmp_path / "future.pt"), "--data", str(table_path),
+                      "--out", str(tmp_path / "p.parquet")]) == 0
+    assert "['a_future_model_knob'] unknown to this version, ignored" in caplog.text
+    assert pd.read_parquet(tmp_path / "p.parquet")["prediction"].notna().all()
