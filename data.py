@@ -277,6 +277,8 @@ def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int
     n = table.num_rows
     ragged = tokens == "all"
     parts_g, parts_v, lengths = [], [], []
+    widest = pc.max(pc.list_value_length(table["genes"])).as_py() if n else 0
+    top_k = max(1, min(top_k, widest or 1))   # no wider than the longest cell: top_k may mean "all"
     if not ragged:
         genes_out = np.zeros((n, top_k), dtype=np.int32)
         values_out = np.zeros((n, top_k), dtype=np.float32)

@@ -116,3 +116,10 @@ def test_a_table_declares_its_value_kind_and_auto_reads_it(tmp_path, caplog):
                    tmp_path / "odd.parquet")
     with pytest.raises(PipelineError, match="value_kind='tpm'.*expected one of"):
         data.resolve_value_kind("auto", tmp_path / "odd.parquet")
+
+
+def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top_k():
+    table = normalised_table([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    f = data.build_features(table, np.array([10, 11, 12, 13]), {"d": 0}, top_k=100_000,
+                            value_kind="normalised")
+    assert f.genes.shape == (2, 4) and (f.genes > 0).all()

@@ -1,4 +1,5 @@
 """GDSC1 + GDSC2: validation, averaging of duplicates, GDSC2 over GDSC1."""
+import os
 import subprocess
 import sys
 
@@ -97,7 +98,8 @@ def test_the_stand_alone_stage_takes_its_flags_from_the_config(tmp_path):
     got = pd.read_parquet(out).set_index("DRUG_NAME")["LN_IC50"]
     assert got["Erlotinib"] == pytest.approx(np.log((np.e + np.e ** 3) / 2))
     assert gdsc.main(["--gdsc1", str(one), "--gdsc2", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+    wide = {**os.environ, "COLUMNS": "1000"}   # argparse would break a long default path mid-word
     usage = " ".join(subprocess.run([sys.executable, str(ROOT / "gdsc.py"), "--help"],
-                                    capture_output=True, text=True).stdout.split())
+                                    capture_output=True, text=True, env=wide).stdout.split())
     assert "--ic50-average {ln,linear}" in usage and "(default: ln)" in usage
     assert f"(default: {config.Config.gdsc1})" in usage       # main.py's default: the demo
