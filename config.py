@@ -17,7 +17,8 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 CHEMBERTA = "seyonec/ChemBERTa-zinc-base-v1"
 
 STAGES = ("gdsc", "downsample", "merge", "train")
-OPTIONAL_INPUTS = ("gdsc_compounds", "cell_model_list", "match_overrides", "data", "out", "parts_dir")
+OPTIONAL_INPUTS = ("gdsc_compounds", "cell_model_list", "match_overrides", "data", "out", "parts_dir",
+                   "gene_table", "layer", "gene_column", "smiles_table")
 SPLITS = ("pair", "cell_line", "drug", "random")
 
 
@@ -56,6 +57,13 @@ class Config:
                           "z-scores: used as they are, negatives included). auto: what the table "
                           "declares in its metadata, else counts (Tahoe).",
                           ("auto", "counts", "normalised"), group="data")
+    gene_table: str | None = opt(None, "Gene table in Tahoe-100M's gene_metadata format "
+                                 "(gene_symbol, ensembl_id, token_id; parquet or csv). The checkpoint "
+                                 "stores the vocabulary's symbols and Ensembl ids from it, so that "
+                                 "`main.py predict` maps an .h5ad's genes with nothing but the "
+                                 "checkpoint. Default: the Tahoe source's gene table when the data "
+                                 "are prepared from Tahoe; the .h5ad's var when training on one.",
+                                 group="data")
     ic50_average: str = opt("ln", "How duplicate GDSC measurements of a pair within one version "
                             "are averaged: mean of ln IC50 (ln) or log of the mean IC50 (linear).",
                             ("ln", "linear"), group="data")
@@ -63,6 +71,22 @@ class Config:
     resume: bool = opt(False, "Continue the interrupted run in <out>.incomplete: shards already "
                        "scanned are not scanned again, training goes on from its last epoch.",
                        group="data")
+
+    # AnnData (.h5ad) input: --data cells.h5ad, main.py predict and main.py convert
+    layer: str | None = opt(None, "AnnData layer holding the values (e.g. counts); default X.",
+                            group="anndata")
+    gene_column: str | None = opt(None, "var column holding gene symbols or Ensembl ids; default "
+                                  "var_names.", group="anndata")
+    min_gene_fraction: float = opt(0.5, "Stop when fewer than this fraction of the model's genes "
+                                   "(of the file's genes, when training) can be found in an .h5ad.",
+                                   group="anndata")
+    drug_column: str = opt("drug", "obs column with the drug name.", group="anndata")
+    cell_line_column: str = opt("cell_line_id", "obs column with the cell line.", group="anndata")
+    label_column: str = opt("LN_IC50", "obs column with ln IC50 (training).", group="anndata")
+    smiles_column: str = opt("canonical_smiles", "obs column with the drug's SMILES; drugs without "
+                             "one take it from --smiles-table.", group="anndata")
+    smiles_table: str | None = opt(None, "CSV of name,smiles for drugs whose SMILES is not in obs.",
+                                   group="anndata")
 
     # downsampling
     cells_per_group: int = opt(200, "At most this many cells per (drug, cell line, dose) group, "
@@ -187,6 +211,7 @@ class Config:
              "dropouts must be in [0, 1)"),
             (self.grad_clip >= 0 and self.loader_workers >= 0, "grad_clip and loader_workers must be >= 0"),
             (self.folds >= 0 and self.ensemble >= 1, "folds must be >= 0 and ensemble >= 1"),
+            (0 <= self.min_gene_fraction <= 1, "min_gene_fraction must be in [0, 1]"),
             (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
              "rotary positions need an even head width (d_model / n_heads)"),
         ]

@@ -52,7 +52,10 @@ def _as_regular_lists(table: pa.Table) -> pa.Table:
 
 
 def declared_value_kind(path: str | Path) -> str | None:
-    """The value kind a merged table declares in its parquet metadata, or None."""
+    """The value kind a merged table declares in its parquet metadata (an .h5ad in its uns), or None."""
+    if str(path).lower().endswith(".h5ad"):
+        import h5ad
+        return h5ad.declared_value_kind(path)
     path = require_file(path, "merged table")
     try:
         meta = pq.read_schema(path).metadata or {}
@@ -147,6 +150,56 @@ def check_rows(table: pa.Table, source: str, value_kind: str = "counts") -> None
                             f"{low:.3g}), but they are read as raw counts. If they are already "
                             f"normalised (log-TPM, z-scores), pass --value-kind normalised or declare "
                             f"it in the table's metadata ({VALUE_KIND_KEY}=normalised).")
+
+
+def drug_smiles(table: pa.Table) -> dict[str, str]:
+    """Drug name -> its SMILES, over the distinct (drug, canonical_smiles) pairs of a table."""
+    pairs = table.select(["drug", "canonical_smiles"]).group_by(["drug", "canonical_smiles"]).aggregate([])
+    return dict(sorted(zip(pairs["drug"].to_pylist(), pairs["canonical_smiles"].to_pylist())))
+
+
+GENE_TABLE_COLUMNS = ("gene_symbol", "ensembl_id", "token_id")
+
+
+def load_gene_table(path: str | Path) -> pd.DataFrame:
+    """A gene table in Tahoe-100M's gene_metadata format (gene_symbol, ensembl_id, token_id), from
+    parquet or csv: what links gene symbols and Ensembl ids to token ids."""
+    path = require_file(path, "gene table")
+    try:
+        frame = (pd.read_csv(path) if path.suffix.lower() in (".csv", ".gz")
+                 else pd.read_parquet(path))
+    except Exception as e:
+        raise PipelineError(f"gene table '{path}' could not be read as parquet or csv: {e}") from e
+    return check_gene_table(frame, str(path))
+
+
+def check_gene_table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in GENE_TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"gene table '{source}' lacks column(s) {missing}; expected Tahoe-100M's "
+                            f"gene_metadata format: {list(GENE_TABLE_COLUMNS)}.")
+    token = pd.to_numeric(frame["token_id"], errors="coerce")
+    if token.isna().any():
+        bad = frame["token_id"][token.isna()].iloc[0]
+        raise PipelineError(f"gene table '{source}': column 'token_id' holds {bad!r}; expected "
+                            f"integer token ids.")
+    names = lambda col: frame[col].astype(object).where(frame[col].notna(), None)  # noqa: E731
+    return pd.DataFrame({"gene_symbol": names("gene_symbol"), "ensembl_id": names("ensembl_id"),
+                         "token_id": token.astype(np.int64)}).drop_duplicates("token_id")
+
+
+def gene_names(vocab: np.ndarray, gene_table: pd.DataFrame) -> dict[str, list]:
+    """The gene symbol and Ensembl id of each vocabulary token (None where the table has none)."""
+    by_token = gene_table.set_index("token_id")
+    found = np.isin(vocab, by_token.index.to_numpy())
+    out = {}
+    for col in ("gene_symbol", "ensembl_id"):
+        values = by_token[col].reindex(vocab)
+        out[col] = [v if ok and isinstance(v, str) and v else None for v, ok in zip(values, found)]
+    log.info("gene table: %d of %d vocabulary genes have a symbol or an Ensembl id", int(sum(
+        a is not None or b is not None for a, b in zip(out["gene_symbol"], out["ensembl_id"]))),
+        len(vocab))
+    return out
 
 
 def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.1,
@@ -256,13 +309,11 @@ def ranked_tokens(table: pa.Table, vocab: np.ndarray, k: int | None, value_kind:
     dense_v[rows, cols] = norm
     dense_g[rows, cols] = gv
     k = width if k is None else min(k, width)
-    top = (np.argpartition(-dense_v, k - 1, axis=1)[:, :k] if k < width
-           else np.broadcast_to(np.arange(width), (len(cell_len), width)))
+    # most expressed first, ties by gene id: the tokens depend on the cell's genes and values
+    # only, not on the order its genes are listed in (Tahoe rows, an .h5ad's columns)
+    top = np.lexsort((dense_g, -dense_v), axis=1)[:, :k]
     tv = np.take_along_axis(dense_v, top, axis=1)
     tg = np.take_along_axis(dense_g, top, axis=1)
-    order = np.argsort(-tv, axis=1, kind="stable")     # most expressed first
-    tv = np.take_along_axis(tv, order, axis=1)
-    tg = np.take_along_axis(tg, order, axis=1)
     idx, known = vocab_index(vocab, tg)
     return np.where(known, idx + 2, UNK).astype(np.int32), tv, (tv > 0 if counts else np.isfinite(tv))
 

@@ -5,6 +5,8 @@
         --gdsc1 GDSC1_fitted_dose_response_27Oct23.xlsx --gdsc2 GDSC2_fitted_dose_response_27Oct23.xlsx
     python main.py --data merged.parquet   # train on an existing merged table
     python main.py predict --checkpoint runs/X/best.pt --data new_cells.parquet
+    python main.py predict --checkpoint runs/X/best.pt --data cells.h5ad --groupby sample
+    python main.py convert merged.parquet cells.h5ad   # and back; --data cells.h5ad trains on it
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
 Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -35,6 +38,7 @@ import data
 import downsample
 import evaluate
 import gdsc
+import h5ad
 import merge
 import train
 from common import PipelineError, report_error, setup_logging, write_json, write_parquet
@@ -49,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="main.py", description=__doc__.split("\n\n")[0],
         epilog="Settings come from the defaults, then --config YAML, then the flags given here. "
                "The resolved settings are saved as config.yaml in the run directory. "
-               "To predict with a trained model: python main.py predict --help.")
+               "To predict with a trained model: python main.py predict --help; to convert between a "
+               "merged table and .h5ad: python main.py convert --help.")
     p.add_argument("--config", metavar="YAML", help="YAML file of settings (e.g. configs/paper.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch and more detail")
     config_mod.add_arguments(p)
@@ -91,7 +96,8 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     return None if cfg.stop_after == "merge" else merged
 
 
-def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 0) -> dict:
+def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 0,
+                       gene_table: pd.DataFrame | None = None) -> dict:
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
@@ -107,8 +113,8 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
 
-    smiles = sorted(set(table["canonical_smiles"].to_pylist()))
-    trained = train.train(cfg, parts["train"], parts["val"], smiles, run_dir, resume=cfg.resume)
+    trained = train.train(cfg, parts["train"], parts["val"], data.drug_smiles(table), run_dir,
+                          resume=cfg.resume, gene_table=gene_table)
     pred = trained.predict(trained.features(parts["test"]))
     if not train.is_main():
         return {}
@@ -139,12 +145,12 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     return metrics
 
 
-def train_runs(cfg: Config, table: pa.Table, work: Path) -> dict:
+def train_runs(cfg: Config, table: pa.Table, work: Path, genes: pd.DataFrame | None = None) -> dict:
     """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
     seeds = cfg.seeds or [cfg.seed]
     folds = list(range(cfg.folds)) if cfg.folds > 1 else [0]
     if len(seeds) == 1 and len(folds) == 1:
-        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), table, work)
+        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), table, work, 0, genes)
     results = {}
     for seed in seeds:
         for fold in folds:
@@ -154,7 +160,7 @@ def train_runs(cfg: Config, table: pa.Table, work: Path) -> dict:
                 results[name] = json.loads((sub / "metrics.json").read_text())
                 continue
             log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
-            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), table, sub, fold)
+            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), table, sub, fold, genes)
     if not train.is_main():
         return {}
     summary = evaluate.aggregate(results)
@@ -211,6 +217,9 @@ def resumable(work: Path) -> bool:
 
 def check_inputs(cfg: Config) -> None:
     """Fail before any work on paths that do not exist."""
+    for flag, path in (("--gene-table", cfg.gene_table), ("--smiles-table", cfg.smiles_table)):
+        if path and not Path(path).exists():
+            raise PipelineError(f"input file not found: '{path}' ({flag}).")
     if cfg.data:
         if not Path(cfg.data).exists():
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
@@ -247,15 +256,28 @@ def run_directory(cfg: Config) -> Iterator[tuple[Path, Path]]:
         setup_logging(logging.getLogger().level, final / "log.txt")
 
 
-def load_table(cfg: Config, work: Path) -> pa.Table | None:
-    """The merged table: given (--data), left by an interrupted run, or prepared from the sources
-    (None when the run stops before training)."""
+def load_table(cfg: Config, work: Path) -> tuple[pa.Table | None, pd.DataFrame | None]:
+    """The merged table: given (--data, a merged parquet or an .h5ad), left by an interrupted
+    run, or prepared from the sources (None when the run stops before training); and the gene
+    table that names its token ids (--gene-table, the .h5ad's var, or the Tahoe source's)."""
+    genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
+    if h5ad.is_h5ad(cfg.data):
+        table, from_var = h5ad.read_merged(cfg.data, cfg)
+        return table, from_var
     if cfg.data:
-        return data.load_merged(cfg.data, value_kind=cfg.value_kind)
+        return data.load_merged(cfg.data, value_kind=cfg.value_kind), genes
     if cfg.resume and (work / "merged.parquet").exists():
         log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
-        return data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
-    return prepare_data(cfg, work)
+        table = data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
+    else:
+        table = prepare_data(cfg, work)
+    if table is not None and genes is None:
+        try:
+            genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
+        except PipelineError as e:
+            log.warning("%s The checkpoint will not name its genes; pass --gene-table to predict on "
+                        ".h5ad files.", e)
+    return table, genes
 
 
 def run(cfg: Config) -> Path:
@@ -270,8 +292,8 @@ def run(cfg: Config) -> Path:
     check_inputs(cfg)
     cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
     with run_directory(cfg) as (final, work):
-        table = load_table(cfg, work)
-        metrics = train_runs(cfg, table, work) if table is not None else None
+        table, genes = load_table(cfg, work)
+        metrics = train_runs(cfg, table, work, genes) if table is not None else None
     minutes = (time.perf_counter() - t0) / 60
     if table is None:
         what = (f"array task {cfg.shard_index}/{cfg.num_shards} scanned its shards into "
@@ -287,36 +309,89 @@ def run(cfg: Config) -> Path:
     return final
 
 
+ANNDATA_FLAGS = ("layer", "gene_column", "gene_table", "min_gene_fraction")
+
+
 def predict(argv: list[str]) -> int:
-    """python main.py predict --checkpoint RUN/best.pt --data TABLE [--out FILE]"""
+    """python main.py predict --checkpoint RUN/best.pt --data TABLE_OR_H5AD [...]"""
     p = argparse.ArgumentParser(
-        prog="main.py predict", description="Predict ln IC50 for new (cell, drug) rows with a "
-        "trained checkpoint. TABLE has the merged-table columns; LN_IC50 is optional. Drugs the "
-        "checkpoint has not seen are encoded with the encoder it was trained with.")
+        prog="main.py predict", description="Predict ln IC50 with a trained checkpoint. A merged "
+        "table (.parquet; LN_IC50 optional) gets one prediction per row, for the row's own drug. An "
+        "AnnData file (.h5ad) gets one per cell and drug: its genes (symbols or Ensembl ids) are "
+        "mapped onto the model's vocabulary with the gene names the checkpoint carries, and the drugs "
+        "are ranked per --groupby group. Drugs the checkpoint has not seen are encoded with the "
+        "encoder it was trained with.")
     p.add_argument("--checkpoint", required=True, help="best.pt of a run")
-    p.add_argument("--data", required=True, help="parquet table of cells and drugs")
-    p.add_argument("--out", help="output parquet (default: <data>_predictions.parquet beside it)")
+    p.add_argument("--data", required=True, help="merged table (.parquet) or AnnData (.h5ad) of cells")
+    p.add_argument("--out", help="a .parquet input: output parquet (default: <data>_predictions.parquet "
+                   "beside it); an .h5ad input: a new output directory (default: <data>_ln_ic50/ beside it)")
+    p.add_argument("--drugs", nargs="+", metavar="NAME", help=".h5ad: the drugs to predict (default: "
+                   "every drug the checkpoint knows, and those of --smiles)")
+    p.add_argument("--smiles", metavar="CSV", help=".h5ad: name,smiles of drugs new to the checkpoint")
+    p.add_argument("--groupby", metavar="OBS_COLUMN", help=".h5ad: rank the drugs per group of this obs "
+                   "column (sample, patient, cluster); default: all cells together")
+    p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
+                   "time; memory grows with it, not with the file (default: 8192)")
+    config_mod.add_arguments(p, ANNDATA_FLAGS)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         trained = train.Trained.load(args.checkpoint, train.pick_device(args.device))
-        kind = trained.cfg.value_kind
-        declared = data.declared_value_kind(args.data)
-        if declared and declared != kind:
-            raise PipelineError(f"'{args.data}' declares {declared} values, but the model was trained "
-                                f"on {kind} values; give it a table of the same kind.")
-        table = data.load_merged(args.data, labelled=False, value_kind=kind)
-        trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
-        pred = trained.predict(trained.features(table))
-        cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
-        out = table.select(cols).append_column("prediction", pa.array(pred))
-        data_path = Path(args.data)
-        path = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_predictions.parquet")
-        write_parquet(out, path)
-        log.info("%d predictions written to %s (model: %s, drug encoder %s)", len(pred), path,
-                 args.checkpoint, trained.drug_encoder)
+        if h5ad.is_h5ad(args.data):
+            cfg = config_mod.resolve(args)
+            data_path = Path(args.data)
+            h5ad.predict(trained, args.data,
+                         Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50"),
+                         drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
+                         gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
+                         gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
+                         block_cells=max(1, args.block_cells))
+            return 0
+        h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
+                                    ("--groupby", args.groupby)) if v]
+        if h5ad_only:
+            raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
+                                f"predicted for each row's own drug.")
+        predict_table(trained, args.data, args.out)
+        return 0
+    except PipelineError as e:
+        return report_error(log, e)
+
+
+def predict_table(trained: train.Trained, data_path: str, out: str | None) -> None:
+    kind = trained.cfg.value_kind
+    declared = data.declared_value_kind(data_path)
+    if declared and declared != kind:
+        raise PipelineError(f"'{data_path}' declares {declared} values, but the model was trained "
+                            f"on {kind} values; give it a table of the same kind.")
+    table = data.load_merged(data_path, labelled=False, value_kind=kind)
+    trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
+    pred = trained.predict(trained.features(table))
+    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
+    result = table.select(cols).append_column("prediction", pa.array(pred))
+    path = Path(out) if out else Path(data_path).with_name(Path(data_path).stem + "_predictions.parquet")
+    write_parquet(result, path)
+    log.info("%d predictions written to %s (drug encoder %s)", len(pred), path, trained.drug_encoder)
+
+
+def convert(argv: list[str]) -> int:
+    """python main.py convert SRC DST: a merged table (.parquet) to AnnData (.h5ad), or back."""
+    p = argparse.ArgumentParser(
+        prog="main.py convert", description="Convert a merged table (.parquet) to AnnData (.h5ad) or "
+        "back. To .h5ad: X holds the table's values (cells x genes, sparse), var the token ids (and "
+        "gene symbols and Ensembl ids with --gene-table), obs the other columns, uns the value kind. "
+        "From .h5ad: obs columns and genes are read as for training (--drug-column, ...).")
+    p.add_argument("src", help="merged.parquet or cells.h5ad")
+    p.add_argument("dst", help="cells.h5ad or merged.parquet (must not exist)")
+    config_mod.add_arguments(p, ANNDATA_FLAGS + ("value_kind", "drug_column", "cell_line_column",
+                                                 "label_column", "smiles_column", "smiles_table"))
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
+    args = p.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        h5ad.convert(args.src, args.dst, config_mod.resolve(args))
         return 0
     except PipelineError as e:
         return report_error(log, e)
@@ -326,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
         return predict(argv[1:])
+    if argv[:1] == ["convert"]:
+        return convert(argv[1:])
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:

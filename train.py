@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, build_features, gene_vocabulary
+from data import Features, build_features, gene_names, gene_vocabulary
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
@@ -36,7 +37,8 @@ log = logging.getLogger("ic50.train")
 
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way (nanoGPT's model_args). Other settings may come and go without breaking it.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3   # 3: tensors and plain lists only (portable across numpy 1 and 2); drug
+                        # names and the vocabulary's gene symbols and Ensembl ids
 MODEL_SETTINGS = ("value_kind", "tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
                   "ensemble", "pos_encoding", "target", "drug_encoder", "smiles_model",
@@ -160,6 +162,11 @@ class Trained:
     offset: np.ndarray | None = None
     scale: np.ndarray | None = None
     unseen: tuple[float, float] = (0.0, 1.0)
+    # drug name -> SMILES, for predicting by name; and the vocabulary's gene symbols and Ensembl
+    # ids ({"gene_symbol": [...], "ensembl_id": [...]}, parallel to vocab; None where unknown),
+    # which map the genes of an .h5ad onto the vocabulary
+    drugs: dict[str, str] = field(default_factory=dict)
+    genes: dict[str, list] | None = None
 
     def fit_target(self, y: np.ndarray, drug: np.ndarray) -> None:
         """Offsets and scales from the training rows, then the mean and sd of what is left."""
@@ -215,15 +222,20 @@ class Trained:
         return gather(local, mine, len(feats.y))
 
     def state(self) -> dict:
+        """What best.pt holds: tensors, numbers, strings and lists only, so that a checkpoint
+        written under numpy 2 loads under numpy 1 and the other way round."""
+        tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a))  # noqa: E731
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "model_args": {k: getattr(self.cfg, k) for k in MODEL_SETTINGS},
                 "config": self.cfg.to_dict(),    # the run's settings, for the record only
-                "vocab": self.vocab,
-                "smiles": self.smiles, "drug_table": self.drug_table.cpu(),
-                "drug_encoder": self.drug_encoder, "y_mean": self.y_mean, "y_std": self.y_std,
-                "n_tokens": self.model.gene_emb.num_embeddings,
+                "vocab": tensor(self.vocab),
+                "smiles": list(self.smiles), "drug_table": self.drug_table.cpu(),
+                "drugs": dict(self.drugs), "genes": self.genes,
+                "drug_encoder": self.drug_encoder, "y_mean": float(self.y_mean),
+                "y_std": float(self.y_std), "n_tokens": self.model.gene_emb.num_embeddings,
                 "drug_dim": self.model.drug_proj.in_features,
-                "target": {"offset": self.offset, "scale": self.scale, "unseen": self.unseen},
+                "target": {"offset": tensor(self.offset), "scale": tensor(self.scale),
+                           "unseen": [float(u) for u in self.unseen]},
                 "tower": self.tower.state_dict() if self.tower is not None else None}
 
     @classmethod
@@ -247,14 +259,17 @@ class Trained:
             tower.load_state_dict(state["tower"])
             tower.to(device)
         target = state.get("target") or {}
-        return cls(model.to(device), cfg, state["vocab"], list(state["smiles"]),
+        array = lambda a: None if a is None else np.asarray(a)  # noqa: E731  (formats 1-2: numpy)
+        return cls(model.to(device), cfg, array(state["vocab"]), list(state["smiles"]),
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"],
-                   state["y_std"], tower, offset=target.get("offset"), scale=target.get("scale"),
-                   unseen=tuple(target.get("unseen", (0.0, 1.0))))
+                   state["y_std"], tower, offset=array(target.get("offset")),
+                   scale=array(target.get("scale")), unseen=tuple(target.get("unseen", (0.0, 1.0))),
+                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"))
 
     def add_drugs(self, smiles: list[str]) -> None:
         """Encode SMILES the checkpoint has not seen, with the encoder it was trained with."""
-        new = [s for s in dict.fromkeys(smiles) if s not in set(self.smiles)]
+        known = set(self.smiles)
+        new = [s for s in dict.fromkeys(smiles) if s not in known]
         if not new:
             return
         if self.tower is not None:
@@ -337,15 +352,20 @@ class Trainer:
     Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
     _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
 
-    def __init__(self, cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[str],
-                 run_dir: Path):
-        """`smiles`: every drug the model will be asked about, test drugs included (the encoder is
-        frozen and never sees a label, so this leaks nothing)."""
+    def __init__(self, cfg: Config, train_table: pa.Table, val_table: pa.Table, drugs: dict[str, str],
+                 run_dir: Path, gene_table: pd.DataFrame | None = None):
+        """`drugs`: name -> SMILES of every drug the model will be asked about, test drugs
+        included (the encoder is frozen and never sees a label, so this leaks nothing).
+        `gene_table` (gene_symbol, ensembl_id, token_id) names the vocabulary's genes in the
+        checkpoint, so that .h5ad files can be mapped onto it."""
         seed_everything(cfg.seed)
         self.cfg, self.run_dir = cfg, run_dir
         self.device = pick_device(cfg.device)
         self.rank, self.size = world()
-        self.trained = self._build(train_table, smiles)
+        self.trained = self._build(train_table, sorted(set(drugs.values())))
+        self.trained.drugs = dict(drugs)
+        if gene_table is not None:
+            self.trained.genes = gene_names(self.trained.vocab, gene_table)
         t0 = time.perf_counter()
         self.train_set, self.val_set = self._features(train_table, val_table)
         log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes "
@@ -531,7 +551,7 @@ class Trainer:
                 torch.save(state, tmp)
 
 
-def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, smiles: list[str],
-          run_dir: Path, resume: bool = False) -> Trained:
+def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, drugs: dict[str, str],
+          run_dir: Path, resume: bool = False, gene_table: pd.DataFrame | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
-    return Trainer(cfg, train_table, val_table, smiles, run_dir).fit(resume)
+    return Trainer(cfg, train_table, val_table, drugs, run_dir, gene_table).fit(resume)

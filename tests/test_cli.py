@@ -49,6 +49,10 @@ def test_the_demo_runs_end_to_end_and_writes_a_complete_run_directory(tmp_path):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
     assert "test set" in r.stdout and "drug_mean" in r.stdout and "ridge" in r.stdout
+    import torch
+    best = torch.load(out / "best.pt", weights_only=True)      # plain tensors and lists only
+    assert all(s.startswith("DEMO") for s in best["genes"]["gene_symbol"])   # Tahoe's gene table
+    assert best["drugs"]["Erlotinib"].startswith("COCCOC1")
 
 
 @pytest.mark.e2e

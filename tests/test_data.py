@@ -123,3 +123,15 @@ def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top
     f = data.build_features(table, np.array([10, 11, 12, 13]), {"d": 0}, top_k=100_000,
                             value_kind="normalised")
     assert f.genes.shape == (2, 4) and (f.genes > 0).all()
+
+
+def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
+    def table(genes, counts):
+        return pa.table({"genes": pa.array([genes], pa.list_(pa.int32())),
+                         "expressions": pa.array([counts], pa.list_(pa.float32())),
+                         "drug": ["d"], "LN_IC50": [0.0]})
+    vocab = np.arange(3, 20)
+    a = data.build_features(table([3, 5, 7, 9, 11], [2, 1, 1, 1, 3]), vocab, {"d": 0}, top_k=3)
+    b = data.build_features(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), vocab, {"d": 0}, top_k=3)
+    assert (a.genes == b.genes).all() and (a.values == b.values).all()
+    assert vocab[a.genes - 2].tolist() == [[11, 3, 5]]   # of three genes of count 1, the lowest ids

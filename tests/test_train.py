@@ -249,8 +249,11 @@ def test_per_drug_heads_start_at_zero_and_leave_unknown_drugs_to_the_shared_head
 
 
 @pytest.mark.e2e
+@pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
+                    reason="the format-1 fixture holds numpy 2 arrays, which numpy 1 cannot unpickle")
 def test_a_checkpoint_saved_before_model_args_still_loads_and_predicts_the_same(tmp_path):
-    # format 1 (the whole run configuration), written by the code as it was before this format
+    # format 1 (the whole run configuration), written by the code as it was before this format;
+    # the expected predictions break ties at the top_k boundary by gene id, as features do now
     fixtures = ROOT / "tests" / "fixtures"
     pq.write_table(merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5), tmp_path / "t.parquet")
     assert main.main(["predict", "--checkpoint", str(fixtures / "format1_best.pt"), "--data",
@@ -263,8 +266,8 @@ def test_a_checkpoint_saved_before_model_args_still_loads_and_predicts_the_same(
 def test_a_checkpoint_with_settings_this_version_lacks_loads_with_a_warning(tmp_path, table_path, caplog):
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
-    state = torch.load(run / "best.pt", weights_only=False)
-    assert state["format"] == 2 and "cells_per_group" not in state["model_args"]
+    state = torch.load(run / "best.pt", weights_only=True)     # tensors and plain types only
+    assert state["format"] == 3 and "cells_per_group" not in state["model_args"]
     state["config"]["a_future_downsampling_knob"] = 3        # a pipeline setting added later
     state["model_args"]["a_future_model_knob"] = "x"          # and a model setting
     torch.save(state, tmp_path / "future.pt")
