@@ -44,9 +44,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
 
 
 def _json_safe(obj: Any) -> Any:

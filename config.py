@@ -185,7 +185,15 @@ class Config:
                            "halve on a validation plateau.", ("none", "cosine", "plateau"),
                            group="train")
     grad_clip: float = opt(0.0, "Clip the gradient norm to this (0: off).", group="train")
-    loader_workers: int = opt(0, "DataLoader worker processes assembling batches.", group="train")
+    loader_workers: int = opt(0, "DataLoader worker processes assembling batches (they read the "
+                              "token store's maps; nothing is copied).", group="train")
+    epoch_steps: int = opt(0, "At most this many training batches per epoch, drawn afresh each "
+                           "epoch (0: every batch): shorter epochs on very large tables.", group="train")
+    compile: bool = opt(False, "torch.compile the network (GPU); where compiling is unavailable, one "
+                        "warning and training goes on uncompiled.", group="train")
+    dist_timeout_min: int = opt(720, "Under torchrun, minutes the other processes wait for rank 0 "
+                                "(preparing data, building the token store) before giving up.",
+                                group="train")
     device: str = opt("auto", "auto picks CUDA when available, else CPU. Under torchrun each "
                       "process takes its LOCAL_RANK GPU.", ("auto", "cpu", "cuda"), group="train")
 
@@ -209,7 +217,9 @@ class Config:
              "top_k, epochs, patience and batch_size must be at least 1"),
             (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1 and 0 <= self.gene_dropout < 1,
              "dropouts must be in [0, 1)"),
-            (self.grad_clip >= 0 and self.loader_workers >= 0, "grad_clip and loader_workers must be >= 0"),
+            (self.grad_clip >= 0 and self.loader_workers >= 0 and self.epoch_steps >= 0,
+             "grad_clip, loader_workers and epoch_steps must be >= 0"),
+            (self.dist_timeout_min >= 1, "dist_timeout_min must be at least 1"),
             (self.folds >= 0 and self.ensemble >= 1, "folds must be >= 0 and ensemble >= 1"),
             (0 <= self.min_gene_fraction <= 1, "min_gene_fraction must be in [0, 1]"),
             (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,

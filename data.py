@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ VALUE_KIND_KEY = "value_kind"
 GROUP_COLUMNS = {"pair": ["drug", "cell_line_id"], "cell_line": ["cell_line_id"],
                  "drug": ["drug"], "random": None}
 PARTS = ("train", "val", "test")
+ROW_GROUP = 16_384   # rows per row group of the merged tables written here: read a group at a time
 PAD, UNK = 0, 1
 
 
@@ -89,11 +91,10 @@ def with_value_kind(table: pa.Table, kind: str) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "counts") -> pa.Table:
-    """Read and check a merged table; the error names the file, the column and what was expected.
-
-    `labelled=False` (prediction) makes LN_IC50 optional. Counts must not be negative.
-    """
+def merged_columns(path: str | Path, labelled: bool = True) -> list[str]:
+    """Check a merged table's schema (the error names the file, the column and what was
+    expected) and return the columns to read: the contract's and the optional ones present.
+    `labelled=False` (prediction) makes LN_IC50 optional."""
     path = require_file(path, "merged table")
     try:
         schema = pq.read_schema(path)
@@ -116,31 +117,79 @@ def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "coun
             expected = {"genes": "list<int>", "expressions": "list<float>", "LN_IC50": "float"}
             raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
                                 f"{expected.get(name, 'string')}.")
-    cols = [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
-    table = _as_regular_lists(pq.read_table(path, columns=cols))
+    return [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
+
+
+def _regular(table: pa.Table) -> pa.Table:
+    """large_list and large_string columns (e.g. written by polars) -> list and string."""
+    table = _as_regular_lists(table) if "genes" in table.column_names else table
     for name in ("cell_line_id", "drug", "canonical_smiles"):
-        if pa.types.is_large_string(table[name].type):
+        if name in table.column_names and pa.types.is_large_string(table[name].type):
             table = table.set_column(table.schema.get_field_index(name), name,
                                      table[name].cast(pa.string()))
+    return table
+
+
+def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "counts") -> pa.Table:
+    """Read and check a whole merged table (prediction, conversion). Counts must not be negative."""
+    cols = merged_columns(path, labelled)
+    table = _regular(pq.read_table(path, columns=cols))
     if table.num_rows == 0:
         raise PipelineError(f"merged table '{path}' has no rows.")
     check_rows(table, str(path), value_kind)
     return table
 
 
-def check_rows(table: pa.Table, source: str, value_kind: str = "counts") -> None:
+KEY_COLUMNS = ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "dose_uM")
+
+
+def read_keys(path: str | Path, labelled: bool = True) -> pa.Table:
+    """A merged table without its expression: the cheap columns of every row, checked. This is
+    all of the table that training holds in memory; the tokens live in the token store."""
+    cols = [c for c in merged_columns(path, labelled) if c in KEY_COLUMNS]
+    table = _regular(pq.read_table(path, columns=cols))
+    if table.num_rows == 0:
+        raise PipelineError(f"merged table '{path}' has no rows.")
+    check_rows(table, str(path))
+    return table
+
+
+def read_rows(path: str | Path, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """Some rows of a parquet table, in the order given, reading one row group at a time: memory
+    holds the rows asked for, never the whole table."""
+    pf = pq.ParquetFile(path)
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+    group = np.searchsorted(starts, rows[order], side="right") - 1
+    parts = []
+    for g in np.unique(group):
+        local = rows[order][group == g] - starts[g]
+        parts.append(_regular(pf.read_row_group(int(g), columns=columns)).take(pa.array(local)))
+    if not parts:
+        return _regular(pf.schema_arrow.empty_table().select(columns))
+    taken = pa.concat_tables(parts)
+    return taken.take(pa.array(np.argsort(order, kind="stable")))   # back to the order asked for
+
+
+def check_rows(table: pa.Table, source: str, value_kind: str = "counts", first_row: int = 0) -> None:
+    """Missing values, non-finite labels and values, lists that are not parallel, negative counts:
+    whichever of these columns the table holds (a whole table, its keys, or a chunk of rows
+    starting at `first_row`)."""
     for name in ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "genes", "expressions"):
         n = table[name].null_count if name in table.column_names else 0
         if n:
             raise PipelineError(f"merged table '{source}': column {name!r} has {n} missing value(s).")
     if "LN_IC50" in table.column_names and not np.isfinite(table["LN_IC50"].to_numpy()).all():
         raise PipelineError(f"merged table '{source}': column 'LN_IC50' has non-finite values.")
+    if "genes" not in table.column_names:
+        return
     g_len = pc.list_value_length(table["genes"]).to_numpy()
     e_len = pc.list_value_length(table["expressions"]).to_numpy()
     bad = np.flatnonzero(g_len != e_len)
     if bad.size:
-        raise PipelineError(f"merged table '{source}': row {bad[0]} has {g_len[bad[0]]} genes but "
-                            f"{e_len[bad[0]]} expressions; the two lists must be parallel.")
+        raise PipelineError(f"merged table '{source}': row {first_row + bad[0]} has {g_len[bad[0]]} "
+                            f"genes but {e_len[bad[0]]} expressions; the two lists must be parallel.")
     values = pc.list_flatten(table["expressions"])
     if len(values) and not pc.all(pc.is_finite(values)).as_py():
         raise PipelineError(f"merged table '{source}': column 'expressions' has NaN or infinite values.")
@@ -188,18 +237,16 @@ def check_gene_table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
                          "token_id": token.astype(np.int64)}).drop_duplicates("token_id")
 
 
-def gene_names(vocab: np.ndarray, gene_table: pd.DataFrame) -> dict[str, list]:
-    """The gene symbol and Ensembl id of each vocabulary token (None where the table has none)."""
-    by_token = gene_table.set_index("token_id")
-    found = np.isin(vocab, by_token.index.to_numpy())
-    out = {}
-    for col in ("gene_symbol", "ensembl_id"):
-        values = by_token[col].reindex(vocab)
-        out[col] = [v if ok and isinstance(v, str) and v else None for v, ok in zip(values, found)]
-    log.info("gene table: %d of %d vocabulary genes have a symbol or an Ensembl id", int(sum(
-        a is not None or b is not None for a, b in zip(out["gene_symbol"], out["ensembl_id"]))),
-        len(vocab))
-    return out
+def gene_table_lists(gene_table: pd.DataFrame, vocab: np.ndarray) -> dict[str, list]:
+    """A gene table as plain lists, for a checkpoint: every gene it names, so that an .h5ad maps
+    onto token ids as Tahoe's own cells do (genes outside the vocabulary become unknown tokens,
+    but still count towards a cell's total)."""
+    named = np.isin(vocab, gene_table["token_id"].to_numpy())
+    log.info("gene table: %d genes; %d of the %d vocabulary genes named", len(gene_table),
+             int(named.sum()), len(vocab))
+    clean = lambda col: [v if isinstance(v, str) and v else None for v in gene_table[col]]  # noqa: E731
+    return {"token_id": [int(t) for t in gene_table["token_id"]], "gene_symbol": clean("gene_symbol"),
+            "ensembl_id": clean("ensembl_id")}
 
 
 def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.1,
@@ -237,38 +284,71 @@ def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.
 
 
 @dataclass
-class Features:
-    """What the model reads for N cells: gene tokens (vocabulary indices) and their values.
+class Tokens:
+    """Per-row gene tokens, most expressed first (ties by gene id): gene ids and values laid end to
+    end, row r in [offsets[r], offsets[r + 1]). In memory, or mapped from a token store (tokens.py).
+    `width`: the batch width of top_k / pooled tokens (K, or the longest row where all rows are
+    shorter); None for `all`, where a batch is as wide as its longest row."""
+    genes: np.ndarray      # [total] int32 gene ids
+    values: np.ndarray     # [total] float32: log1p(counts per 10,000), or the normalised values
+    offsets: np.ndarray    # [rows + 1] int64
+    width: int | None = None
 
-    Dense [N, K] for top_k / pooled; ragged (flat arrays + offsets) when every gene is a token.
-    Within a cell, tokens are ordered from the most to the least expressed gene.
-    """
-    genes: np.ndarray        # [N, K] int32 (0 = PAD), or flat [total] when offsets is set
-    values: np.ndarray       # same shape: log1p(counts normalised to 10,000 per cell)
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[B, L] gene ids and values of these rows, and which entries are real (the rest pad)."""
+        starts = self.offsets[rows]
+        lens = self.offsets[np.asarray(rows) + 1] - starts
+        width = self.width or max(int(lens.max(initial=0)), 1)
+        r, c = ragged_positions(lens)
+        src = np.repeat(starts, lens) + c
+        g = np.zeros((len(rows), width), dtype=np.int64)
+        v = np.zeros((len(rows), width), dtype=np.float32)
+        real = np.zeros((len(rows), width), dtype=bool)
+        g[r, c], v[r, c], real[r, c] = self.genes[src], self.values[src], True
+        return g, v, real
+
+    def vocabulary(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Sorted gene ids that are tokens of these rows: the genes a model trained on them knows."""
+        seen: list[np.ndarray] = []
+        for i in range(0, len(rows), chunk):
+            part = np.sort(np.asarray(rows[i:i + chunk]))
+            starts, ends = self.offsets[part], self.offsets[part + 1]
+            src = np.repeat(starts, ends - starts) + ragged_positions(ends - starts)[1]
+            seen.append(np.unique(self.genes[src]))
+        return np.unique(np.concatenate(seen)) if seen else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Features:
+    """What the model reads for N rows: their tokens (rows of a Tokens) and drug-table rows and
+    labels. Gene ids become vocabulary indices per batch (0 = PAD, 1 = unknown, i + 2 = vocab[i])."""
+    tokens: Tokens
+    rows: np.ndarray         # [N] rows of `tokens`
     drug: np.ndarray         # [N] int64 index into the drug table
-    y: np.ndarray            # [N] float32 ln IC50
-    offsets: np.ndarray | None = None   # [N + 1] row starts of the ragged layout
+    y: np.ndarray            # [N] float32 ln IC50 (or the model's target)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets) if self.offsets is not None else (self.genes != PAD).sum(1)
+        return self.tokens.lengths[self.rows]
 
-    def tokens(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B, L] genes and values of rows idx; ragged rows are padded to the longest."""
-        if self.offsets is None:
-            return self.genes[idx], self.values[idx]
-        starts = self.offsets[idx]
-        lens = self.offsets[np.asarray(idx) + 1] - starts
-        width = max(int(lens.max(initial=0)), 1)
-        rows, cols = ragged_positions(lens)
-        src = np.repeat(starts, lens) + cols
-        g = np.zeros((len(idx), width), dtype=np.int32)
-        v = np.zeros((len(idx), width), dtype=np.float32)
-        g[rows, cols], v[rows, cols] = self.genes[src], self.values[src]
-        return g, v
+    def batch(self, idx: np.ndarray, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, L] vocabulary indices and values of feature rows idx."""
+        g, v, real = self.tokens.gather(self.rows[idx])
+        pos, known = vocab_index(vocab, g)
+        return np.where(real, np.where(known, pos + 2, UNK), PAD), v
 
 
 def gene_vocabulary(genes: pa.ChunkedArray) -> np.ndarray:
-    """Sorted gene token ids seen in training; index i+2 in the model (0 = PAD, 1 = unknown)."""
+    """Sorted gene token ids of a list column (the classical baselines' columns)."""
     return np.unique(pc.list_flatten(genes).to_numpy())
 
 
@@ -291,15 +371,17 @@ def normalised_values(table: pa.Table, value_kind: str = "counts"
 
 def vocab_index(vocab: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position of each gene id in the sorted vocabulary, and whether it is there at all."""
+    if len(vocab) == 0:
+        return np.zeros_like(genes), np.zeros(np.shape(genes), dtype=bool)
     idx = np.minimum(np.searchsorted(vocab, genes), len(vocab) - 1)
     return idx, vocab[idx] == genes
 
 
-def ranked_tokens(table: pa.Table, vocab: np.ndarray, k: int | None, value_kind: str = "counts"
+def ranked_tokens(table: pa.Table, k: int | None, value_kind: str = "counts"
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[rows, K] token indices and values of each row's k highest-valued genes (all of them for
-    k=None), highest first, and which entries are real tokens. A zero count is no token; with
-    normalised values every listed gene is one, whatever its sign."""
+    """[rows, K] gene ids and values of each row's k highest-valued genes (all of them for
+    k=None), highest first and ties by gene id, and which entries are real tokens. A zero count
+    is no token; with normalised values every listed gene is one, whatever its sign."""
     counts = value_kind == "counts"
     rows, gv, norm, cell_len = normalised_values(table, value_kind)
     width = max(int(cell_len.max(initial=0)), 1)
@@ -314,49 +396,54 @@ def ranked_tokens(table: pa.Table, vocab: np.ndarray, k: int | None, value_kind:
     top = np.lexsort((dense_g, -dense_v), axis=1)[:, :k]
     tv = np.take_along_axis(dense_v, top, axis=1)
     tg = np.take_along_axis(dense_g, top, axis=1)
-    idx, known = vocab_index(vocab, tg)
-    return np.where(known, idx + 2, UNK).astype(np.int32), tv, (tv > 0 if counts else np.isfinite(tv))
+    return tg, tv, (tv > 0 if counts else np.isfinite(tv))
 
 
-def build_features(table: pa.Table, vocab: np.ndarray, drug_index: dict[str, int], top_k: int,
-                   tokens: str = "top_k", chunk: int = 4096, value_kind: str = "counts") -> Features:
-    """Normalise counts per cell and log1p them (normalised values stay as they are), order genes
-    by value; keep the top_k (or all of them, ragged).
+def token_chunks(batches, top_k: int, tokens: str, value_kind: str, source: str
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(flat gene ids, flat values, tokens per row) of each table chunk, checked row by row."""
+    first = 0
+    for table in batches:
+        check_rows(table, source, value_kind, first)
+        first += table.num_rows
+        g, v, real = ranked_tokens(table, None if tokens == "all" else top_k, value_kind)
+        yield g[real].astype(np.int32), v[real].astype(np.float32), real.sum(1)  # row-major: in order
 
-    Vectorised over chunks of cells: no per-row Python.
-    """
-    n = table.num_rows
-    ragged = tokens == "all"
-    parts_g, parts_v, lengths = [], [], []
-    widest = pc.max(pc.list_value_length(table["genes"])).as_py() if n else 0
-    top_k = max(1, min(top_k, widest or 1))   # no wider than the longest cell: top_k may mean "all"
-    if not ragged:
-        genes_out = np.zeros((n, top_k), dtype=np.int32)
-        values_out = np.zeros((n, top_k), dtype=np.float32)
-    for start in range(0, n, chunk):
-        tok, tv, valid = ranked_tokens(table.slice(start, chunk), vocab, None if ragged else top_k,
-                                       value_kind)
-        if ragged:
-            parts_g.append(tok[valid])      # row-major: each cell's tokens stay together, in order
-            parts_v.append(tv[valid])
-            lengths.append(valid.sum(1))
-        else:
-            k = tok.shape[1]
-            genes_out[start:start + len(tok), :k] = np.where(valid, tok, PAD)
-            values_out[start:start + len(tok), :k] = np.where(valid, tv, 0.0)
-    drugs = table["drug"].to_numpy(zero_copy_only=False)
+
+def batch_width(tokens: str, top_k: int, longest: int) -> int | None:
+    """Dense modes pad every batch to K (no wider than the longest row: top_k may mean "all")."""
+    return None if tokens == "all" else max(1, min(top_k, longest))
+
+
+def cell_tokens(table: pa.Table, top_k: int, tokens: str = "top_k", value_kind: str = "counts",
+                chunk: int = 4096) -> Tokens:
+    """Tokens of every row of an in-memory table (prediction); training reads a token store."""
+    parts = list(token_chunks((table.slice(i, chunk) for i in range(0, table.num_rows, chunk)),
+                              top_k, tokens, value_kind, "table"))
+    genes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+    values = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+    lengths = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Tokens(genes, values, offsets, batch_width(tokens, top_k, int(lengths.max(initial=0))))
+
+
+def labels(keys: pa.Table) -> np.ndarray:
+    return (keys["LN_IC50"].to_numpy().astype(np.float32) if "LN_IC50" in keys.column_names
+            else np.full(keys.num_rows, np.nan, dtype=np.float32))
+
+
+def drug_rows(keys: pa.Table, drug_index: dict[str, int]) -> np.ndarray:
     try:
-        drug = np.array([drug_index[d] for d in drugs], dtype=np.int64)
+        return np.array([drug_index[d] for d in keys["drug"].to_pylist()], dtype=np.int64)
     except KeyError as e:
         raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from e
-    y = (table["LN_IC50"].to_numpy().astype(np.float32) if "LN_IC50" in table.column_names
-         else np.full(n, np.nan, dtype=np.float32))
-    if ragged:
-        lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-        return Features(np.concatenate(parts_g) if parts_g else np.zeros(0, np.int32),
-                        np.concatenate(parts_v) if parts_v else np.zeros(0, np.float32), drug, y,
-                        np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-    return Features(genes_out, values_out, drug, y)
+
+
+def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
+                   value_kind: str = "counts") -> Features:
+    """Features of an in-memory table: its tokens, drug rows and labels."""
+    return Features(cell_tokens(table, top_k, tokens, value_kind), np.arange(table.num_rows),
+                    drug_rows(table, drug_index), labels(table))
 
 
 def split_table(table: pa.Table, split: np.ndarray) -> dict[str, pa.Table]:

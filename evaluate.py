@@ -85,14 +85,20 @@ def score(test: pd.DataFrame, pred: np.ndarray) -> dict:
 
 # ----------------------------------------------------------------------------- classical baselines
 
+def sample_rows(keys: pd.DataFrame, max_cells: int = 50, seed: int = 0) -> np.ndarray:
+    """Positions of up to max_cells random cells of each (drug, cell line) pair: the cells a
+    pair's pseudobulk is the mean of (main.py reads only these rows' expression)."""
+    rank = keys[["drug", "cell_line_id"]].assign(r=np.random.default_rng(seed).random(len(keys))).groupby(
+        ["drug", "cell_line_id"])["r"].rank(method="first")
+    return np.flatnonzero(rank.to_numpy() <= max_cells)
+
+
 def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0,
                value_kind: str = "counts") -> tuple[pd.DataFrame, sparse.csr_matrix]:
     """Mean expression (log1p CP10k for counts) of each (drug, cell line) pair over up to
     max_cells of its cells."""
     keys = table.select(["drug", "cell_line_id"]).to_pandas()
-    rank = keys.assign(r=np.random.default_rng(seed).random(len(keys))).groupby(
-        ["drug", "cell_line_id"])["r"].rank(method="first")
-    keep = np.flatnonzero(rank.to_numpy() <= max_cells)
+    keep = sample_rows(keys, max_cells, seed)
     rows, genes, values, _ = normalised_values(table.take(pa.array(keep)), value_kind)
     col, ok = vocab_index(vocab, genes)
     x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])),
@@ -209,13 +215,14 @@ def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = N
     return drug_offsets(design, drug_vectors) + fit.predict(np.hstack([design.x_test, onehot(design.test)]))
 
 
-def classical_baselines(train: pa.Table, test: pa.Table, drug_vectors: dict[str, np.ndarray],
-                        fallback: np.ndarray, seed: int = 0, value_kind: str = "counts"
-                        ) -> dict[str, np.ndarray]:
-    """Per-cell predictions of the expression baselines; `fallback` (per test cell) stands in
+def classical_baselines(train: pa.Table, test: pa.Table, cells: pd.DataFrame,
+                        drug_vectors: dict[str, np.ndarray], fallback: np.ndarray, seed: int = 0,
+                        value_kind: str = "counts") -> dict[str, np.ndarray]:
+    """Per-cell predictions of the expression baselines for the test `cells` (drug,
+    cell_line_id), from the profiles `train` and `test`; `fallback` (per test cell) stands in
     where a per-drug model has too few training pairs."""
     design = expression_design(train, test, seed=seed, value_kind=value_kind)
-    cells = test.select(["drug", "cell_line_id"]).to_pandas()
+    cells = cells[["drug", "cell_line_id"]]
 
     def per_cell(pair_pred: np.ndarray) -> np.ndarray:
         return cells.merge(design.test.assign(prediction=pair_pred), on=["drug", "cell_line_id"],
@@ -230,15 +237,17 @@ def classical_baselines(train: pa.Table, test: pa.Table, drug_vectors: dict[str,
     return out
 
 
-def evaluate(train: pa.Table, test: pa.Table, pred: np.ndarray,
+def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray,
              drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0,
-             value_kind: str = "counts") -> dict:
-    """metrics.json's test and baseline sections, every one scored the same three ways."""
-    tr = train.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
-    te = test.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
+             value_kind: str = "counts", profiles: tuple[pa.Table, pa.Table] | None = None) -> dict:
+    """metrics.json's test and baseline sections, every one scored the same three ways.
+    train/test: drug, cell_line_id and LN_IC50 of every row; `profiles`: the expression of the
+    rows the classical baselines read (sample_rows of each part), which run when given."""
+    tr = train[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
+    te = test[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     preds = predict_baselines(fit_baselines(tr), te)
-    if drug_vectors is not None:
-        preds = {**classical_baselines(train, test, drug_vectors, preds["mean_effects"], seed,
+    if drug_vectors is not None and profiles is not None:
+        preds = {**classical_baselines(*profiles, te, drug_vectors, preds["mean_effects"], seed,
                                        value_kind), **preds}
     return {"test": score(te, pred), "baselines": {k: score(te, p) for k, p in preds.items()}}
 

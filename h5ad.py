@@ -121,12 +121,9 @@ def map_genes(ids: Sequence[str], table: pd.DataFrame, value_kind: str) -> GeneM
     return GeneMap.from_columns(token, value_kind, {"file_genes": len(ids), **how})
 
 
-def checkpoint_gene_table(genes: dict | None, vocab: np.ndarray) -> pd.DataFrame | None:
-    """The gene table a checkpoint carries: its vocabulary's token ids with their names."""
-    if not genes:
-        return None
-    return pd.DataFrame({"gene_symbol": genes.get("gene_symbol"), "ensembl_id": genes.get("ensembl_id"),
-                         "token_id": np.asarray(vocab, dtype=np.int64)})
+def checkpoint_gene_table(genes: dict | None) -> pd.DataFrame | None:
+    """The gene table a checkpoint carries (the one its token ids come from)."""
+    return None if not genes else pd.DataFrame(genes)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -435,7 +432,7 @@ def predict(trained, path: str | Path, out: Path, *, drugs: list[str] | None = N
     predictions.parquet, ranking.csv and ranking_heatmap.png."""
     t0 = time.perf_counter()
     kind = trained.cfg.value_kind
-    table = checkpoint_gene_table(trained.genes, trained.vocab) if gene_table is None else gene_table
+    table = checkpoint_gene_table(trained.genes) if gene_table is None else gene_table
     if out.exists():
         raise PipelineError(f"output directory '{out}' already exists; pass another --out.")
     with H5ad(path, layer, gene_column) as h:
@@ -500,7 +497,7 @@ def _predict_cells(trained, h: H5ad, gmap: GeneMap, chosen: list[tuple[str, int]
             g, e = gmap.lists(block, keep_zeros=kind == "normalised")
             n = block.shape[0]
             feats = build_features(pa.table({"genes": g, "expressions": e, "drug": pa.array([""] * n)}),
-                                   trained.vocab, {"": 0}, cfg.top_k, cfg.tokens, value_kind=kind)
+                                   {"": 0}, cfg.top_k, cfg.tokens, value_kind=kind)
             for j, (_, row) in enumerate(chosen):
                 preds[start:start + n, j] = trained.predict(replace(feats, drug=np.full(n, row)))
             writer.write_table(pa.table({

@@ -23,6 +23,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -40,9 +41,11 @@ import evaluate
 import gdsc
 import h5ad
 import merge
+import tokens
 import train
 from common import PipelineError, report_error, setup_logging, write_json, write_parquet
 from config import Config
+from data import Tokens
 from model import count_parameters
 
 log = logging.getLogger("ic50")
@@ -61,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
-    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge."""
+def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
+    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge; the
+    merged table's path (None when the run stops before it)."""
     combined, counts = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
     gdsc.save(combined, run_dir / "gdsc_combined.parquet")
     write_json(counts, run_dir / "gdsc_counts.json")
@@ -89,22 +93,31 @@ def prepare_data(cfg: Config, run_dir: Path) -> pa.Table | None:
     if not summary["complete"] or cfg.stop_after == "downsample":
         return None
     merged = data.with_value_kind(merge.attach_labels(pq.read_table(cells_path), pairs), "counts")
-    write_parquet(merged, run_dir / "merged.parquet")
+    write_parquet(merged, run_dir / "merged.parquet", row_group_size=data.ROW_GROUP)
     cells_path.unlink()  # merged.parquet holds the same cells, labelled
     if not cfg.parts_dir:
         shutil.rmtree(parts_dir)  # only needed to resume an interrupted scan
-    return None if cfg.stop_after == "merge" else merged
+    return run_dir / "merged.parquet"
 
 
-def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 0,
-                       gene_table: pd.DataFrame | None = None) -> dict:
+@dataclass
+class Prepared:
+    """What training reads: the merged table (a parquet path), its key columns in memory, its
+    tokens in the token store, and the gene table that names its token ids."""
+    source: Path
+    keys: pa.Table
+    tokens: Tokens
+    genes: pd.DataFrame | None = None
+
+
+def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    keys = table.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
+    keys = prep.keys.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
     split = data.make_split(keys, cfg.split, cfg.seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                             fold=fold, n_folds=cfg.folds)
     split_df = data.split_frame(keys, split)
-    parts = data.split_table(table, split)
+    rows = {p: np.flatnonzero(split == p) for p in data.PARTS}
     sizes = data.summarise_split(split_df)
     log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
              if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
@@ -113,23 +126,32 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
 
-    trained = train.train(cfg, parts["train"], parts["val"], data.drug_smiles(table), run_dir,
-                          resume=cfg.resume, gene_table=gene_table)
-    pred = trained.predict(trained.features(parts["test"]))
+    trained = train.train(cfg, prep.tokens, prep.keys, rows, data.drug_smiles(prep.keys), run_dir,
+                          resume=cfg.resume, gene_table=prep.genes)
+    pred = trained.predict(trained.features(prep.tokens, prep.keys, rows["test"]))
     if not train.is_main():
         return {}
     write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
+    return report(cfg, prep, trained, rows, pred, run_dir, fold, sizes)
 
-    test_rows = np.flatnonzero(split == "test")
-    preds = keys.iloc[test_rows].reset_index(drop=True).assign(row=test_rows, prediction=pred)[
-        ["row", "drug", "cell_line_id", "LN_IC50", "prediction"]]
-    if "dose_uM" in table.column_names:
-        preds.insert(3, "dose_uM", table["dose_uM"].to_numpy(zero_copy_only=False)[test_rows])
+
+def report(cfg: Config, prep: Prepared, trained: train.Trained, rows: dict[str, np.ndarray],
+           pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
+    """Rank 0: predictions.parquet, the baselines on the same test rows, metrics.json, plots, report."""
+    keys = prep.keys.select([c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50")
+                             if c in prep.keys.column_names]).to_pandas()
+    preds = keys.iloc[rows["test"]].reset_index(drop=True).assign(row=rows["test"], prediction=pred)
+    preds = preds[["row", *keys.columns, "prediction"]]
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
 
-    index = train.drug_index(table, trained.smiles)
+    index = train.drug_index(prep.keys, trained.smiles)
     vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in index.items()}
-    result = evaluate.evaluate(parts["train"], parts["test"], pred, vectors, cfg.seed, cfg.value_kind)
+    train_keys, test_keys = keys.iloc[rows["train"]], keys.iloc[rows["test"]]
+    profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(k, seed=cfg.seed)],
+                               ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])
+                for r, k in ((rows["train"], train_keys), (rows["test"], test_keys))]
+    result = evaluate.evaluate(train_keys, test_keys, pred, vectors, cfg.seed, cfg.value_kind,
+                               profiles=tuple(profiles))
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
@@ -145,12 +167,12 @@ def train_and_evaluate(cfg: Config, table: pa.Table, run_dir: Path, fold: int = 
     return metrics
 
 
-def train_runs(cfg: Config, table: pa.Table, work: Path, genes: pd.DataFrame | None = None) -> dict:
+def train_runs(cfg: Config, prep: Prepared, work: Path) -> dict:
     """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
     seeds = cfg.seeds or [cfg.seed]
     folds = list(range(cfg.folds)) if cfg.folds > 1 else [0]
     if len(seeds) == 1 and len(folds) == 1:
-        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), table, work, 0, genes)
+        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), prep, work)
     results = {}
     for seed in seeds:
         for fold in folds:
@@ -160,7 +182,7 @@ def train_runs(cfg: Config, table: pa.Table, work: Path, genes: pd.DataFrame | N
                 results[name] = json.loads((sub / "metrics.json").read_text())
                 continue
             log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
-            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), table, sub, fold, genes)
+            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), prep, sub, fold)
     if not train.is_main():
         return {}
     summary = evaluate.aggregate(results)
@@ -212,6 +234,7 @@ def broadcast(obj):
 def resumable(work: Path) -> bool:
     """Whether a failed run left work worth resuming (scanned shards, a checkpoint)."""
     return (any(work.rglob("last.pt")) or (work / "merged.parquet").exists()
+            or any((work / "tokens").glob("*/meta.json"))
             or any((work / "downsample_parts").rglob("*.part.parquet")))
 
 
@@ -256,46 +279,69 @@ def run_directory(cfg: Config) -> Iterator[tuple[Path, Path]]:
         setup_logging(logging.getLogger().level, final / "log.txt")
 
 
-def load_table(cfg: Config, work: Path) -> tuple[pa.Table | None, pd.DataFrame | None]:
-    """The merged table: given (--data, a merged parquet or an .h5ad), left by an interrupted
-    run, or prepared from the sources (None when the run stops before training); and the gene
-    table that names its token ids (--gene-table, the .h5ad's var, or the Tahoe source's)."""
+def prepare(cfg: Config, work: Path) -> tuple[Path, pd.DataFrame | None, Path] | None:
+    """Rank 0's part: the merged table training reads, as a parquet path (given with --data,
+    left by an interrupted run, converted from an .h5ad, or prepared from the sources), its
+    gene table (--gene-table, the .h5ad's var, or the Tahoe source's), and its token store.
+    None when the run stops before training."""
     genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
+    merged = work / "merged.parquet"
     if h5ad.is_h5ad(cfg.data):
-        table, from_var = h5ad.read_merged(cfg.data, cfg)
-        return table, from_var
-    if cfg.data:
-        return data.load_merged(cfg.data, value_kind=cfg.value_kind), genes
-    if cfg.resume and (work / "merged.parquet").exists():
-        log.info("resuming: data preparation is done, reading %s", work / "merged.parquet")
-        table = data.load_merged(work / "merged.parquet", value_kind=cfg.value_kind)
+        if not merged.exists():   # a resumed run has it already
+            table, from_var = h5ad.read_merged(cfg.data, cfg)
+            write_parquet(pa.Table.from_pandas(from_var, preserve_index=False), work / "gene_table.parquet")
+            write_parquet(table, merged, row_group_size=data.ROW_GROUP)
+        source = merged
+        genes = genes if genes is not None else data.load_gene_table(work / "gene_table.parquet")
+    elif cfg.data:
+        data.merged_columns(cfg.data)
+        source = Path(cfg.data)
+    elif cfg.resume and merged.exists():
+        log.info("resuming: data preparation is done, reading %s", merged)
+        source = merged
     else:
-        table = prepare_data(cfg, work)
-    if table is not None and genes is None:
+        source = prepare_data(cfg, work)
+    if source is None:
+        return None
+    if genes is None and not cfg.data:
         try:
             genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
         except PipelineError as e:
             log.warning("%s The checkpoint will not name its genes; pass --gene-table to predict on "
                         ".h5ad files.", e)
-    return table, genes
+    store = token_store(cfg, source, work)   # a data-preparation run leaves it for training
+    return None if cfg.stop_after == "merge" else (source, genes, store)
+
+
+def token_store(cfg: Config, source: Path, work: Path) -> Path:
+    """The token store of this table and these settings: beside the table (left by the run that
+    prepared it) or in this run's directory, built there if neither has it."""
+    return tokens.build(source, work / "tokens", value_kind=cfg.value_kind, tokens=cfg.tokens,
+                        top_k=cfg.top_k, also=(source.parent / "tokens",))
+
+
+def load(cfg: Config, work: Path) -> Prepared | None:
+    """Rank 0 prepares the data and the token store while the other ranks wait; then every rank
+    reads the table's key columns and maps the store (never the table's expression)."""
+    prepared = train.on_main(lambda: prepare(cfg, work))
+    if prepared is None:
+        return None
+    source, genes, store = prepared
+    return Prepared(source, data.read_keys(source), tokens.StoredTokens(store), genes)
 
 
 def run(cfg: Config) -> Path:
     t0 = time.perf_counter()
-    train.init_distributed(cfg.device)
-    if train.world()[1] > 1 and not cfg.data:
-        raise PipelineError("under torchrun, train on a prepared table: run the data stages once "
-                            "(python main.py --stop-after merge), then torchrun ... main.py --data "
-                            "RUN/merged.parquet.")
+    train.init_distributed(cfg.device, cfg.dist_timeout_min)
     if not train.is_main():
         logging.getLogger().setLevel(logging.WARNING)
     check_inputs(cfg)
     cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
     with run_directory(cfg) as (final, work):
-        table, genes = load_table(cfg, work)
-        metrics = train_runs(cfg, table, work, genes) if table is not None else None
+        prep = load(cfg, work)
+        metrics = train_runs(cfg, prep, work) if prep is not None else None
     minutes = (time.perf_counter() - t0) / 60
-    if table is None:
+    if prep is None:
         what = (f"array task {cfg.shard_index}/{cfg.num_shards} scanned its shards into "
                 f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {cfg.stop_after!r}")
         log.info("%s; outputs in %s (%.1f min)", what, final, minutes)
@@ -368,7 +414,7 @@ def predict_table(trained: train.Trained, data_path: str, out: str | None) -> No
                             f"on {kind} values; give it a table of the same kind.")
     table = data.load_merged(data_path, labelled=False, value_kind=kind)
     trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
-    pred = trained.predict(trained.features(table))
+    pred = trained.predict(trained.table_features(table))
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
     result = table.select(cols).append_column("prediction", pa.array(pred))
     path = Path(out) if out else Path(data_path).with_name(Path(data_path).stem + "_predictions.parquet")

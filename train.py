@@ -16,8 +16,10 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -29,11 +31,12 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, build_features, gene_names, gene_vocabulary
+from data import Features, Tokens, cell_tokens, drug_rows, gene_table_lists, labels
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
 log = logging.getLogger("ic50.train")
+T = TypeVar("T")
 
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way (nanoGPT's model_args). Other settings may come and go without breaking it.
@@ -54,14 +57,35 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed(device_name: str) -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
+def init_distributed(device_name: str, timeout_min: int = 720) -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise. The other
+    ranks wait up to timeout_min for rank 0 (data preparation, the token store)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_min))
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """fn() on rank 0 while the other ranks wait; its result, or its error, reaches every rank."""
+    if world()[1] == 1:
+        return fn()
+    box: list = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except BaseException as e:
+            box[0] = ("error", str(e) if isinstance(e, PipelineError) else
+                      f"rank 0 failed: {type(e).__name__}: {e}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise PipelineError(value)
+    return value
 
 
 def is_main() -> bool:
@@ -101,31 +125,43 @@ def pick_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- batches
 
 class Batches(Dataset):
-    """Item i is the i-th batch (index array) of a plan; collation happens in the workers."""
+    """Item i is the i-th batch (index array) of a plan, gathered from the token store (or an
+    in-memory Tokens); collation happens in the workers, which reopen the store's maps."""
 
-    def __init__(self, feats: Features, plan: list[np.ndarray]):
-        self.feats, self.plan = feats, plan
+    def __init__(self, feats: Features, plan: list[np.ndarray], vocab: np.ndarray):
+        self.feats, self.plan, self.vocab = feats, plan, vocab
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int):
         idx = self.plan[i]
-        genes, values = self.feats.tokens(idx)
-        return (torch.from_numpy(genes).long(), torch.from_numpy(values),
+        genes, values = self.feats.batch(idx, self.vocab)
+        return (torch.from_numpy(genes), torch.from_numpy(values),
                 torch.from_numpy(self.feats.drug[idx]), torch.from_numpy(self.feats.y[idx]))
 
 
-def loader(feats: Features, plan: list[np.ndarray], workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(Batches(feats, plan), batch_size=None, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+def loader(feats: Features, plan: list[np.ndarray], vocab: np.ndarray, workers: int,
+           device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches on the device. On CUDA they come from pinned memory, and the next batch is copied
+    while the current one computes (non-blocking copies, one batch ahead)."""
+    cuda = device.type == "cuda"
+    batches = iter(DataLoader(Batches(feats, plan, vocab), batch_size=None, shuffle=False,
+                              num_workers=workers, pin_memory=cuda, persistent_workers=False))
+    ahead = next(batches, None)
+    ahead = None if ahead is None else tuple(x.to(device, non_blocking=cuda) for x in ahead)
+    while ahead is not None:
+        current = ahead
+        ahead = next(batches, None)
+        ahead = None if ahead is None else tuple(x.to(device, non_blocking=cuda) for x in ahead)
+        yield current
 
 
 def epoch_plan(feats: Features, batch_size: int, gen: np.random.Generator, bucket: bool
                ) -> list[np.ndarray]:
     """Shuffled global batches; with `bucket`, cells of similar length share a batch (less
     padding when every gene is a token), and the batch order is shuffled again."""
-    order = gen.permutation(len(feats.y))
+    order = gen.permutation(len(feats))
     if bucket:
         window = batch_size * 50
         lengths = feats.lengths()
@@ -162,9 +198,9 @@ class Trained:
     offset: np.ndarray | None = None
     scale: np.ndarray | None = None
     unseen: tuple[float, float] = (0.0, 1.0)
-    # drug name -> SMILES, for predicting by name; and the vocabulary's gene symbols and Ensembl
-    # ids ({"gene_symbol": [...], "ensembl_id": [...]}, parallel to vocab; None where unknown),
-    # which map the genes of an .h5ad onto the vocabulary
+    # drug name -> SMILES, for predicting by name; and the gene table the token ids come from
+    # ({"token_id": [...], "gene_symbol": [...], "ensembl_id": [...]}; None where unknown),
+    # which maps the genes of an .h5ad onto token ids
     drugs: dict[str, str] = field(default_factory=dict)
     genes: dict[str, list] | None = None
 
@@ -195,10 +231,16 @@ class Trained:
         y = out * self.y_std + self.y_mean
         return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
 
-    def features(self, table: pa.Table) -> Features:
-        index = drug_index(table, self.smiles)
-        return build_features(table, self.vocab, index, self.cfg.top_k, self.cfg.tokens,
-                              value_kind=self.cfg.value_kind)
+    def features(self, tokens: Tokens, keys: pa.Table, rows: np.ndarray | None = None) -> Features:
+        """Features of some rows (all by default) of a token store and its keys table."""
+        part = keys if rows is None else keys.take(pa.array(rows))
+        rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
+        return Features(tokens, rows, drug_rows(part, drug_index(part, self.smiles)), labels(part))
+
+    def table_features(self, table: pa.Table) -> Features:
+        """Features of an in-memory merged table (prediction)."""
+        return self.features(cell_tokens(table, self.cfg.top_k, self.cfg.tokens, self.cfg.value_kind),
+                             table)
 
     def drug_vectors(self, drug: torch.Tensor) -> torch.Tensor:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
@@ -208,18 +250,17 @@ class Trained:
         """ln IC50 for every row of feats; under torchrun the rows are split and gathered."""
         device = device or next(self.model.parameters()).device
         rank, size = world()
-        mine = np.arange(rank, len(feats.y), size)
+        mine = np.arange(rank, len(feats), size)
         self.model.eval()
         if self.tower is not None:
             self.tower.eval()
         plan = [mine[i:i + self.cfg.batch_size * 4] for i in range(0, len(mine), self.cfg.batch_size * 4)]
         out = []
-        for g, v, d, _ in loader(feats, plan, 0, device):
-            g, v, d = g.to(device), v.to(device), d.to(device)
+        for g, v, d, _ in loader(feats, plan, self.vocab, 0, device):
             with autocast(device):
                 out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
         local = self.decode_target(np.concatenate(out) if out else np.zeros(0), feats.drug[mine])
-        return gather(local, mine, len(feats.y))
+        return gather(local, mine, len(feats))
 
     def state(self) -> dict:
         """What best.pt holds: tensors, numbers, strings and lists only, so that a checkpoint
@@ -352,38 +393,40 @@ class Trainer:
     Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
     _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
 
-    def __init__(self, cfg: Config, train_table: pa.Table, val_table: pa.Table, drugs: dict[str, str],
-                 run_dir: Path, gene_table: pd.DataFrame | None = None):
-        """`drugs`: name -> SMILES of every drug the model will be asked about, test drugs
-        included (the encoder is frozen and never sees a label, so this leaks nothing).
-        `gene_table` (gene_symbol, ensembl_id, token_id) names the vocabulary's genes in the
-        checkpoint, so that .h5ad files can be mapped onto it."""
+    def __init__(self, cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray],
+                 drugs: dict[str, str], run_dir: Path, gene_table: pd.DataFrame | None = None):
+        """`tokens` and `keys`: every row's tokens (the token store) and key columns; `rows`: the
+        train and val rows. `drugs`: name -> SMILES of every drug the model will be asked about,
+        test drugs included (the encoder is frozen and never sees a label, so this leaks
+        nothing). `gene_table` (gene_symbol, ensembl_id, token_id) names the vocabulary's genes
+        in the checkpoint, so that .h5ad files can be mapped onto it."""
         seed_everything(cfg.seed)
         self.cfg, self.run_dir = cfg, run_dir
         self.device = pick_device(cfg.device)
         self.rank, self.size = world()
-        self.trained = self._build(train_table, sorted(set(drugs.values())))
+        t0 = time.perf_counter()
+        vocab = tokens.vocabulary(rows["train"])
+        self.trained = self._build(vocab, sorted(set(drugs.values())))
         self.trained.drugs = dict(drugs)
         if gene_table is not None:
-            self.trained.genes = gene_names(self.trained.vocab, gene_table)
-        t0 = time.perf_counter()
-        self.train_set, self.val_set = self._features(train_table, val_table)
+            self.trained.genes = gene_table_lists(gene_table, vocab)
+        self.train_set, self.val_set = self._features(tokens, keys, rows)
         log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes "
-                 "(%.1fs)", len(self.train_set.y), len(self.val_set.y),
-                 "all" if cfg.tokens == "all" else cfg.top_k, len(self.trained.vocab),
-                 time.perf_counter() - t0)
+                 "(%.1fs)", len(self.train_set), len(self.val_set),
+                 "all" if cfg.tokens == "all" else tokens.width, len(vocab), time.perf_counter() - t0)
         model, tower = self.trained.model, self.trained.tower
         self.params = list(model.parameters()) + (list(tower.parameters()) if tower is not None else [])
         log.info("model: %s trainable parameters on %s%s", f"{count_parameters(model):,}",
                  self.device, f" x {self.size} processes" if self.size > 1 else "")
         self.net = model if self.size == 1 else torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = compiled(self.net) if cfg.compile else self.net
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = make_scheduler(self.opt, cfg)
         self.gen = np.random.default_rng(cfg.seed)
         self.epoch, self.best, self.best_epoch, self.waited = 0, float("inf"), 0, 0
 
-    def _build(self, train_table: pa.Table, smiles: list[str]) -> Trained:
+    def _build(self, vocab: np.ndarray, smiles: list[str]) -> Trained:
         """Drug vectors (and the tower when fine-tuning), the gene vocabulary, the network."""
         cfg = self.cfg
         vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
@@ -399,21 +442,21 @@ class Trainer:
                                     "loaded (see the warning above); fingerprints have nothing to "
                                     "fine-tune.")
             tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(self.device)
-        vocab = gene_vocabulary(train_table["genes"])
         model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(self.device)
         return Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(self.device), encoder,
                        0.0, 1.0, tower)
 
-    def _features(self, train_table: pa.Table, val_table: pa.Table) -> tuple[Features, Features]:
+    def _features(self, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray]
+                  ) -> tuple[Features, Features]:
         """Training features with their targets normalised, and validation features."""
-        tr, va = self.trained.features(train_table), self.trained.features(val_table)
-        self.trained.fit_target(train_table["LN_IC50"].to_numpy(), tr.drug)
+        tr = self.trained.features(tokens, keys, rows["train"])
+        va = self.trained.features(tokens, keys, rows["val"])
+        self.trained.fit_target(keys["LN_IC50"].take(pa.array(rows["train"])).to_numpy(), tr.drug)
         self.row_weight = None   # a row's squared error in ln IC50 units, over its normalised one
         if self.trained.scale is not None:
             self.row_weight = torch.as_tensor(self.trained.scale ** 2, dtype=torch.float32,
                                               device=self.device)
-        target = self.trained.encode_target(tr.y, tr.drug)
-        return Features(tr.genes, tr.values, tr.drug, target, tr.offsets), va
+        return replace(tr, y=self.trained.encode_target(tr.y, tr.drug)), va
 
     # -- resumable state
 
@@ -479,13 +522,13 @@ class Trainer:
             t.tower.train()
         sse, n = 0.0, 0
         plan = epoch_plan(self.train_set, cfg.batch_size, self.gen, bucket=cfg.tokens == "all")
+        plan = plan[:cfg.epoch_steps] if cfg.epoch_steps else plan
         shards = [b[self.rank::self.size] for b in plan if len(b) >= self.size]  # ranks step together
         totals = [len(b) for b in plan if len(b) >= self.size]
-        for (g, v, d, target), total in zip(loader(self.train_set, shards, cfg.loader_workers,
+        for (g, v, d, target), total in zip(loader(self.train_set, shards, t.vocab, cfg.loader_workers,
                                                    self.device), totals):
-            g, v, d, target = (x.to(self.device, non_blocking=True) for x in (g, v, d, target))
             with autocast(self.device):
-                pred = self.net(g, v, t.drug_vectors(d), d)
+                pred = self.forward(g, v, t.drug_vectors(d), d)
             sq = (pred.float() - target) ** 2 if pred.dim() == 1 else \
                 ((pred.float() - target.unsqueeze(-1)) ** 2).mean(-1)   # an ensemble: each member's loss
             err = sq.sum()
@@ -551,7 +594,32 @@ class Trainer:
                 torch.save(state, tmp)
 
 
-def train(cfg: Config, train_table: pa.Table, val_table: pa.Table, drugs: dict[str, str],
-          run_dir: Path, resume: bool = False, gene_table: pd.DataFrame | None = None) -> Trained:
+def compiled(net: torch.nn.Module) -> Callable:
+    """torch.compile(net), or net itself, with one warning, where compiling is unavailable (no
+    compiler, an unsupported platform): failures surface at the first call, so they are caught
+    there and training goes on uncompiled."""
+    try:
+        fast = torch.compile(net)
+    except Exception as e:
+        log.warning("torch.compile is unavailable (%s: %s); training uncompiled.", type(e).__name__, e)
+        return net
+    current = [fast]
+
+    def forward(*args):
+        try:
+            return current[0](*args)
+        except Exception as e:
+            if current[0] is net:
+                raise
+            log.warning("torch.compile failed (%s: %s); training uncompiled.", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+            current[0] = net
+            return net(*args)
+    return forward
+
+
+def train(cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray],
+          drugs: dict[str, str], run_dir: Path, resume: bool = False,
+          gene_table: pd.DataFrame | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
-    return Trainer(cfg, train_table, val_table, drugs, run_dir, gene_table).fit(resume)
+    return Trainer(cfg, tokens, keys, rows, drugs, run_dir, gene_table).fit(resume)

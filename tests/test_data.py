@@ -9,6 +9,11 @@ import data
 from common import PipelineError
 
 
+def batch(features, vocab):
+    """Every row's [N, K] vocabulary indices and values, as the model reads them."""
+    return features.batch(np.arange(len(features)), vocab)
+
+
 @pytest.mark.parametrize("mode,cols", [("pair", ["drug", "cell_line_id"]), ("cell_line", ["cell_line_id"]),
                                        ("drug", ["drug"])])
 def test_no_group_is_in_two_parts(mode, cols):
@@ -43,13 +48,13 @@ def test_top_k_keeps_the_most_expressed_genes_normalised_and_log1p():
                       "expressions": pa.array([[1.0, 5.0, 0.0, 4.0], [2.0, 2.0]], pa.list_(pa.float32())),
                       "drug": ["d", "d"], "LN_IC50": [0.0, 1.0]})
     vocab = np.array([10, 11, 12, 13])
-    f = data.build_features(table, vocab, {"d": 0}, top_k=3)
+    genes, values = batch(data.build_features(table, {"d": 0}, top_k=3), vocab)
     # cell 0: genes 11 (5/10), 13 (4/10), 10 (1/10); gene 12 has zero count and is not a token
-    assert f.genes[0].tolist() == [3, 5, 2]
-    assert f.values[0] == pytest.approx(np.log1p(np.array([5, 4, 1]) / 10 * 1e4))
+    assert genes[0].tolist() == [3, 5, 2]
+    assert values[0] == pytest.approx(np.log1p(np.array([5, 4, 1]) / 10 * 1e4))
     # cell 1: gene 99 is not in the vocabulary -> UNK; only 2 genes -> padding
-    assert sorted(f.genes[1].tolist()) == [0, 1, 3]
-    assert f.values[1][f.genes[1] == 0] == pytest.approx([0.0])
+    assert sorted(genes[1].tolist()) == [0, 1, 3]
+    assert values[1][genes[1] == 0] == pytest.approx([0.0])
 
 
 def test_load_merged_names_the_missing_column(tmp_path):
@@ -83,16 +88,16 @@ def normalised_table(values: list[list[float]]) -> pa.Table:
 
 def test_normalised_values_are_used_as_they_are_negatives_included():
     table = normalised_table([[-1.5, 0.25, 0.0, -0.5]])
-    f = data.build_features(table, np.array([10, 11, 12, 13]), {"d": 0}, top_k=4,
-                            value_kind="normalised")
+    genes, values = batch(data.build_features(table, {"d": 0}, top_k=4, value_kind="normalised"),
+                          np.array([10, 11, 12, 13]))
     # every listed gene is a token, ordered by value; no CP10k, no log1p, no clipping at zero
-    assert f.genes[0].tolist() == [3, 4, 5, 2]
-    assert f.values[0].tolist() == [0.25, 0.0, -0.5, -1.5]
+    assert genes[0].tolist() == [3, 4, 5, 2]
+    assert values[0].tolist() == [0.25, 0.0, -0.5, -1.5]
     rows, genes, values, _ = data.normalised_values(table, "normalised")
     assert values.tolist() == [-1.5, 0.25, 0.0, -0.5]
-    counts = data.build_features(normalised_table([[1.0, 3.0, 0.0, 0.0]]), np.array([10, 11, 12, 13]),
-                                 {"d": 0}, top_k=4)
-    assert (counts.genes[0] > 0).sum() == 2     # as counts, zeros are no token
+    counts = batch(data.build_features(normalised_table([[1.0, 3.0, 0.0, 0.0]]), {"d": 0}, top_k=4),
+                   np.array([10, 11, 12, 13]))[0]
+    assert (counts[0] > 0).sum() == 2     # as counts, zeros are no token
 
 
 def test_negative_values_read_as_counts_are_refused_with_the_fix(tmp_path):
@@ -120,9 +125,9 @@ def test_a_table_declares_its_value_kind_and_auto_reads_it(tmp_path, caplog):
 
 def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top_k():
     table = normalised_table([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    f = data.build_features(table, np.array([10, 11, 12, 13]), {"d": 0}, top_k=100_000,
-                            value_kind="normalised")
-    assert f.genes.shape == (2, 4) and (f.genes > 0).all()
+    genes, _ = batch(data.build_features(table, {"d": 0}, top_k=100_000, value_kind="normalised"),
+                     np.array([10, 11, 12, 13]))
+    assert genes.shape == (2, 4) and (genes > 0).all()
 
 
 def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
@@ -131,7 +136,7 @@ def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
                          "expressions": pa.array([counts], pa.list_(pa.float32())),
                          "drug": ["d"], "LN_IC50": [0.0]})
     vocab = np.arange(3, 20)
-    a = data.build_features(table([3, 5, 7, 9, 11], [2, 1, 1, 1, 3]), vocab, {"d": 0}, top_k=3)
-    b = data.build_features(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), vocab, {"d": 0}, top_k=3)
-    assert (a.genes == b.genes).all() and (a.values == b.values).all()
-    assert vocab[a.genes - 2].tolist() == [[11, 3, 5]]   # of three genes of count 1, the lowest ids
+    a = batch(data.build_features(table([3, 5, 7, 9, 11], [2, 1, 1, 1, 3]), {"d": 0}, top_k=3), vocab)
+    b = batch(data.build_features(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), {"d": 0}, top_k=3), vocab)
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert vocab[a[0] - 2].tolist() == [[11, 3, 5]]   # of three genes of count 1, the lowest ids

@@ -55,9 +55,21 @@ def test_resume_after_a_stop_at_epoch_1_reaches_the_same_result(tmp_path, table_
 @pytest.mark.e2e
 def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     assert main.main(["--stop-after", "merge", "--out", str(tmp_path / "prep"),
-                      "--cells-per-group", "2"]) == 0
+                      "--cells-per-group", "2", *SMALL]) == 0     # builds the token store too
     merged = tmp_path / "prep" / "merged.parquet"
-    args = ["--data", str(merged), "--epochs", "1", "--dropout", "0", *SMALL]
+    a, b = run_both(tmp_path, ["--data", str(merged), "--epochs", "1", "--dropout", "0", *SMALL])
+    for k in ("mse", "pcc", "scc"):
+        assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-3, abs=1e-4), (
+            f"{k}: one process {a['test']}, two {b['test']}")
+    pa_, pb = (pd.read_parquet(tmp_path / r / "predictions.parquet") for r in ("one", "two"))
+    assert np.allclose(pa_["prediction"], pb["prediction"], atol=1e-3)
+    # both mapped the token store the preparation run built beside the table
+    assert len(list((tmp_path / "prep" / "tokens").glob("*/meta.json"))) == 1
+    assert not (tmp_path / "one" / "tokens").exists() and not (tmp_path / "two" / "tokens").exists()
+
+
+def run_both(tmp_path, args: list[str]) -> tuple[dict, dict]:
+    """The same run in one process and under torchrun with two Gloo processes."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -68,12 +80,16 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
                          timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "x 2 processes" in two.stderr
-    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    return metrics(tmp_path / "one"), metrics(tmp_path / "two")
+
+
+@pytest.mark.e2e
+def test_one_torchrun_command_prepares_raw_inputs_on_rank_0_then_trains(tmp_path):
+    a, b = run_both(tmp_path, ["--cells-per-group", "2", "--epochs", "1", "--dropout", "0", *SMALL])
     for k in ("mse", "pcc", "scc"):
-        assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-3, abs=1e-4), (
-            f"{k}: one process {a['test']}, two {b['test']}\n{one.stderr[-1500:]}\n{two.stderr[-1500:]}")
-    pa_, pb = (pd.read_parquet(tmp_path / r / "predictions.parquet") for r in ("one", "two"))
-    assert np.allclose(pa_["prediction"], pb["prediction"], atol=1e-3)
+        assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-3, abs=1e-4)
+    assert (tmp_path / "two" / "merged.parquet").exists()
+    assert len(list((tmp_path / "two" / "tokens").glob("*/meta.json"))) == 1
 
 
 @pytest.mark.e2e
@@ -155,9 +171,9 @@ def test_ragged_features_pad_each_batch_to_its_longest_cell():
     import data
     t = merged_table(n_drugs=1, n_lines=3, cells_per_pair=1)
     vocab = data.gene_vocabulary(t["genes"])
-    f = data.build_features(t, vocab, {"drug0": 0}, top_k=4, tokens="all")
+    f = data.build_features(t, {"drug0": 0}, top_k=4, tokens="all")
     lengths = f.lengths()
-    g, v = f.tokens(np.arange(3))
+    g, v = f.batch(np.arange(3), vocab)
     assert g.shape == (3, lengths.max()) and ((g != 0).sum(1) == lengths).all()
     assert (np.diff(v[0][: lengths[0]]) <= 0).all()  # most expressed first
 

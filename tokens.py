@@ -1,0 +1,118 @@
+"""The token store: every cell's gene tokens computed once, into files every process maps read-only.
+
+Training reads gene tokens (ids and normalised values, most expressed first), never the merged
+table's expression. The store holds them for every row of the table: `genes.bin` (int32 ids) and
+`values.bin` (float32) laid end to end, `offsets.npy` (row starts) and `meta.json`. It lives in
+the run directory under `tokens/<key>/`, the key a hash of what shapes it (the table's path, size
+and modification time; value kind, token mode, K), so a rerun, a resume or another fold reuses it
+and other settings never do. One process builds it (rank 0 under torchrun; the others wait),
+writing into a temporary directory that is renamed into place once complete: an interrupted build
+is never taken for a finished one. Every process then maps the same files: the operating system's
+page cache holds one copy for all of them, and DataLoader workers reopen the maps instead of
+copying them. Memory stays flat in the number of cells and of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from common import atomic_path
+from data import Tokens, batch_width, token_chunks
+
+log = logging.getLogger("ic50.tokens")
+
+FORMAT = 1
+CHUNK = 4096   # rows tokenised at a time while building
+
+
+def key(source: str | Path, value_kind: str, tokens: str, top_k: int) -> str:
+    """What shapes a store: the table (size, modification time and rows: a run directory renamed
+    from <out>.incomplete keeps them) and the token settings."""
+    st = Path(source).stat()
+    spec = {"format": FORMAT, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "rows": pq.ParquetFile(source).metadata.num_rows, "value_kind": value_kind,
+            "tokens": tokens, "top_k": None if tokens == "all" else top_k}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StoredTokens(Tokens):
+    """Tokens mapped read-only from a store; pickled as the store's path (DataLoader workers
+    reopen the maps rather than receive a copy)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta = json.loads((self.path / "meta.json").read_text())
+        total = int(meta["total"])
+        genes = (np.memmap(self.path / "genes.bin", dtype=np.int32, mode="r", shape=(total,))
+                 if total else np.zeros(0, np.int32))
+        values = (np.memmap(self.path / "values.bin", dtype=np.float32, mode="r", shape=(total,))
+                  if total else np.zeros(0, np.float32))
+        super().__init__(genes, values, np.load(self.path / "offsets.npy", mmap_mode="r"), meta["width"])
+        self.meta = meta
+
+    def __reduce__(self):
+        return (StoredTokens, (str(self.path),))
+
+
+def build(source: str | Path, root: str | Path, *, value_kind: str, tokens: str, top_k: int,
+          also: tuple[Path, ...] = ()) -> Path:
+    """The store of this table and these settings: found under root/<key> or another of the
+    roots in `also` (a data-preparation run's, beside its merged table), or built under root."""
+    k = key(source, value_kind, tokens, top_k)
+    for found in (Path(r) / k for r in (*also, root)):
+        if (found / "meta.json").exists():
+            log.info("token store: reusing %s", found)
+            return found
+    final = Path(root) / k
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.building-*"):   # left by an interrupted build
+        shutil.rmtree(stale, ignore_errors=True)
+    work = final.parent / f".{final.name}.building-{os.getpid()}"
+    work.mkdir()
+    try:
+        meta = _write(Path(source), work, value_kind, tokens, top_k)
+        with atomic_path(work / "meta.json") as tmp:   # written last: the mark of a complete store
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("token store: %d rows, %d tokens (%.1f MB) in %s (%.0fs)", meta["rows"], meta["total"],
+             meta["bytes"] / 1e6, final, meta["seconds"])
+    return final
+
+
+def _write(source: Path, work: Path, value_kind: str, tokens: str, top_k: int) -> dict:
+    t0 = time.perf_counter()
+    pf = pq.ParquetFile(source)
+    n = pf.metadata.num_rows
+    lengths = np.zeros(n, dtype=np.int64)
+    done, longest = 0, 0
+    bar = tqdm(total=n, desc="token store", unit=" cells", leave=False)
+    with open(work / "genes.bin", "wb") as fg, open(work / "values.bin", "wb") as fv:
+        batches = pf.iter_batches(batch_size=CHUNK, columns=["genes", "expressions"])
+        for g, v, lens in token_chunks((pa.Table.from_batches([b]) for b in batches), top_k, tokens,
+                                       value_kind, str(source)):
+            fg.write(g.tobytes())
+            fv.write(v.tobytes())
+            lengths[done:done + len(lens)] = lens
+            done += len(lens)
+            longest = max(longest, int(lens.max(initial=0)))
+            bar.update(len(lens))
+    bar.close()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    np.save(work / "offsets.npy", offsets)
+    total = int(offsets[-1])
+    return {"format": FORMAT, "source": str(source), "value_kind": value_kind, "tokens": tokens,
+            "top_k": top_k, "rows": n, "total": total, "width": batch_width(tokens, top_k, longest),
+            "bytes": total * 8 + offsets.nbytes, "seconds": round(time.perf_counter() - t0, 1)}
