@@ -94,23 +94,26 @@ def sample_rows(keys: pd.DataFrame, max_cells: int = 50, seed: int = 0) -> np.nd
 
 
 def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0,
-               value_kind: str = "counts") -> tuple[pd.DataFrame, sparse.csr_matrix]:
+               value_kind: str = "counts", chunk: int = 4096) -> tuple[pd.DataFrame, sparse.csr_matrix]:
     """Mean expression (log1p CP10k for counts) of each (drug, cell line) pair over up to
-    max_cells of its cells."""
+    max_cells of its cells, summed chunk by chunk of cells (memory: one chunk's values)."""
     keys = table.select(["drug", "cell_line_id"]).to_pandas()
     keep = sample_rows(keys, max_cells, seed)
-    rows, genes, values, _ = normalised_values(table.take(pa.array(keep)), value_kind)
-    col, ok = vocab_index(vocab, genes)
-    x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])),
-                          shape=(len(keep), len(vocab)))
     pair_keys = keys.iloc[keep].reset_index(drop=True)
     pair_id = pair_keys.groupby(["drug", "cell_line_id"], sort=True).ngroup().to_numpy()
     n_pairs = int(pair_id.max()) + 1 if len(pair_id) else 0
-    counts = np.bincount(pair_id, minlength=n_pairs)
-    agg = sparse.csr_matrix((1.0 / counts[pair_id], (pair_id, np.arange(len(pair_id)))),
-                            shape=(n_pairs, len(pair_id)))
+    weight = 1.0 / np.bincount(pair_id, minlength=n_pairs)[pair_id]
+    total = sparse.csr_matrix((n_pairs, len(vocab)))
+    for start in range(0, len(keep), chunk):
+        part = slice(start, start + chunk)
+        rows, genes, values, _ = normalised_values(table.take(pa.array(keep[part])), value_kind)
+        col, ok = vocab_index(vocab, genes)
+        x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])), shape=(len(keep[part]), len(vocab)))
+        agg = sparse.csr_matrix((weight[part], (pair_id[part], np.arange(len(keep[part])))),
+                                shape=(n_pairs, len(keep[part])))
+        total = total + agg @ x
     index = pair_keys.drop_duplicates().sort_values(["drug", "cell_line_id"]).reset_index(drop=True)
-    return index, (agg @ x).tocsr()
+    return index, total.tocsr()
 
 
 @dataclass
