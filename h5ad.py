@@ -456,29 +456,23 @@ def predict(trained, path: str | Path, out: Path, *, drugs: list[str] | None = N
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             preds = _predict_cells(trained, h, gmap, chosen, groups, work, block_cells)
-            copy = work / h.path.name
-            shutil.copyfile(h.path, copy)
-            obs_names = h.obs.index.astype(str)
+            shutil.copyfile(h.path, work / h.path.name)
+            _annotate(work / h.path.name, preds, names)
+            ranking = rank_drugs(preds, groups, names)
+            with atomic_path(work / "ranking.csv") as tmp:
+                ranking.to_csv(tmp, index=False)
+            plot_ranking(ranking, work / "ranking_heatmap.png", groupby or "all cells")
+            work.rename(out)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    try:
-        _annotate(copy, preds, names)
-        ranking = rank_drugs(preds, groups, names)
-        with atomic_path(work / "ranking.csv") as tmp:
-            ranking.to_csv(tmp, index=False)
-        plot_ranking(ranking, work / "ranking_heatmap.png", groupby or "all cells")
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - t0
     best = ranking[ranking["rank"] == 1].head(5)
     log.info("%d cells x %d drugs in %.1fs (%.0f predictions/s); most sensitive: %s. Outputs in %s",
-             len(obs_names), len(names), seconds, preds.size / max(seconds, 1e-9),
+             len(preds), len(names), seconds, preds.size / max(seconds, 1e-9),
              "; ".join(f"{g}: {d} ({m:.2f})" for g, d, m in
                        zip(best["group"], best["drug"], best["median_ln_ic50"])), out)
-    return {"cells": len(obs_names), "drugs": names, "seconds": seconds, "genes": gmap.counts}
+    return {"cells": len(preds), "drugs": names, "seconds": seconds, "genes": gmap.counts}
 
 
 def _predict_cells(trained, h: H5ad, gmap: GeneMap, chosen: list[tuple[str, int]], groups: np.ndarray,

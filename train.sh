@@ -1,15 +1,18 @@
 #!/bin/bash
 # Train on a SLURM cluster:  sbatch [sbatch options] train.sh [main.py flags...]
 #
+#   all in one job: sbatch --gres=gpu:4 --cpus-per-task=32 train.sh --tahoe /data/tahoe --gdsc1 ... --num-workers 16
 #   one GPU:        sbatch train.sh --data runs/prep/merged.parquet
 #   4 GPUs:         sbatch --gres=gpu:4 --cpus-per-task=32 train.sh --data runs/prep/merged.parquet
 #   2 nodes x 4:    sbatch --nodes=2 --gres=gpu:4 --cpus-per-task=32 train.sh --data ...
 #   seeds 0..4:     sbatch --array=0-4 train.sh --data ...      (the array index is the seed)
-#   prepare data:   sbatch --gres=gpu:0 train.sh --stop-after merge --tahoe ... --num-workers 16
+#   prepare once:   sbatch --gres=gpu:0 train.sh --stop-after merge --tahoe ... --num-workers 16
 #
 # Several GPUs or nodes run data-parallel (DistributedDataParallel, NCCL) through torchrun, one
-# launcher per node started by srun, meeting at the first node of the allocation. Logs go to
-# slurms/<job name>-<job id>_<array index>.out; results to runs/<job name>-<job id>[-seed<i>].
+# launcher per node started by srun, meeting at the first node of the allocation. On raw inputs
+# rank 0 prepares the data and the token store while the others wait (nodes share the run
+# directory's filesystem). Logs go to slurms/<job name>-<job id>_<array index>.out; results to
+# runs/<job name>-<job id>[-seed<i>].
 #SBATCH --job-name=ic50
 #SBATCH --output=slurms/%x-%A_%a.out
 #SBATCH --time=12:00:00

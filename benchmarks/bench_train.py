@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import Config, from_dict, load_yaml  # noqa: E402
 from model import IC50Transformer, count_parameters  # noqa: E402
+from train import compiled  # noqa: E402
 
 N_TOKENS, DRUG_DIM = 47_278, 768
 SMILES = ["COCCOC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC=CC(=C3)C#C)OCCOC", "C1=C(C(=O)NC(=O)N1)F",
@@ -70,9 +71,10 @@ def flops_per_sample(m: IC50Transformer, seq: int, k: int) -> float:
 
 
 def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_batch_chemberta: bool,
-        chem=None) -> dict:
+        chem=None, compile_model: bool = False) -> dict:
     torch.manual_seed(0)
     m = IC50Transformer.from_config(cfg, N_TOKENS, DRUG_DIM).to(device)
+    forward = compiled(m) if compile_model else m   # the training loop's --compile
     opt = torch.optim.Adam(m.parameters(), lr=1e-4, weight_decay=1e-5)
     genes = torch.randint(2, N_TOKENS, (batch, k), device=device)
     values = torch.rand(batch, k, device=device)
@@ -92,12 +94,12 @@ def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_b
         else:
             dv = table[drugs.to(device)]
         with amp:
-            loss = torch.nn.functional.mse_loss(m(genes, values, dv).float(), y)
+            loss = torch.nn.functional.mse_loss(forward(genes, values, dv).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    step()  # warm-up
+    step()  # warm-up (and compilation)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -125,6 +127,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--k", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network, as --compile does")
     ap.add_argument("--one", nargs=3, metavar=("TOKENS", "K", "CHEMBERTA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -133,7 +136,7 @@ def main() -> None:
         tokens, k, per_batch = args.one[0], int(args.one[1]), args.one[2] == "1"
         cfg = from_dict({**base.to_dict(), "tokens": tokens}, "bench")
         print(json.dumps(run(cfg, k, args.batch_size, args.steps, device, per_batch,
-                             chemberta_like(device) if per_batch else None)))
+                             chemberta_like(device) if per_batch else None, args.compile)))
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {device}"
@@ -141,7 +144,8 @@ def main() -> None:
 
     def one(tokens: str, k: int, per_batch: bool) -> dict:
         cmd = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--one", tokens, str(k), "1" if per_batch else "0"]
+               "--steps", str(args.steps), "--one", tokens, str(k), "1" if per_batch else "0",
+               *(["--compile"] if args.compile else [])]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             sys.exit(p.stderr[-2000:])
