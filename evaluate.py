@@ -219,7 +219,7 @@ def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = N
 
 
 def classical_baselines(train: pa.Table, test: pa.Table, cells: pd.DataFrame,
-                        drug_vectors: dict[str, np.ndarray], fallback: np.ndarray, seed: int = 0,
+                        drug_vectors: dict[str, np.ndarray], *, fallback: np.ndarray, seed: int = 0,
                         value_kind: str = "counts") -> dict[str, np.ndarray]:
     """Per-cell predictions of the expression baselines for the test `cells` (drug,
     cell_line_id), from the profiles `train` and `test`; `fallback` (per test cell) stands in
@@ -250,8 +250,8 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray,
     te = test[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     preds = predict_baselines(fit_baselines(tr), te)
     if drug_vectors is not None and profiles is not None:
-        preds = {**classical_baselines(*profiles, te, drug_vectors, preds["mean_effects"], seed,
-                                       value_kind), **preds}
+        preds = {**classical_baselines(*profiles, te, drug_vectors, fallback=preds["mean_effects"],
+                                       seed=seed, value_kind=value_kind), **preds}
     return {"test": score(te, pred), "baselines": {k: score(te, p) for k, p in preds.items()}}
 
 

@@ -455,7 +455,8 @@ def predict(trained, path: str | Path, out: Path, *, drugs: list[str] | None = N
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            preds = _predict_cells(trained, h, gmap, chosen, groups, work, block_cells)
+            preds = _predict_cells(trained, h, gmap, chosen=chosen, groups=groups, work=work,
+                                   block_cells=block_cells)
             shutil.copyfile(h.path, work / h.path.name)
             _annotate(work / h.path.name, preds, names)
             ranking = rank_drugs(preds, groups, names)
@@ -475,8 +476,8 @@ def predict(trained, path: str | Path, out: Path, *, drugs: list[str] | None = N
     return {"cells": len(preds), "drugs": names, "seconds": seconds, "genes": gmap.counts}
 
 
-def _predict_cells(trained, h: H5ad, gmap: GeneMap, chosen: list[tuple[str, int]], groups: np.ndarray,
-                   work: Path, block_cells: int) -> np.ndarray:
+def _predict_cells(trained, h: H5ad, gmap: GeneMap, *, chosen: list[tuple[str, int]],
+                   groups: np.ndarray, work: Path, block_cells: int) -> np.ndarray:
     """[cells, drugs] predictions, block by block; the long table streams into predictions.parquet."""
     kind, cfg = trained.cfg.value_kind, trained.cfg
     preds = np.empty((h.n_cells, len(chosen)), dtype=np.float32)

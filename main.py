@@ -126,16 +126,16 @@ def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
 
-    trained = train.train(cfg, prep.tokens, prep.keys, rows, data.drug_smiles(prep.keys), run_dir,
-                          resume=cfg.resume, gene_table=prep.genes)
+    trained = train.train(cfg, prep.tokens, prep.keys, rows, drugs=data.drug_smiles(prep.keys),
+                          run_dir=run_dir, resume=cfg.resume, gene_table=prep.genes)
     pred = trained.predict(trained.features(prep.tokens, prep.keys, rows["test"]))
     if not train.is_main():
         return {}
     write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
-    return report(cfg, prep, trained, rows, pred, run_dir, fold, sizes)
+    return report(cfg, prep, trained, rows=rows, pred=pred, run_dir=run_dir, fold=fold, sizes=sizes)
 
 
-def report(cfg: Config, prep: Prepared, trained: train.Trained, rows: dict[str, np.ndarray],
+def report(cfg: Config, prep: Prepared, trained: train.Trained, *, rows: dict[str, np.ndarray],
            pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
     """Rank 0: predictions.parquet, the baselines on the same test rows, metrics.json, plots, report."""
     keys = prep.keys.select([c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50")
@@ -150,8 +150,8 @@ def report(cfg: Config, prep: Prepared, trained: train.Trained, rows: dict[str, 
     profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(k, seed=cfg.seed)],
                                ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])
                 for r, k in ((rows["train"], train_keys), (rows["test"], test_keys))]
-    result = evaluate.evaluate(train_keys, test_keys, pred, vectors, cfg.seed, cfg.value_kind,
-                               profiles=tuple(profiles))
+    result = evaluate.evaluate(train_keys, test_keys, pred, drug_vectors=vectors, seed=cfg.seed,
+                               value_kind=cfg.value_kind, profiles=tuple(profiles))
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),

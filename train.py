@@ -393,7 +393,7 @@ class Trainer:
     Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
     _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
 
-    def __init__(self, cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray],
+    def __init__(self, cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray], *,
                  drugs: dict[str, str], run_dir: Path, gene_table: pd.DataFrame | None = None):
         """`tokens` and `keys`: every row's tokens (the token store) and key columns; `rows`: the
         train and val rows. `drugs`: name -> SMILES of every drug the model will be asked about,
@@ -618,8 +618,8 @@ def compiled(net: torch.nn.Module) -> Callable:
     return forward
 
 
-def train(cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray],
+def train(cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray], *,
           drugs: dict[str, str], run_dir: Path, resume: bool = False,
           gene_table: pd.DataFrame | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
-    return Trainer(cfg, tokens, keys, rows, drugs, run_dir, gene_table).fit(resume)
+    return Trainer(cfg, tokens, keys, rows, drugs=drugs, run_dir=run_dir, gene_table=gene_table).fit(resume)

@@ -149,7 +149,7 @@ def throughput(table: Path, store: Path, steps: int, rounds: int = 3) -> tuple[f
     drugs = data.drug_smiles(keys)
     rates = {"store": [], "ram": []}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: train.Trainer(cfg, toks, keys, rows, drugs, Path(tmp))
+        trainers = {name: train.Trainer(cfg, toks, keys, rows, drugs=drugs, run_dir=Path(tmp))
                     for name, toks in (("store", mapped), ("ram", in_ram))}
         for _ in range(rounds):
             for name, trainer in trainers.items():

@@ -210,3 +210,22 @@ def test_the_demo_runs_from_its_h5ad_form(tmp_path):
                       "--out", str(tmp_path / "p")]) == 0
     ranking = pd.read_csv(tmp_path / "p" / "ranking.csv")
     assert ranking["group"].nunique() == 28 and ranking["drug"].nunique() == 21
+
+
+def test_dense_and_sparse_values_and_a_var_column_of_gene_ids_read_alike(tmp_path):
+    from config import Config
+    counts = np.array([[0.0, 3.0, 1.0, 0.0], [2.0, 0.0, 0.0, 5.0]], dtype=np.float32)
+    obs = pd.DataFrame({"drug": ["drug0", "drug1"], "cell_line_id": ["A", "B"], "LN_IC50": [0.5, 1.5],
+                        "canonical_smiles": ["CCO", "CCN"]}, index=["c0", "c1"])
+    var = pd.DataFrame({"symbol": ["G3", "G4", "G5", "G6"]}, index=["a", "b", "c", "d"])
+    GENE_TABLE.to_parquet(tmp_path / "genes.parquet")
+    cfg = Config(gene_column="symbol", gene_table=str(tmp_path / "genes.parquet"))
+    tables = []
+    for name, x in (("dense", counts), ("sparse", sparse.csr_matrix(counts))):
+        anndata.AnnData(X=x, obs=obs, var=var).write_h5ad(tmp_path / f"{name}.h5ad")
+        tables.append(h5ad.read_merged(tmp_path / f"{name}.h5ad", cfg)[0])
+    for t in tables:
+        assert t["genes"].to_pylist() == [[4, 5], [3, 6]]
+        assert t["expressions"].to_pylist() == [[3.0, 1.0], [2.0, 5.0]]
+    with pytest.raises(PipelineError, match="var has no column 'gene_name' \\(--gene-column\\)"):
+        h5ad.read_merged(tmp_path / "dense.h5ad", Config(gene_column="gene_name"))
