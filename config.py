@@ -161,7 +161,7 @@ class Config:
     head: str = opt("per_drug", "The MLP head plus one linear read-out of the cell per training "
                     "drug (per_drug; drugs not in training use the shared head alone), or the MLP "
                     "head alone (shared, the study's). per_drug: demo per-drug Pearson 0.961 against "
-                    "0.957 (pair split, seeds 0-2), 0.921 against 0.905 (unseen cell lines).",
+                    "0.957 (pair split, seeds 0-2), 0.921 against 0.905 (unseen cell lines, seed 0).",
                     ("shared", "per_drug"), group="model")
     ensemble: int = opt(1, "Train this many networks of the same design side by side, each from "
                         "its own initialisation, and predict their mean (a seed ensemble).",

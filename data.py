@@ -433,10 +433,14 @@ def labels(keys: pa.Table) -> np.ndarray:
 
 
 def drug_rows(keys: pa.Table, drug_index: dict[str, int]) -> np.ndarray:
-    try:
-        return np.array([drug_index[d] for d in keys["drug"].to_pylist()], dtype=np.int64)
-    except KeyError as e:
-        raise PipelineError(f"drug {e.args[0]!r} has no drug embedding.") from e
+    """Each row's drug-table row, looked up in Arrow (no Python string per row)."""
+    col = keys["drug"]
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    codes = pc.index_in(col, value_set=pa.array(list(drug_index), col.type))
+    if codes.null_count:
+        raise PipelineError(f"drug {col.filter(pc.is_null(codes))[0].as_py()!r} has no drug embedding.")
+    return np.asarray(list(drug_index.values()), dtype=np.int64)[np.asarray(codes, dtype=np.int64)]
 
 
 def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
@@ -454,7 +458,7 @@ def split_frame(keys: pd.DataFrame, split: np.ndarray) -> pd.DataFrame:
     """split.parquet: every merged row -> its part, with the keys that define the groups."""
     out = keys[["drug", "cell_line_id"]].copy()
     out.insert(0, "row", np.arange(len(keys)))
-    out["part"] = split
+    out["part"] = pd.arrays.ArrowStringArray(pa.array(split))   # not one Python string per row
     return out
 
 

@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.resolve(args)
         run(cfg)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()   # leave together: tearing down a group in use can abort
         return 0
     except PipelineError as e:
         return report_error(log, e)

@@ -351,7 +351,8 @@ def model_config(state: dict, source: str) -> Config:
 def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
     """Tahoe drug name -> row of the drug table (drugs are looked up by their SMILES)."""
     pos = {s: i for i, s in enumerate(smiles)}
-    pairs = table.select(["drug", "canonical_smiles"]).to_pandas().drop_duplicates()
+    pairs = (table.select(["drug", "canonical_smiles"])   # distinct pairs, in order of appearance
+             .group_by(["drug", "canonical_smiles"], use_threads=False).aggregate([]).to_pandas())
     missing = pairs[~pairs["canonical_smiles"].isin(pos)]
     if len(missing):
         raise PipelineError(f"drug(s) {missing['drug'].tolist()[:5]} have SMILES the model was not "

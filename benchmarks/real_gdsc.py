@@ -335,7 +335,7 @@ def summarise(results: list[dict]) -> str:
             label = f"**{name}**" if name == "model" else name
             lines.append(f"| {label} | {_ms(s['per_drug']['pcc'])} | {_ms(s['mse'])} | {_ms(s['pcc'])} |")
         if m.get("verdict"):
-            lines += ["", m["verdict"]]
+            lines += ["", m["verdict"]["text"]]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

@@ -132,3 +132,17 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
         pickle.dump({"CAL120": Evil()}, f)
     with pytest.raises(PipelineError, match="refusing to load builtins.print"):
         real_gdsc.read_expression(d)
+
+
+def test_the_summary_tabulates_every_split_with_its_verdict():
+    fold = {"per_drug": {"pcc": {"mean": 0.5, "sd": 0.02}}, "mse": {"mean": 1.7, "sd": 0.1},
+            "pcc": {"mean": 0.9, "sd": 0.01}}
+    metrics = {"runs": ["seed-0-fold-0", "seed-0-fold-1"], "test": fold,
+               "baselines": {"ridge_per_drug": {**fold, "mse": {"mean": 1.6, "sd": 0.1}}},
+               "verdict": {"best_baseline": "ridge_per_drug", "text": "The model does **not** beat it."}}
+    text = real_gdsc.summarise([{"dataset": "GDSC2", "split": "cell_line", "metrics": metrics,
+                                 "pairs": 25_737, "drugs": 30, "seconds": 600.0}])
+    assert "**GDSC2, cell_line split** (2 folds; 25,737 pairs, 30 drugs; 10.0 min wall)" in text
+    assert "| **model** | 0.500 ± 0.020 | 1.700 ± 0.100 | 0.900 ± 0.010 |" in text
+    assert "| ridge_per_drug | 0.500 ± 0.020 | 1.600 ± 0.100 |" in text
+    assert text.rstrip().endswith("The model does **not** beat it.")
