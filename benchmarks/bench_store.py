@@ -138,9 +138,9 @@ def available_gb() -> float:
     return int(fields["MemAvailable"].split()[0]) / 1e6
 
 
-def throughput(table: Path, store: Path, steps: int, rounds: int = 3, in_ram: bool = True
-               ) -> tuple[float, float]:
-    """Training samples/s with the store mapped, and with the same arrays in RAM."""
+def throughput(table: Path, store: Path, steps: int, rounds: int = 3) -> dict[str, float]:
+    """Training samples/s with the store mapped, and with the same arrays in RAM where a copy
+    fits beside the store's pages."""
     import data
     import tokens
     import train
@@ -149,7 +149,8 @@ def throughput(table: Path, store: Path, steps: int, rounds: int = 3, in_ram: bo
                  device="cpu")
     mapped = tokens.StoredTokens(store)
     copies = {"store": mapped}
-    if in_ram:
+    size_gb = (mapped.genes.nbytes + mapped.values.nbytes) / 1e9
+    if 2 * size_gb < 0.8 * available_gb():
         copies["ram"] = data.Tokens(np.array(mapped.genes), np.array(mapped.values),
                                     np.array(mapped.offsets), mapped.width)
     keys = data.read_keys(table)
@@ -164,7 +165,7 @@ def throughput(table: Path, store: Path, steps: int, rounds: int = 3, in_ram: bo
                 t0 = time.perf_counter()
                 trainer.train_epoch()
                 rates[name].append(steps * cfg.batch_size / (time.perf_counter() - t0))
-    return float(np.median(rates["store"])), float(np.median(rates.get("ram", [np.nan])))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def main() -> None:
@@ -194,14 +195,11 @@ def main() -> None:
                     print(f"  {what}, {procs} process(es): {wall:.0f}s; per process " + "; ".join(
                         f"peak RSS {q['peak_rss']:,} MB (anonymous {q['anon']:,}, store pages {q['file']:,})"
                         for q in peaks), flush=True)
-            if 2 * size > 0.8 * available_gb():   # the copy must fit beside the store's pages
-                store_rate, _ = throughput(table, store, args.steps, in_ram=False)
-                print(f"  training throughput, 1 process: store {store_rate:,.0f} samples/s; in RAM "
-                      f"not measured (a {size:.1f} GB copy does not fit beside the store here)", flush=True)
-            else:
-                store_rate, ram_rate = throughput(table, store, args.steps)
-                print(f"  training throughput, 1 process: store {store_rate:,.0f} samples/s, in RAM "
-                      f"{ram_rate:,.0f} samples/s ({store_rate / ram_rate - 1:+.1%})", flush=True)
+            rate = throughput(table, store, args.steps)
+            ram = (f"in RAM {rate['ram']:,.0f} samples/s ({rate['store'] / rate['ram'] - 1:+.1%})"
+                   if "ram" in rate else f"in RAM not measured (a {size:.1f} GB copy does not fit here)")
+            print(f"  training throughput, 1 process: store {rate['store']:,.0f} samples/s, {ram}",
+                  flush=True)
             shutil.rmtree(store)
             table.unlink()
     finally:
