@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import PipelineError, flat_list, ragged_positions, require_file
+from common import PipelineError, atomic_path, flat_list, ragged_positions, require_file
 
 log = logging.getLogger("ic50.data")
 
@@ -141,13 +141,15 @@ def load_merged(path: str | Path, labelled: bool = True, value_kind: str = "coun
 
 
 KEY_COLUMNS = ("drug", "cell_line_id", "canonical_smiles", "LN_IC50", "dose_uM")
+STRING_KEYS = ["drug", "cell_line_id", "canonical_smiles"]
 
 
 def read_keys(path: str | Path, labelled: bool = True) -> pa.Table:
     """A merged table without its expression: the cheap columns of every row, checked. This is
     all of the table that training holds in memory; the tokens live in the token store."""
     cols = [c for c in merged_columns(path, labelled) if c in KEY_COLUMNS]
-    table = _regular(pq.read_table(path, columns=cols))
+    # strings dictionary-encoded: a few bytes per row, however long the names and SMILES
+    table = _regular(pq.read_table(path, columns=cols, read_dictionary=STRING_KEYS)).unify_dictionaries()
     if table.num_rows == 0:
         raise PipelineError(f"merged table '{path}' has no rows.")
     check_rows(table, str(path))
@@ -201,10 +203,62 @@ def check_rows(table: pa.Table, source: str, value_kind: str = "counts", first_r
                             f"it in the table's metadata ({VALUE_KIND_KEY}=normalised).")
 
 
+def codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(each row's code, the distinct values the codes index) of a key column, plain or
+    dictionary-encoded: keys are grouped and looked up by code, not as a Python object per row."""
+    column = pa.chunked_array([column]) if isinstance(column, pa.Array) else column
+    if pa.types.is_dictionary(column.type):
+        column = pa.table({"c": column}).unify_dictionaries()["c"]
+    else:
+        column = column.dictionary_encode()
+    chunks = [c for c in column.chunks if len(c)]
+    if not chunks:
+        return np.zeros(0, dtype=np.int32), pa.array([], getattr(column.type, "value_type", column.type))
+    idx = np.concatenate([c.indices.to_numpy() for c in chunks])
+    return idx.astype(np.promote_types(idx.dtype, np.int32), copy=False), chunks[0].dictionary
+
+
+def group_ids(keys: pa.Table | pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """Each row's group over the columns' distinct value combinations, numbered in sorted order
+    (as pandas' groupby(sort=True).ngroup()), computed on codes."""
+    if isinstance(keys, pd.DataFrame):
+        keys = pa.Table.from_pandas(keys[cols], preserve_index=False)
+    combined, size = np.zeros(keys.num_rows, dtype=np.int64), 1
+    for name in cols:
+        idx, values = codes(keys[name])
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[pc.array_sort_indices(values).to_numpy()] = np.arange(len(values))
+        combined *= len(values)
+        combined += rank[idx]
+        size *= len(values)
+    if size > 8 * len(combined) + 4096:   # too many combinations to count in a table
+        return np.unique(combined, return_inverse=True)[1].reshape(-1)
+    present = np.zeros(size, dtype=bool)
+    present[combined] = True
+    number = np.cumsum(present) - 1
+    return number.astype(np.int32 if number[-1] < 2 ** 31 else np.int64)[combined]
+
+
+def distinct(keys: pa.Table, cols: list[str]) -> pd.DataFrame:
+    """The distinct value combinations of some key columns, in order of first appearance."""
+    if keys.num_rows == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in cols})
+    first = np.unique(group_ids(keys, cols), return_index=True)[1]
+    return plain(keys.select(cols).take(pa.array(np.sort(first)))).to_pandas()
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """The table with dictionary-encoded columns decoded (for a few rows: outputs, reports)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table[field.name].cast(field.type.value_type))
+    return table
+
+
 def drug_smiles(table: pa.Table) -> dict[str, str]:
     """Drug name -> its SMILES, over the distinct (drug, canonical_smiles) pairs of a table."""
-    pairs = table.select(["drug", "canonical_smiles"]).group_by(["drug", "canonical_smiles"]).aggregate([])
-    return dict(sorted(zip(pairs["drug"].to_pylist(), pairs["canonical_smiles"].to_pylist())))
+    pairs = distinct(table, ["drug", "canonical_smiles"])
+    return dict(sorted(zip(pairs["drug"], pairs["canonical_smiles"])))
 
 
 GENE_TABLE_COLUMNS = ("gene_symbol", "ensembl_id", "token_id")
@@ -249,7 +303,7 @@ def gene_table_lists(gene_table: pd.DataFrame, vocab: np.ndarray) -> dict[str, l
             "ensembl_id": clean("ensembl_id")}
 
 
-def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.1,
+def make_split(keys: pa.Table | pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.1,
                test_frac: float = 0.1, fold: int = 0, n_folds: int = 0) -> np.ndarray:
     """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups.
 
@@ -259,10 +313,7 @@ def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.
     if mode not in GROUP_COLUMNS:
         raise PipelineError(f"unknown split {mode!r}; expected one of {list(GROUP_COLUMNS)}.")
     cols = GROUP_COLUMNS[mode]
-    if cols is None:
-        group = np.arange(len(keys))
-    else:
-        group = keys.groupby(cols, sort=True).ngroup().to_numpy()
+    group = np.arange(len(keys)) if cols is None else group_ids(keys, cols)
     n_groups = int(group.max()) + 1
     if n_groups < 3:
         raise PipelineError(f"split {mode!r} needs at least 3 groups, the data has {n_groups}.")
@@ -280,7 +331,7 @@ def make_split(keys: pd.DataFrame, mode: str, seed: int, *, val_frac: float = 0.
     part_of_group[perm[:n_test]] = "test"
     part_of_group[perm[n_test:n_test + n_val]] = "val"
     part_of_group[perm[n_test + n_val:]] = "train"
-    return part_of_group[group].astype(str)
+    return part_of_group[group]   # three shared strings: a pointer per row
 
 
 @dataclass
@@ -306,12 +357,17 @@ class Tokens:
         starts = self.offsets[rows]
         lens = self.offsets[np.asarray(rows) + 1] - starts
         width = self.width or max(int(lens.max(initial=0)), 1)
+        if len(rows) and (lens == width).all():    # every row full: one gather, nothing to pad
+            src = starts[:, None] + np.arange(width)
+            return (self.genes[src].astype(np.int64), self.values[src].astype(np.float32, copy=False),
+                    np.ones((len(rows), width), dtype=bool))
         r, c = ragged_positions(lens)
         src = np.repeat(starts, lens) + c
+        dest = r * width + c
         g = np.zeros((len(rows), width), dtype=np.int64)
         v = np.zeros((len(rows), width), dtype=np.float32)
         real = np.zeros((len(rows), width), dtype=bool)
-        g[r, c], v[r, c], real[r, c] = self.genes[src], self.values[src], True
+        g.ravel()[dest], v.ravel()[dest], real.ravel()[dest] = self.genes[src], self.values[src], True
         return g, v, real
 
     def vocabulary(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -370,11 +426,21 @@ def normalised_values(table: pa.Table, value_kind: str = "counts"
 
 
 def vocab_index(vocab: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Position of each gene id in the sorted vocabulary, and whether it is there at all."""
+    """Position of each gene id in the sorted vocabulary, and whether it is there at all. Token
+    ids are small integers, so a table indexed by id answers in one gather: a binary search over
+    every token of a batch cost more than the network's step on 6,000-gene profiles."""
+    genes = np.asarray(genes)
     if len(vocab) == 0:
-        return np.zeros_like(genes), np.zeros(np.shape(genes), dtype=bool)
-    idx = np.minimum(np.searchsorted(vocab, genes), len(vocab) - 1)
-    return idx, vocab[idx] == genes
+        return np.zeros_like(genes), np.zeros(genes.shape, dtype=bool)
+    top = int(vocab[-1])
+    if vocab[0] < 0 or top >= max(1 << 20, 4 * genes.size):   # ids too large for a table: search
+        idx = np.minimum(np.searchsorted(vocab, genes), len(vocab) - 1)
+        return idx, vocab[idx] == genes
+    table = np.full(top + 2, -1, dtype=np.int64)       # slot top + 1: ids outside the vocabulary
+    table[vocab] = np.arange(len(vocab))
+    pos = table[np.where((genes >= 0) & (genes <= top), genes, top + 1)]
+    known = pos >= 0
+    return np.where(known, pos, 0), known
 
 
 def ranked_tokens(table: pa.Table, k: int | None, value_kind: str = "counts"
@@ -433,14 +499,12 @@ def labels(keys: pa.Table) -> np.ndarray:
 
 
 def drug_rows(keys: pa.Table, drug_index: dict[str, int]) -> np.ndarray:
-    """Each row's drug-table row, looked up in Arrow (no Python string per row)."""
-    col = keys["drug"]
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    codes = pc.index_in(col, value_set=pa.array(list(drug_index), col.type))
-    if codes.null_count:
-        raise PipelineError(f"drug {col.filter(pc.is_null(codes))[0].as_py()!r} has no drug embedding.")
-    return np.asarray(list(drug_index.values()), dtype=np.int64)[np.asarray(codes, dtype=np.int64)]
+    """Each row's drug-table row, looked up once per distinct drug."""
+    idx, names = codes(keys["drug"])
+    out = np.array([drug_index.get(name, -1) for name in names.to_pylist()], dtype=np.int64)[idx]
+    if (out < 0).any():
+        raise PipelineError(f"drug {names[int(idx[np.argmax(out < 0)])].as_py()!r} has no drug embedding.")
+    return out
 
 
 def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
@@ -454,18 +518,27 @@ def split_table(table: pa.Table, split: np.ndarray) -> dict[str, pa.Table]:
     return {p: table.filter(pa.array(split == p)) for p in PARTS}
 
 
-def split_frame(keys: pd.DataFrame, split: np.ndarray) -> pd.DataFrame:
-    """split.parquet: every merged row -> its part, with the keys that define the groups."""
-    out = keys[["drug", "cell_line_id"]].copy()
-    out.insert(0, "row", np.arange(len(keys)))
-    out["part"] = pd.arrays.ArrowStringArray(pa.array(split))   # not one Python string per row
-    return out
+def write_split(keys: pa.Table, split: np.ndarray, path: Path, chunk: int = 1 << 20) -> None:
+    """split.parquet: every merged row -> its part, with the keys that define the groups; written
+    a slice at a time, so that no per-row strings of the whole table are held at once."""
+    schema = pa.schema([("row", pa.int64()), ("drug", pa.string()), ("cell_line_id", pa.string()),
+                        ("part", pa.string())])
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+        for start in range(0, keys.num_rows, chunk):
+            part = plain(keys.select(["drug", "cell_line_id"]).slice(start, chunk))
+            n = part.num_rows
+            out.write_table(pa.table({"row": np.arange(start, start + n), "drug": part["drug"],
+                                      "cell_line_id": part["cell_line_id"],
+                                      "part": pa.array(split[start:start + n], pa.string())}, schema=schema))
 
 
-def summarise_split(frame: pd.DataFrame) -> dict:
+def summarise_split(keys: pa.Table, rows: dict[str, np.ndarray]) -> dict:
+    """Cells, pairs, drugs and cell lines of each part."""
+    drug, line = codes(keys["drug"])[0], codes(keys["cell_line_id"])[0]
+    n_lines = int(line.max(initial=-1)) + 1
     out = {}
     for p in PARTS:
-        sub = frame[frame["part"] == p]
-        out[p] = {"cells": int(len(sub)), "pairs": int(len(sub.drop_duplicates(["drug", "cell_line_id"]))),
-                  "drugs": int(sub["drug"].nunique()), "cell_lines": int(sub["cell_line_id"].nunique())}
+        d, c = drug[rows[p]].astype(np.int64), line[rows[p]]
+        out[p] = {"cells": int(len(rows[p])), "pairs": int(len(np.unique(d * n_lines + c))),
+                  "drugs": int(len(np.unique(d))), "cell_lines": int(len(np.unique(c)))}
     return out

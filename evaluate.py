@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 
-from common import atomic_path  # noqa: E402
-from data import gene_vocabulary, normalised_values, vocab_index  # noqa: E402
+from common import atomic_path, ragged_positions  # noqa: E402
+from data import gene_vocabulary, group_ids, normalised_values, plain, vocab_index  # noqa: E402
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -43,6 +43,20 @@ def fit_baselines(train: pd.DataFrame) -> dict[str, object]:
     return {"global": mu,
             "drug": pairs.groupby("drug")["LN_IC50"].mean(),
             "cell_line": pairs.groupby("cell_line_id")["LN_IC50"].mean()}
+
+
+def pair_labels(keys: pa.Table, rows: np.ndarray, pair: np.ndarray) -> pd.DataFrame:
+    """The mean label of each (drug, cell line) pair over some rows of the keys, pairs in sorted
+    order, given each row's pair id (group_ids): what fit_baselines reads, without a frame of
+    every row."""
+    count = np.bincount(pair)
+    seen = np.flatnonzero(count)
+    label = keys["LN_IC50"].take(pa.array(rows)).to_numpy().astype(float)
+    means = np.bincount(pair, weights=label)[seen] / count[seen]
+    some = np.empty(len(count), dtype=np.int64)
+    some[pair] = rows                       # a row of each pair, for its names
+    frame = plain(keys.select(["drug", "cell_line_id"]).take(pa.array(some[seen]))).to_pandas()
+    return frame.assign(LN_IC50=means)
 
 
 def predict_baselines(fit: dict, test: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -85,20 +99,22 @@ def score(test: pd.DataFrame, pred: np.ndarray) -> dict:
 
 # ----------------------------------------------------------------------------- classical baselines
 
-def sample_rows(keys: pd.DataFrame, max_cells: int = 50, seed: int = 0) -> np.ndarray:
-    """Positions of up to max_cells random cells of each (drug, cell line) pair: the cells a
-    pair's pseudobulk is the mean of (main.py reads only these rows' expression)."""
-    rank = keys[["drug", "cell_line_id"]].assign(r=np.random.default_rng(seed).random(len(keys))).groupby(
-        ["drug", "cell_line_id"])["r"].rank(method="first")
-    return np.flatnonzero(rank.to_numpy() <= max_cells)
+def sample_rows(pair: np.ndarray, max_cells: int = 50, seed: int = 0) -> np.ndarray:
+    """Positions of up to max_cells random cells of each (drug, cell line) pair, given each row's
+    pair id (group_ids): the cells a pair's pseudobulk is the mean of (main.py reads only these
+    rows' expression)."""
+    order = np.lexsort((np.random.default_rng(seed).random(len(pair)), pair))  # by pair, then draw
+    counts = np.bincount(pair) if len(pair) else np.zeros(0, dtype=np.int64)
+    starts, kept = np.cumsum(counts) - counts, np.minimum(counts, max_cells)
+    return np.sort(order[np.repeat(starts, kept) + ragged_positions(kept)[1]])
 
 
 def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0,
                value_kind: str = "counts", chunk: int = 4096) -> tuple[pd.DataFrame, sparse.csr_matrix]:
     """Mean expression (log1p CP10k for counts) of each (drug, cell line) pair over up to
     max_cells of its cells, summed chunk by chunk of cells (memory: one chunk's values)."""
-    keys = table.select(["drug", "cell_line_id"]).to_pandas()
-    keep = sample_rows(keys, max_cells, seed)
+    keys = plain(table.select(["drug", "cell_line_id"])).to_pandas()
+    keep = sample_rows(group_ids(keys, ["drug", "cell_line_id"]), max_cells, seed)
     pair_keys = keys.iloc[keep].reset_index(drop=True)
     pair_id = pair_keys.groupby(["drug", "cell_line_id"], sort=True).ngroup().to_numpy()
     n_pairs = int(pair_id.max()) + 1 if len(pair_id) else 0
@@ -173,7 +189,9 @@ def ridge_baseline(design: Design, drug_vectors: dict[str, np.ndarray] | None = 
     from sklearn.linear_model import RidgeCV
     resid = design.train["LN_IC50"].to_numpy() - design.train["drug"].map(
         design.train.groupby("drug")["LN_IC50"].mean()).to_numpy()
-    fit = RidgeCV(alphas=np.logspace(-2, 6, 17)).fit(design.x_train, resid)
+    # one SVD of the design for every alpha: the default solver redoes an O(pairs x genes^2)
+    # product per alpha once pairs outnumber genes
+    fit = RidgeCV(alphas=np.logspace(-2, 6, 17), gcv_mode="svd").fit(design.x_train, resid)
     return drug_offsets(design, drug_vectors) + fit.predict(design.x_test)
 
 
@@ -244,7 +262,8 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray,
              drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0,
              value_kind: str = "counts", profiles: tuple[pa.Table, pa.Table] | None = None) -> dict:
     """metrics.json's test and baseline sections, every one scored the same three ways.
-    train/test: drug, cell_line_id and LN_IC50 of every row; `profiles`: the expression of the
+    train/test: drug, cell_line_id and LN_IC50 of every row (train may be one row per pair with
+    its mean label, as pair_labels gives: the fit is the same); `profiles`: the expression of the
     rows the classical baselines read (sample_rows of each part), which run when given."""
     tr = train[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     te = test[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)

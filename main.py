@@ -113,12 +113,13 @@ class Prepared:
 def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    keys = prep.keys.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas()
-    split = data.make_split(keys, cfg.split, cfg.seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                            fold=fold, n_folds=cfg.folds)
-    split_df = data.split_frame(keys, split)
+    split = data.make_split(prep.keys, cfg.split, cfg.seed, val_frac=cfg.val_frac,
+                            test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds)
     rows = {p: np.flatnonzero(split == p) for p in data.PARTS}
-    sizes = data.summarise_split(split_df)
+    if train.is_main():
+        data.write_split(prep.keys, split, run_dir / "split.parquet")
+    del split
+    sizes = data.summarise_split(prep.keys, rows)
     log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
              if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
                                                  for p, s in sizes.items()))
@@ -131,26 +132,26 @@ def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0
     pred = trained.predict(trained.features(prep.tokens, prep.keys, rows["test"]))
     if not train.is_main():
         return {}
-    write_parquet(pa.Table.from_pandas(split_df, preserve_index=False), run_dir / "split.parquet")
     return report(cfg, prep, trained, rows=rows, pred=pred, run_dir=run_dir, fold=fold, sizes=sizes)
 
 
 def report(cfg: Config, prep: Prepared, trained: train.Trained, *, rows: dict[str, np.ndarray],
            pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
     """Rank 0: predictions.parquet, the baselines on the same test rows, metrics.json, plots, report."""
-    keys = prep.keys.select([c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50")
-                             if c in prep.keys.column_names]).to_pandas()
-    preds = keys.iloc[rows["test"]].reset_index(drop=True).assign(row=rows["test"], prediction=pred)
-    preds = preds[["row", *keys.columns, "prediction"]]
+    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in prep.keys.column_names]
+    test_keys = data.plain(prep.keys.select(cols).take(pa.array(rows["test"]))).to_pandas()
+    preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
 
-    index = train.drug_index(prep.keys, trained.smiles)
-    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in index.items()}
-    train_keys, test_keys = keys.iloc[rows["train"]], keys.iloc[rows["test"]]
-    profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(k, seed=cfg.seed)],
+    position = {s: i for i, s in enumerate(trained.smiles)}
+    vectors = {d: trained.drug_table[position[s]].cpu().numpy() for d, s in trained.drugs.items()}
+    pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])
+    profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(pair[r], seed=cfg.seed)],
                                ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])
-                for r, k in ((rows["train"], train_keys), (rows["test"], test_keys))]
-    result = evaluate.evaluate(train_keys, test_keys, pred, drug_vectors=vectors, seed=cfg.seed,
+                for r in (rows["train"], rows["test"])]
+    train_pairs = evaluate.pair_labels(prep.keys, rows["train"], pair[rows["train"]])
+    del pair
+    result = evaluate.evaluate(train_pairs, test_keys, pred, drug_vectors=vectors, seed=cfg.seed,
                                value_kind=cfg.value_kind, profiles=tuple(profiles))
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,

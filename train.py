@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, Tokens, cell_tokens, drug_rows, gene_table_lists, labels
+from data import Features, Tokens, cell_tokens, distinct, drug_rows, gene_table_lists, labels
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
@@ -351,8 +351,7 @@ def model_config(state: dict, source: str) -> Config:
 def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
     """Tahoe drug name -> row of the drug table (drugs are looked up by their SMILES)."""
     pos = {s: i for i, s in enumerate(smiles)}
-    pairs = (table.select(["drug", "canonical_smiles"])   # distinct pairs, in order of appearance
-             .group_by(["drug", "canonical_smiles"], use_threads=False).aggregate([]).to_pandas())
+    pairs = distinct(table, ["drug", "canonical_smiles"])   # in order of appearance
     missing = pairs[~pairs["canonical_smiles"].isin(pos)]
     if len(missing):
         raise PipelineError(f"drug(s) {missing['drug'].tolist()[:5]} have SMILES the model was not "

@@ -138,7 +138,8 @@ def available_gb() -> float:
     return int(fields["MemAvailable"].split()[0]) / 1e6
 
 
-def throughput(table: Path, store: Path, steps: int, rounds: int = 3) -> dict[str, float]:
+def throughput(table: Path, store: Path, steps: int, *, device: str = "cpu", workers: int = 0,
+               rounds: int = 3) -> dict[str, float]:
     """Training samples/s with the store mapped, and with the same arrays in RAM where a copy
     fits beside the store's pages."""
     import data
@@ -146,7 +147,7 @@ def throughput(table: Path, store: Path, steps: int, rounds: int = 3) -> dict[st
     import train
     from config import Config
     cfg = Config(tokens="pooled", top_k=1024, drug_encoder="morgan", morgan_bits=256, epoch_steps=steps,
-                 device="cpu")
+                 device=device, loader_workers=workers)
     mapped = tokens.StoredTokens(store)
     copies = {"store": mapped}
     size_gb = (mapped.genes.nbytes + mapped.values.nbytes) / 1e9
@@ -174,6 +175,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="training batches per measured epoch")
     p.add_argument("--old-repo", type=Path, help="also run a checkout from before the store (in-RAM path)")
     p.add_argument("--dir", type=Path, default=None, help="where tables and stores go (default: a temp dir)")
+    p.add_argument("--device", default="cpu", help="device for the throughput runs (cpu, cuda)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0],
+                   help="DataLoader workers for the throughput runs, one measurement each")
+    p.add_argument("--throughput-only", action="store_true", help="skip the memory runs")
     args = p.parse_args()
     import tokens
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -188,18 +193,19 @@ def main() -> None:
             size = sum(f.stat().st_size for f in store.iterdir()) / 1e9
             print(f"\n{n:,} cells: table {table.stat().st_size / 1e9:.2f} GB written in {wrote:.0f}s; "
                   f"token store built in {build:.0f}s ({n / build:,.0f} cells/s), {size:.2f} GB", flush=True)
-            for repo in [ROOT] + ([args.old_repo] if args.old_repo else []):
+            for repo in ([] if args.throughput_only else [ROOT] + ([args.old_repo] if args.old_repo else [])):
                 for procs in (1, 2):
                     wall, peaks = memory(table, work, procs, args.steps, repo)
                     what = "store" if repo == ROOT else "in RAM (before the store)"
                     print(f"  {what}, {procs} process(es): {wall:.0f}s; per process " + "; ".join(
                         f"peak RSS {q['peak_rss']:,} MB (anonymous {q['anon']:,}, store pages {q['file']:,})"
                         for q in peaks), flush=True)
-            rate = throughput(table, store, args.steps)
-            ram = (f"in RAM {rate['ram']:,.0f} samples/s ({rate['store'] / rate['ram'] - 1:+.1%})"
-                   if "ram" in rate else f"in RAM not measured (a {size:.1f} GB copy does not fit here)")
-            print(f"  training throughput, 1 process: store {rate['store']:,.0f} samples/s, {ram}",
-                  flush=True)
+            for workers in args.workers:
+                rate = throughput(table, store, args.steps, device=args.device, workers=workers)
+                ram = (f"in RAM {rate['ram']:,.0f} samples/s ({rate['store'] / rate['ram'] - 1:+.1%})"
+                       if "ram" in rate else f"in RAM not measured (a {size:.1f} GB copy does not fit here)")
+                print(f"  training throughput, 1 process on {args.device}, {workers} loader workers: "
+                      f"store {rate['store']:,.0f} samples/s, {ram}", flush=True)
             shutil.rmtree(store)
             table.unlink()
     finally:

@@ -1,5 +1,6 @@
 """Merged-table validation, leak-free splits and feature building."""
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -140,3 +141,47 @@ def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
     b = batch(data.build_features(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), {"d": 0}, top_k=3), vocab)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
     assert vocab[a[0] - 2].tolist() == [[11, 3, 5]]   # of three genes of count 1, the lowest ids
+
+
+def test_groups_are_numbered_in_sorted_order_from_plain_or_dictionary_keys():
+    names = ["b", "B", "é", "a", "Z", "line 10", "line-2", "b"]
+    frame = pd.DataFrame({"drug": names, "cell_line_id": names[::-1]})
+    expected = frame.groupby(["drug", "cell_line_id"], sort=True).ngroup().to_numpy()
+    plain_keys = pa.Table.from_pandas(frame, preserve_index=False)
+    encoded = pa.table({c: pa.chunked_array([plain_keys[c][:3].dictionary_encode(),
+                                             plain_keys[c][3:].dictionary_encode()])
+                        for c in ("drug", "cell_line_id")})   # a dictionary per chunk, as parquet gives
+    for keys in (frame, plain_keys, encoded):
+        assert data.group_ids(keys, ["drug", "cell_line_id"]).tolist() == expected.tolist()
+    assert data.make_split(encoded, "pair", 4).tolist() == data.make_split(frame, "pair", 4).tolist()
+
+
+def test_training_keys_are_read_dictionary_encoded_and_split_by_row(tmp_path):
+    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=5)
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=7)
+    keys = data.read_keys(tmp_path / "m.parquet")
+    assert all(pa.types.is_dictionary(keys[c].type) for c in ("drug", "cell_line_id", "canonical_smiles"))
+    split = data.make_split(keys, "pair", 0)
+    data.write_split(keys, split, tmp_path / "split.parquet", chunk=11)
+    written = pq.read_table(tmp_path / "split.parquet").to_pandas()
+    assert written["row"].tolist() == list(range(table.num_rows))
+    assert written["drug"].tolist() == table["drug"].to_pylist()
+    assert written["part"].tolist() == list(split)
+    rows = {p: np.flatnonzero(split == p) for p in data.PARTS}
+    frame = table.select(["drug", "cell_line_id"]).to_pandas()
+    for p, summary in data.summarise_split(keys, rows).items():
+        sub = frame.iloc[rows[p]]
+        assert summary == {"cells": len(sub), "pairs": len(sub.drop_duplicates()),
+                           "drugs": sub["drug"].nunique(), "cell_lines": sub["cell_line_id"].nunique()}
+    smiles = data.drug_smiles(keys)
+    assert data.drug_rows(keys, {d: i for i, d in enumerate(smiles)}).tolist() == [
+        sorted(smiles).index(d) for d in table["drug"].to_pylist()]
+
+
+def test_vocabulary_lookup_matches_a_search_of_the_sorted_vocabulary():
+    rng = np.random.default_rng(0)
+    for vocab in (np.array([3, 7, 8, 40]), np.array([5]), np.array([2, 1 << 30])):
+        genes = np.concatenate([vocab, rng.integers(-3, 60, 50), [1 << 31]])
+        pos, known = data.vocab_index(vocab, genes)
+        assert known.tolist() == [g in set(vocab.tolist()) for g in genes]
+        assert (vocab[pos[known]] == genes[known]).all()
