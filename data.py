@@ -514,10 +514,6 @@ def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, toke
                     drug_rows(table, drug_index), labels(table))
 
 
-def split_table(table: pa.Table, split: np.ndarray) -> dict[str, pa.Table]:
-    return {p: table.filter(pa.array(split == p)) for p in PARTS}
-
-
 def write_split(keys: pa.Table, split: np.ndarray, path: Path, chunk: int = 1 << 20) -> None:
     """split.parquet: every merged row -> its part, with the keys that define the groups; written
     a slice at a time, so that no per-row strings of the whole table are held at once."""
