@@ -236,13 +236,11 @@ def group_ids(keys: pa.Table | pd.DataFrame, cols: list[str]) -> np.ndarray:
     present = np.zeros(size, dtype=bool)
     present[combined] = True
     number = np.cumsum(present) - 1
-    return number.astype(np.int32 if number[-1] < 2 ** 31 else np.int64)[combined]
+    return number.astype(np.int32 if size < 2 ** 31 else np.int64)[combined]
 
 
 def distinct(keys: pa.Table, cols: list[str]) -> pd.DataFrame:
     """The distinct value combinations of some key columns, in order of first appearance."""
-    if keys.num_rows == 0:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in cols})
     first = np.unique(group_ids(keys, cols), return_index=True)[1]
     return plain(keys.select(cols).take(pa.array(np.sort(first)))).to_pandas()
 

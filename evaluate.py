@@ -104,7 +104,7 @@ def sample_rows(pair: np.ndarray, max_cells: int = 50, seed: int = 0) -> np.ndar
     pair id (group_ids): the cells a pair's pseudobulk is the mean of (main.py reads only these
     rows' expression)."""
     order = np.lexsort((np.random.default_rng(seed).random(len(pair)), pair))  # by pair, then draw
-    counts = np.bincount(pair) if len(pair) else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(pair)
     starts, kept = np.cumsum(counts) - counts, np.minimum(counts, max_cells)
     return np.sort(order[np.repeat(starts, kept) + ragged_positions(kept)[1]])
 

@@ -154,6 +154,7 @@ def test_groups_are_numbered_in_sorted_order_from_plain_or_dictionary_keys():
     for keys in (frame, plain_keys, encoded):
         assert data.group_ids(keys, ["drug", "cell_line_id"]).tolist() == expected.tolist()
     assert data.make_split(encoded, "pair", 4).tolist() == data.make_split(frame, "pair", 4).tolist()
+    assert data.group_ids(encoded.slice(0, 0), ["drug", "cell_line_id"]).tolist() == []
 
 
 def test_training_keys_are_read_dictionary_encoded_and_split_by_row(tmp_path):
