@@ -7,7 +7,7 @@ train/val/test; `random` (cells) is kept only to compare with the original study
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -148,8 +148,15 @@ def read_keys(path: str | Path, labelled: bool = True) -> pa.Table:
     """A merged table without its expression: the cheap columns of every row, checked. This is
     all of the table that training holds in memory; the tokens live in the token store."""
     cols = [c for c in merged_columns(path, labelled) if c in KEY_COLUMNS]
-    # strings dictionary-encoded: a few bytes per row, however long the names and SMILES
-    table = _regular(pq.read_table(path, columns=cols, read_dictionary=STRING_KEYS)).unify_dictionaries()
+    # strings dictionary-encoded: a few bytes per row, however long the names and SMILES. Read a
+    # row group at a time into one contiguous copy, then hand the decoding buffers back: read at
+    # once, the file leaves about twice the keys' own size behind in Arrow's memory pool.
+    pf = pq.ParquetFile(path, read_dictionary=STRING_KEYS)
+    groups = [pf.read_row_group(i, columns=cols) for i in range(pf.num_row_groups)]
+    table = (pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table().select(cols))
+    table = _regular(table).unify_dictionaries().combine_chunks()
+    del groups
+    pa.default_memory_pool().release_unused()
     if table.num_rows == 0:
         raise PipelineError(f"merged table '{path}' has no rows.")
     check_rows(table, str(path))
@@ -247,15 +254,20 @@ def distinct(keys: pa.Table, cols: list[str]) -> pd.DataFrame:
 
 def plain(table: pa.Table) -> pa.Table:
     """The table with dictionary-encoded columns decoded (for a few rows: outputs, reports)."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            table = table.set_column(i, field.name, table[field.name].cast(field.type.value_type))
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f.name, table[f.name].cast(f.type.value_type))
     return table
 
 
 def drug_smiles(table: pa.Table) -> dict[str, str]:
     """Drug name -> its SMILES, over the distinct (drug, canonical_smiles) pairs of a table."""
     pairs = distinct(table, ["drug", "canonical_smiles"])
+    dup = pairs[pairs.duplicated("drug", keep=False)]
+    if len(dup):
+        raise PipelineError(f"drug {dup['drug'].iloc[0]!r} appears with several SMILES in the table "
+                            f"({', '.join(dup['canonical_smiles'].iloc[:2])}); each drug name must have "
+                            f"one canonical_smiles.")
     return dict(sorted(zip(pairs["drug"], pairs["canonical_smiles"])))
 
 
@@ -335,13 +347,23 @@ def make_split(keys: pa.Table | pd.DataFrame, mode: str, seed: int, *, val_frac:
 @dataclass
 class Tokens:
     """Per-row gene tokens, most expressed first (ties by gene id): gene ids and values laid end to
-    end, row r in [offsets[r], offsets[r + 1]). In memory, or mapped from a token store (tokens.py).
-    `width`: the batch width of top_k / pooled tokens (K, or the longest row where all rows are
-    shorter); None for `all`, where a batch is as wide as its longest row."""
+    end, row r in [offsets[r], offsets[r + 1]); and each row's drug and label, which batches read
+    beside them. In memory, or mapped from a token store (tokens.py). `width`: the batch width of
+    top_k / pooled tokens (K, or the longest row where all rows are shorter); None for `all`,
+    where a batch is as wide as its longest row."""
     genes: np.ndarray      # [total] int32 gene ids
     values: np.ndarray     # [total] float32: log1p(counts per 10,000), or the normalised values
     offsets: np.ndarray    # [rows + 1] int64
     width: int | None = None
+    drug: np.ndarray | None = None     # [rows] int32: each row's drug, a position in `drugs`
+    drugs: list[str] = field(default_factory=list)
+    label: np.ndarray | None = None    # [rows] float32 ln IC50 (NaN: unlabelled)
+
+    def with_keys(self, table: pa.Table) -> "Tokens":
+        """These tokens with the drugs and labels of the in-memory table they came from."""
+        idx, names = codes(table["drug"])
+        return Tokens(self.genes, self.values, self.offsets, self.width, idx, names.to_pylist(),
+                      labels(table))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -368,31 +390,52 @@ class Tokens:
         g.ravel()[dest], v.ravel()[dest], real.ravel()[dest] = self.genes[src], self.values[src], True
         return g, v, real
 
-    def vocabulary(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """Sorted gene ids that are tokens of these rows: the genes a model trained on them knows."""
-        seen: list[np.ndarray] = []
+    def vocabulary(self, rows: np.ndarray, budget: int = 1 << 18) -> np.ndarray:
+        """Sorted gene ids that are tokens of these rows: the genes a model trained on them knows.
+        Read about `budget` tokens at a time and marked in a table indexed by id (memory: one
+        chunk, whatever the number of rows)."""
+        per_row = self.width or max(1, int(self.offsets[-1]) // max(len(self), 1))
+        chunk = max(1, budget // per_row)
+        seen, other = np.zeros(0, dtype=bool), []
         for i in range(0, len(rows), chunk):
             part = np.sort(np.asarray(rows[i:i + chunk]))
-            starts, ends = self.offsets[part], self.offsets[part + 1]
-            src = np.repeat(starts, ends - starts) + ragged_positions(ends - starts)[1]
-            seen.append(np.unique(self.genes[src]))
-        return np.unique(np.concatenate(seen)) if seen else np.zeros(0, dtype=np.int64)
+            starts, lens = self.offsets[part], self.offsets[part + 1] - self.offsets[part]
+            if (lens == per_row).all():   # full-width rows: one gather
+                g = self.genes[(starts[:, None] + np.arange(per_row)).ravel()]
+            else:
+                g = self.genes[np.repeat(starts, lens) + ragged_positions(lens)[1]]
+            if len(g) and g.min() < 0:     # ids a table cannot index
+                other.append(np.unique(g[g < 0]))
+                g = g[g >= 0]
+            top = int(g.max(initial=-1)) + 1
+            if top > len(seen):
+                seen = np.concatenate([seen, np.zeros(top - len(seen), dtype=bool)])
+            seen[g] = True
+        return np.unique(np.concatenate([*other, np.flatnonzero(seen)]).astype(self.genes.dtype))
 
 
 @dataclass
 class Features:
-    """What the model reads for N rows: their tokens (rows of a Tokens) and drug-table rows and
-    labels. Gene ids become vocabulary indices per batch (0 = PAD, 1 = unknown, i + 2 = vocab[i])."""
+    """What the model reads for N rows: their tokens, drug-table rows and labels, all gathered
+    per batch from the Tokens (a token store: nothing per row is copied into memory). Gene ids
+    become vocabulary indices per batch (0 = PAD, 1 = unknown, i + 2 = vocab[i])."""
     tokens: Tokens
-    rows: np.ndarray         # [N] rows of `tokens`
-    drug: np.ndarray         # [N] int64 index into the drug table
-    y: np.ndarray            # [N] float32 ln IC50 (or the model's target)
+    rows: np.ndarray           # [N] rows of `tokens`
+    drug_of_code: np.ndarray   # [len(tokens.drugs)] int64: the drug-table row of each drug
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def lengths(self) -> np.ndarray:
         return self.tokens.lengths[self.rows]
+
+    def drug(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """[B] drug-table rows of feature rows idx (all by default)."""
+        return self.drug_of_code[self.tokens.drug[self.rows[idx]]]
+
+    def y(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """[B] float32 ln IC50 of feature rows idx (all by default)."""
+        return np.asarray(self.tokens.label[self.rows[idx]], dtype=np.float32)
 
     def batch(self, idx: np.ndarray, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B, L] vocabulary indices and values of feature rows idx."""
@@ -496,20 +539,19 @@ def labels(keys: pa.Table) -> np.ndarray:
             else np.full(keys.num_rows, np.nan, dtype=np.float32))
 
 
-def drug_rows(keys: pa.Table, drug_index: dict[str, int]) -> np.ndarray:
-    """Each row's drug-table row, looked up once per distinct drug."""
-    idx, names = codes(keys["drug"])
-    out = np.array([drug_index.get(name, -1) for name in names.to_pylist()], dtype=np.int64)[idx]
-    if (out < 0).any():
-        raise PipelineError(f"drug {names[int(idx[np.argmax(out < 0)])].as_py()!r} has no drug embedding.")
-    return out
+def drug_lookup(names: list[str], drug_index: dict[str, int]) -> np.ndarray:
+    """The drug-table row of each drug name (a Features' drug_of_code)."""
+    missing = [n for n in names if n not in drug_index]
+    if missing:
+        raise PipelineError(f"drug {missing[0]!r} has no drug embedding.")
+    return np.array([drug_index[n] for n in names], dtype=np.int64)
 
 
 def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
                    value_kind: str = "counts") -> Features:
     """Features of an in-memory table: its tokens, drug rows and labels."""
-    return Features(cell_tokens(table, top_k, tokens, value_kind), np.arange(table.num_rows),
-                    drug_rows(table, drug_index), labels(table))
+    toks = cell_tokens(table, top_k, tokens, value_kind).with_keys(table)
+    return Features(toks, np.arange(table.num_rows), drug_lookup(toks.drugs, drug_index))
 
 
 def write_split(keys: pa.Table, split: np.ndarray, path: Path, chunk: int = 1 << 20) -> None:

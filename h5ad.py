@@ -494,7 +494,7 @@ def _predict_cells(trained, h: H5ad, gmap: GeneMap, *, chosen: list[tuple[str, i
             feats = build_features(pa.table({"genes": g, "expressions": e, "drug": pa.array([""] * n)}),
                                    {"": 0}, cfg.top_k, cfg.tokens, value_kind=kind)
             for j, (_, row) in enumerate(chosen):
-                preds[start:start + n, j] = trained.predict(replace(feats, drug=np.full(n, row)))
+                preds[start:start + n, j] = trained.predict(replace(feats, drug_of_code=np.array([row])))
             writer.write_table(pa.table({
                 "cell": np.repeat(cells[start:start + n], len(chosen)),
                 "group": np.repeat(groups[start:start + n], len(chosen)),

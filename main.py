@@ -43,7 +43,7 @@ import h5ad
 import merge
 import tokens
 import train
-from common import PipelineError, report_error, setup_logging, write_json, write_parquet
+from common import PipelineError, atomic_path, report_error, setup_logging, write_json, write_parquet
 from config import Config
 from data import Tokens
 from model import count_parameters
@@ -102,24 +102,36 @@ def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
 
 @dataclass
 class Prepared:
-    """What training reads: the merged table (a parquet path), its key columns in memory, its
-    tokens in the token store, and the gene table that names its token ids."""
+    """What training reads: the merged table (a parquet path); its tokens, drugs and labels in
+    the token store; drug name -> SMILES; the gene table that names its token ids; and, on rank 0
+    only, the table's key columns in memory (for the split and the report)."""
     source: Path
-    keys: pa.Table
     tokens: Tokens
+    drugs: dict[str, str]
     genes: pd.DataFrame | None = None
+    keys: pa.Table | None = None
 
 
-def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
-    """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
+def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> dict:
+    """Rank 0's part of a split: split.parquet, and every part's rows laid end to end in
+    split_rows.npy, which every rank maps instead of holding the row lists."""
     run_dir.mkdir(parents=True, exist_ok=True)
     split = data.make_split(prep.keys, cfg.split, cfg.seed, val_frac=cfg.val_frac,
                             test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds)
     rows = {p: np.flatnonzero(split == p) for p in data.PARTS}
-    if train.is_main():
-        data.write_split(prep.keys, split, run_dir / "split.parquet")
+    data.write_split(prep.keys, split, run_dir / "split.parquet")
     del split
-    sizes = data.summarise_split(prep.keys, rows)
+    with atomic_path(run_dir / "split_rows.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate([rows[p] for p in data.PARTS]))
+    return data.summarise_split(prep.keys, rows)
+
+
+def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
+    """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
+    sizes = train.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
+    mapped = np.load(run_dir / "split_rows.npy", mmap_mode="r")
+    ends = np.cumsum([sizes[p]["cells"] for p in data.PARTS])
+    rows = {p: mapped[end - sizes[p]["cells"]:end] for p, end in zip(data.PARTS, ends)}
     log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
              if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
                                                  for p, s in sizes.items()))
@@ -127,9 +139,9 @@ def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
 
-    trained = train.train(cfg, prep.tokens, prep.keys, rows, drugs=data.drug_smiles(prep.keys),
-                          run_dir=run_dir, resume=cfg.resume, gene_table=prep.genes)
-    pred = trained.predict(trained.features(prep.tokens, prep.keys, rows["test"]))
+    trained = train.train(cfg, prep.tokens, rows, drugs=prep.drugs, run_dir=run_dir,
+                          resume=cfg.resume, gene_table=prep.genes)
+    pred = trained.predict(trained.features(prep.tokens, rows["test"]))
     if not train.is_main():
         return {}
     return report(cfg, prep, trained, rows=rows, pred=pred, run_dir=run_dir, fold=fold, sizes=sizes)
@@ -322,13 +334,21 @@ def token_store(cfg: Config, source: Path, work: Path) -> Path:
 
 
 def load(cfg: Config, work: Path) -> Prepared | None:
-    """Rank 0 prepares the data and the token store while the other ranks wait; then every rank
-    reads the table's key columns and maps the store (never the table's expression)."""
+    """Rank 0 prepares the data and the token store while the other ranks wait, then reads the
+    table's key columns (never its expression); every rank maps the store."""
     prepared = train.on_main(lambda: prepare(cfg, work))
     if prepared is None:
         return None
     source, genes, store = prepared
-    return Prepared(source, data.read_keys(source), tokens.StoredTokens(store), genes)
+    held = {}
+
+    def read_keys() -> dict[str, str]:   # a bad table stops every rank, not only rank 0
+        keys = data.read_keys(source)
+        drugs = data.drug_smiles(keys)
+        held["keys"] = keys.drop_columns(["canonical_smiles"])   # the split and report need no SMILES
+        return drugs
+    drugs = train.on_main(read_keys)
+    return Prepared(source, tokens.StoredTokens(store), drugs, genes, held.get("keys"))
 
 
 def run(cfg: Config) -> Path:

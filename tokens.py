@@ -2,7 +2,9 @@
 
 Training reads gene tokens (ids and normalised values, most expressed first), never the merged
 table's expression. The store holds them for every row of the table: `genes.bin` (int32 ids) and
-`values.bin` (float32) laid end to end, `offsets.npy` (row starts) and `meta.json`. It lives in
+`values.bin` (float32) laid end to end, `offsets.npy` (row starts); each row's drug
+(`drug.npy`, int32 positions in meta.json's `drugs`) and ln IC50 (`label.npy`, float32), which
+batches read beside the tokens; and `meta.json`. It lives in
 the run directory under `tokens/<key>/`, the key a hash of what shapes it (the table's path, size
 and modification time; value kind, token mode, K), so a rerun, a resume or another fold reuses it
 and other settings never do. One process builds it (rank 0 under torchrun; the others wait),
@@ -27,11 +29,11 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from common import atomic_path
-from data import Tokens, batch_width, token_chunks
+from data import Tokens, batch_width, codes, labels, token_chunks
 
 log = logging.getLogger("ic50.tokens")
 
-FORMAT = 1
+FORMAT = 2   # 2: each row's drug and label beside its tokens
 CHUNK = 4096   # rows tokenised at a time while building
 
 
@@ -57,7 +59,9 @@ class StoredTokens(Tokens):
                  if total else np.zeros(0, np.int32))
         values = (np.memmap(self.path / "values.bin", dtype=np.float32, mode="r", shape=(total,))
                   if total else np.zeros(0, np.float32))
-        super().__init__(genes, values, np.load(self.path / "offsets.npy", mmap_mode="r"), meta["width"])
+        super().__init__(genes, values, np.load(self.path / "offsets.npy", mmap_mode="r"), meta["width"],
+                         np.load(self.path / "drug.npy", mmap_mode="r"), list(meta["drugs"]),
+                         np.load(self.path / "label.npy", mmap_mode="r"))
         self.meta = meta
 
     def __reduce__(self):
@@ -112,7 +116,29 @@ def _write(source: Path, work: Path, value_kind: str, tokens: str, top_k: int) -
     bar.close()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     np.save(work / "offsets.npy", offsets)
+    drugs = _write_keys(pf, work)
     total = int(offsets[-1])
     return {"format": FORMAT, "source": str(source), "value_kind": value_kind, "tokens": tokens,
             "top_k": top_k, "rows": n, "total": total, "width": batch_width(tokens, top_k, longest),
-            "bytes": total * 8 + offsets.nbytes, "seconds": round(time.perf_counter() - t0, 1)}
+            "drugs": drugs, "bytes": total * 8 + offsets.nbytes + n * 8,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _write_keys(pf: pq.ParquetFile, work: Path) -> list[str]:
+    """drug.npy and label.npy, a chunk at a time; the drug names in order of first appearance."""
+    n = pf.metadata.num_rows
+    drug = np.lib.format.open_memmap(work / "drug.npy", mode="w+", dtype=np.int32, shape=(n,))
+    label = np.lib.format.open_memmap(work / "label.npy", mode="w+", dtype=np.float32, shape=(n,))
+    names: dict[str, int] = {}
+    cols = ["drug"] + ["LN_IC50"] * ("LN_IC50" in pf.schema_arrow.names)
+    done = 0
+    for b in pf.iter_batches(batch_size=1 << 16, columns=cols):
+        table = pa.Table.from_batches([b])
+        idx, values = codes(table["drug"])
+        drug[done:done + len(idx)] = np.array([names.setdefault(d, len(names)) for d in values.to_pylist()],
+                                              dtype=np.int32)[idx]
+        label[done:done + len(idx)] = labels(table)
+        done += len(idx)
+    drug.flush()
+    label.flush()
+    return list(names)

@@ -16,8 +16,9 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, Tokens, cell_tokens, distinct, drug_rows, gene_table_lists, labels
+from data import Features, Tokens, cell_tokens, distinct, drug_lookup, gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
@@ -128,8 +129,9 @@ class Batches(Dataset):
     """Item i is the i-th batch (index array) of a plan, gathered from the token store (or an
     in-memory Tokens); collation happens in the workers, which reopen the store's maps."""
 
-    def __init__(self, feats: Features, plan: list[np.ndarray], vocab: np.ndarray):
-        self.feats, self.plan, self.vocab = feats, plan, vocab
+    def __init__(self, feats: Features, plan: list[np.ndarray], vocab: np.ndarray,
+                 target: Callable | None = None):
+        self.feats, self.plan, self.vocab, self.target = feats, plan, vocab, target
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -137,16 +139,19 @@ class Batches(Dataset):
     def __getitem__(self, i: int):
         idx = self.plan[i]
         genes, values = self.feats.batch(idx, self.vocab)
-        return (torch.from_numpy(genes), torch.from_numpy(values),
-                torch.from_numpy(self.feats.drug[idx]), torch.from_numpy(self.feats.y[idx]))
+        drug, y = self.feats.drug(idx), self.feats.y(idx)
+        if self.target is not None:
+            y = self.target(y, drug)
+        return torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(drug), torch.from_numpy(y)
 
 
 def loader(feats: Features, plan: list[np.ndarray], vocab: np.ndarray, workers: int,
-           device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches on the device. On CUDA they come from pinned memory, and the next batch is copied
-    while the current one computes (non-blocking copies, one batch ahead)."""
+           device: torch.device, target: Callable | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches on the device, labels mapped by `target` (ln IC50 and drug -> what the network
+    fits). On CUDA they come from pinned memory, and the next batch is copied while the current
+    one computes (non-blocking copies, one batch ahead)."""
     cuda = device.type == "cuda"
-    batches = iter(DataLoader(Batches(feats, plan, vocab), batch_size=None, shuffle=False,
+    batches = iter(DataLoader(Batches(feats, plan, vocab, target), batch_size=None, shuffle=False,
                               num_workers=workers, pin_memory=cuda, persistent_workers=False))
     ahead = next(batches, None)
     ahead = None if ahead is None else tuple(x.to(device, non_blocking=cuda) for x in ahead)
@@ -161,7 +166,9 @@ def epoch_plan(feats: Features, batch_size: int, gen: np.random.Generator, bucke
                ) -> list[np.ndarray]:
     """Shuffled global batches; with `bucket`, cells of similar length share a batch (less
     padding when every gene is a token), and the batch order is shuffled again."""
-    order = gen.permutation(len(feats))
+    # gen.permutation(n), in 4-byte indices where they fit (the same order and RNG stream)
+    order = np.arange(len(feats), dtype=np.int32 if len(feats) < 2 ** 31 else np.int64)
+    gen.shuffle(order)
     if bucket:
         window = batch_size * 50
         lengths = feats.lengths()
@@ -178,6 +185,13 @@ def autocast(device: torch.device):
 
 
 # ----------------------------------------------------------------------------- the fitted model
+
+def encode_target(y: np.ndarray, drug: np.ndarray, *, offset: np.ndarray | None,
+                  scale: np.ndarray | None, mean: float, std: float) -> np.ndarray:
+    if offset is not None:
+        y = (y - offset[drug]) / scale[drug]
+    return ((y - mean) / std).astype(np.float32)
+
 
 @dataclass
 class Trained:
@@ -204,43 +218,65 @@ class Trained:
     drugs: dict[str, str] = field(default_factory=dict)
     genes: dict[str, list] | None = None
 
-    def fit_target(self, y: np.ndarray, drug: np.ndarray) -> None:
-        """Offsets and scales from the training rows, then the mean and sd of what is left."""
-        kind = self.cfg.target
-        if kind != "ln_ic50":
-            n = len(self.smiles)
-            count = np.bincount(drug, minlength=n)
-            mean = np.bincount(drug, weights=y, minlength=n) / np.maximum(count, 1)
-            var = np.bincount(drug, weights=(y - mean[drug]) ** 2, minlength=n) / np.maximum(count, 1)
-            seen = count > 0
-            scale = np.sqrt(var) if kind == "drug_zscore" else np.ones(n)
+    def fit_target(self, part: Callable[[slice], tuple[np.ndarray, np.ndarray]], n: int,
+                   chunk: int = 1 << 20) -> None:
+        """Offsets and scales from the n training rows, then the mean and sd of what is left.
+        part(rows) gives (ln IC50, drug-table row) of a slice of them: the sums run a chunk at a
+        time, never over a copy of every row's label."""
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for i in range(0, n, chunk):
+                y, drug = part(slice(i, i + chunk))
+                yield np.asarray(y, dtype=np.float64), drug
+
+        if self.cfg.target != "ln_ic50":
+            m = len(self.smiles)
+            count, total, sq = np.zeros(m), np.zeros(m), np.zeros(m)
+            for y, drug in chunks():
+                count += np.bincount(drug, minlength=m)
+                total += np.bincount(drug, weights=y, minlength=m)
+            mean = total / np.maximum(count, 1)
+            for y, drug in chunks():
+                sq += np.bincount(drug, weights=(y - mean[drug]) ** 2, minlength=m)
+            var, seen = sq / np.maximum(count, 1), count > 0
+            zscore = self.cfg.target == "drug_zscore"
+            scale = np.sqrt(var) if zscore else np.ones(m)
             scale[scale < 1e-6] = 1.0
-            pooled_sd = float(np.sqrt(var[seen].mean())) if kind == "drug_zscore" else 1.0
-            self.unseen = (float(y.mean()), pooled_sd)
+            self.unseen = (float(total.sum() / max(count.sum(), 1)),
+                           float(np.sqrt(var[seen].mean())) if zscore else 1.0)
             self.offset = np.where(seen, mean, self.unseen[0])
             self.scale = np.where(seen, scale, self.unseen[1])
-            y = (y - self.offset[drug]) / self.scale[drug]
-        self.y_mean, self.y_std = float(y.mean()), float(y.std() or 1.0)
+        def left(y: np.ndarray, drug: np.ndarray) -> np.ndarray:
+            return y if self.offset is None else (y - self.offset[drug]) / self.scale[drug]
+        self.y_mean = float(sum(left(y, d).sum() for y, d in chunks()) / max(n, 1))
+        var = sum(((left(y, d) - self.y_mean) ** 2).sum() for y, d in chunks()) / max(n, 1)
+        self.y_std = float(np.sqrt(var)) or 1.0
+
+    def target_encoder(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """(ln IC50, drug-table rows) -> what the network fits; small to pickle for loader workers."""
+        return partial(encode_target, offset=self.offset, scale=self.scale, mean=self.y_mean,
+                       std=self.y_std)
 
     def encode_target(self, y: np.ndarray, drug: np.ndarray) -> np.ndarray:
-        if self.offset is not None:
-            y = (y - self.offset[drug]) / self.scale[drug]
-        return ((y - self.y_mean) / self.y_std).astype(np.float32)
+        return self.target_encoder()(y, drug)
 
     def decode_target(self, out: np.ndarray, drug: np.ndarray) -> np.ndarray:
         y = out * self.y_std + self.y_mean
         return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
 
-    def features(self, tokens: Tokens, keys: pa.Table, rows: np.ndarray | None = None) -> Features:
-        """Features of some rows (all by default) of a token store and its keys table."""
-        part = keys if rows is None else keys.take(pa.array(rows))
-        rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
-        return Features(tokens, rows, drug_rows(part, drug_index(part, self.smiles)), labels(part))
+    def features(self, tokens: Tokens, rows: np.ndarray | None = None,
+                 index: dict[str, int] | None = None) -> Features:
+        """Features of some rows (all by default) of a token store; drugs are found by name
+        among the drugs trained with (`drugs`), or in `index` (name -> drug-table row)."""
+        if index is None:
+            position = {s: i for i, s in enumerate(self.smiles)}
+            index = {name: position[s] for name, s in self.drugs.items() if s in position}
+        rows = np.arange(len(tokens)) if rows is None else rows
+        return Features(tokens, rows, drug_lookup(tokens.drugs, index))
 
     def table_features(self, table: pa.Table) -> Features:
-        """Features of an in-memory merged table (prediction)."""
-        return self.features(cell_tokens(table, self.cfg.top_k, self.cfg.tokens, self.cfg.value_kind),
-                             table)
+        """Features of an in-memory merged table (prediction), its drugs found by SMILES."""
+        tokens = cell_tokens(table, self.cfg.top_k, self.cfg.tokens, self.cfg.value_kind)
+        return self.features(tokens.with_keys(table), index=drug_index(table, self.smiles))
 
     def drug_vectors(self, drug: torch.Tensor) -> torch.Tensor:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
@@ -259,7 +295,7 @@ class Trained:
         for g, v, d, _ in loader(feats, plan, self.vocab, 0, device):
             with autocast(device):
                 out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
-        local = self.decode_target(np.concatenate(out) if out else np.zeros(0), feats.drug[mine])
+        local = self.decode_target(np.concatenate(out) if out else np.zeros(0), feats.drug(mine))
         return gather(local, mine, len(feats))
 
     def state(self) -> dict:
@@ -393,10 +429,10 @@ class Trainer:
     Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
     _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
 
-    def __init__(self, cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray], *,
+    def __init__(self, cfg: Config, tokens: Tokens, rows: dict[str, np.ndarray], *,
                  drugs: dict[str, str], run_dir: Path, gene_table: pd.DataFrame | None = None):
-        """`tokens` and `keys`: every row's tokens (the token store) and key columns; `rows`: the
-        train and val rows. `drugs`: name -> SMILES of every drug the model will be asked about,
+        """`tokens`: every row's tokens, drug and label (the token store); `rows`: the train and
+        val rows. `drugs`: name -> SMILES of every drug the model will be asked about,
         test drugs included (the encoder is frozen and never sees a label, so this leaks
         nothing). `gene_table` (gene_symbol, ensembl_id, token_id) names the vocabulary's genes
         in the checkpoint, so that .h5ad files can be mapped onto it."""
@@ -410,7 +446,7 @@ class Trainer:
         self.trained.drugs = dict(drugs)
         if gene_table is not None:
             self.trained.genes = gene_table_lists(gene_table, vocab)
-        self.train_set, self.val_set = self._features(tokens, keys, rows)
+        self.train_set, self.val_set = self._features(tokens, rows)
         log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes "
                  "(%.1fs)", len(self.train_set), len(self.val_set),
                  "all" if cfg.tokens == "all" else tokens.width, len(vocab), time.perf_counter() - t0)
@@ -446,17 +482,16 @@ class Trainer:
         return Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(self.device), encoder,
                        0.0, 1.0, tower)
 
-    def _features(self, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray]
-                  ) -> tuple[Features, Features]:
-        """Training features with their targets normalised, and validation features."""
-        tr = self.trained.features(tokens, keys, rows["train"])
-        va = self.trained.features(tokens, keys, rows["val"])
-        self.trained.fit_target(keys["LN_IC50"].take(pa.array(rows["train"])).to_numpy(), tr.drug)
+    def _features(self, tokens: Tokens, rows: dict[str, np.ndarray]) -> tuple[Features, Features]:
+        """Training and validation features; the training targets' normalisation."""
+        tr = self.trained.features(tokens, rows["train"])
+        va = self.trained.features(tokens, rows["val"])
+        self.trained.fit_target(lambda part: (tr.y(part), tr.drug(part)), len(tr))
         self.row_weight = None   # a row's squared error in ln IC50 units, over its normalised one
         if self.trained.scale is not None:
             self.row_weight = torch.as_tensor(self.trained.scale ** 2, dtype=torch.float32,
                                               device=self.device)
-        return replace(tr, y=self.trained.encode_target(tr.y, tr.drug)), va
+        return tr, va
 
     # -- resumable state
 
@@ -500,7 +535,8 @@ class Trainer:
         for epoch in (bar if not stopped else []):
             t_ep = time.perf_counter()
             train_mse = self.train_epoch()
-            val_mse = float(np.mean((self.trained.predict(self.val_set, self.device) - self.val_set.y) ** 2))
+            val_pred = self.trained.predict(self.val_set, self.device)
+            val_mse = float(np.mean((val_pred - self.val_set.y()) ** 2))
             self.end_epoch(epoch, train_mse, val_mse, time.perf_counter() - t_ep)
             bar.set_postfix(train=f"{train_mse:.3f}", val=f"{val_mse:.3f}", best=f"{self.best:.3f}")
             if self.waited >= self.cfg.patience:
@@ -526,7 +562,7 @@ class Trainer:
         shards = [b[self.rank::self.size] for b in plan if len(b) >= self.size]  # ranks step together
         totals = [len(b) for b in plan if len(b) >= self.size]
         for (g, v, d, target), total in zip(loader(self.train_set, shards, t.vocab, cfg.loader_workers,
-                                                   self.device), totals):
+                                                   self.device, t.target_encoder()), totals):
             with autocast(self.device):
                 pred = self.forward(g, v, t.drug_vectors(d), d)
             sq = (pred.float() - target) ** 2 if pred.dim() == 1 else \
@@ -618,8 +654,8 @@ def compiled(net: torch.nn.Module) -> Callable:
     return forward
 
 
-def train(cfg: Config, tokens: Tokens, keys: pa.Table, rows: dict[str, np.ndarray], *,
+def train(cfg: Config, tokens: Tokens, rows: dict[str, np.ndarray], *,
           drugs: dict[str, str], run_dir: Path, resume: bool = False,
           gene_table: pd.DataFrame | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
-    return Trainer(cfg, tokens, keys, rows, drugs=drugs, run_dir=run_dir, gene_table=gene_table).fit(resume)
+    return Trainer(cfg, tokens, rows, drugs=drugs, run_dir=run_dir, gene_table=gene_table).fit(resume)

@@ -153,13 +153,13 @@ def throughput(table: Path, store: Path, steps: int, *, device: str = "cpu", wor
     size_gb = (mapped.genes.nbytes + mapped.values.nbytes) / 1e9
     if 2 * size_gb < 0.8 * available_gb():
         copies["ram"] = data.Tokens(np.array(mapped.genes), np.array(mapped.values),
-                                    np.array(mapped.offsets), mapped.width)
-    keys = data.read_keys(table)
-    rows = {"train": np.arange(keys.num_rows), "val": np.arange(1000)}
-    drugs = data.drug_smiles(keys)
+                                    np.array(mapped.offsets), mapped.width, np.array(mapped.drug),
+                                    mapped.drugs, np.array(mapped.label))
+    rows = {"train": np.arange(len(mapped)), "val": np.arange(1000)}
+    drugs = data.drug_smiles(data.read_keys(table))
     rates = {name: [] for name in copies}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: train.Trainer(cfg, toks, keys, rows, drugs=drugs, run_dir=Path(tmp))
+        trainers = {name: train.Trainer(cfg, toks, rows, drugs=drugs, run_dir=Path(tmp))
                     for name, toks in copies.items()}
         for _ in range(rounds):
             for name, trainer in trainers.items():

@@ -175,8 +175,29 @@ def test_training_keys_are_read_dictionary_encoded_and_split_by_row(tmp_path):
         assert summary == {"cells": len(sub), "pairs": len(sub.drop_duplicates()),
                            "drugs": sub["drug"].nunique(), "cell_lines": sub["cell_line_id"].nunique()}
     smiles = data.drug_smiles(keys)
-    assert data.drug_rows(keys, {d: i for i, d in enumerate(smiles)}).tolist() == [
-        sorted(smiles).index(d) for d in table["drug"].to_pylist()]
+    toks = data.Tokens(np.zeros(0, np.int32), np.zeros(0, np.float32),
+                       np.zeros(keys.num_rows + 1, np.int64)).with_keys(keys)
+    lookup = data.drug_lookup(toks.drugs, {d: i for i, d in enumerate(smiles)})
+    assert lookup[toks.drug].tolist() == [sorted(smiles).index(d) for d in table["drug"].to_pylist()]
+    assert np.array_equal(toks.label, table["LN_IC50"].to_numpy().astype(np.float32))
+
+
+def test_the_vocabulary_is_every_gene_id_of_the_rows_read_a_chunk_at_a_time():
+    rng = np.random.default_rng(0)
+    lens = rng.integers(0, 6, 40)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    genes = rng.integers(-2, 60, offsets[-1]).astype(np.int32)   # negative ids too
+    tokens = data.Tokens(genes, np.zeros(len(genes), np.float32), offsets)
+    rows = rng.choice(40, 25, replace=False)
+    want = np.unique(np.concatenate([genes[offsets[r]:offsets[r + 1]] for r in rows]))
+    for budget in (1, 7, 1 << 18):
+        assert np.array_equal(tokens.vocabulary(rows, budget=budget), want)
+
+
+def test_a_drug_with_two_smiles_is_named():
+    keys = pa.table({"drug": ["a", "b", "a"], "canonical_smiles": ["CC", "CO", "CN"]})
+    with pytest.raises(PipelineError, match="drug 'a' appears with several SMILES"):
+        data.drug_smiles(keys)
 
 
 def test_vocabulary_lookup_matches_a_search_of_the_sorted_vocabulary():

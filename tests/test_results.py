@@ -229,8 +229,9 @@ def test_the_per_drug_plot_shows_the_best_baseline_and_no_empty_mean_effects(tmp
     m["baselines"]["ridge_per_drug"]["per_drug"].update(by_drug(0.5))
     m["baselines"]["mean_effects"]["per_drug"].update(by_drug(None))   # cell_line: no correlation
     m["verdict"] = evaluate.verdict(m)
-    labels = []
-    monkeypatch.setattr(evaluate.plt.Axes, "barh", lambda self, *a, **k: labels.append(k["label"]))
+    labels, barh = [], evaluate.plt.Axes.barh
+    monkeypatch.setattr(evaluate.plt.Axes, "barh",
+                        lambda self, *a, **k: labels.append(k["label"]) or barh(self, *a, **k))
     evaluate.plot_per_drug(m, tmp_path / "p.png")
     assert labels == ["model", "ridge per drug"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

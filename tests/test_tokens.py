@@ -28,9 +28,13 @@ def table_file(tmp_path, monkeypatch):
 def test_the_store_holds_the_in_memory_tokens_row_for_row(table_file, tmp_path, mode):
     store = tokens.StoredTokens(tokens.build(table_file, tmp_path / "tokens", value_kind="counts",
                                              tokens=mode, top_k=8))
-    mem = data.cell_tokens(pq.read_table(table_file), top_k=8, tokens=mode)
+    table = pq.read_table(table_file)
+    mem = data.cell_tokens(table, top_k=8, tokens=mode).with_keys(table)
     assert np.array_equal(store.offsets, mem.offsets) and store.width == mem.width
     assert np.array_equal(store.genes, mem.genes) and np.array_equal(store.values, mem.values)
+    names = table["drug"].to_pylist()   # each row's drug and label, beside its tokens
+    assert [store.drugs[c] for c in store.drug] == [mem.drugs[c] for c in mem.drug] == names
+    assert store.drugs == list(dict.fromkeys(names)) and np.array_equal(store.label, mem.label)
     rows = np.array([35, 0, 17, 3])
     for a, b in zip(store.gather(rows), mem.gather(rows)):
         assert np.array_equal(a, b)
