@@ -155,8 +155,7 @@ def report(cfg: Config, prep: Prepared, trained: train.Trained, *, rows: dict[st
     preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
 
-    position = {s: i for i, s in enumerate(trained.smiles)}
-    vectors = {d: trained.drug_table[position[s]].cpu().numpy() for d, s in trained.drugs.items()}
+    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in trained.drug_rows().items()}
     pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])
     profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(pair[r], seed=cfg.seed)],
                                ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, Tokens, cell_tokens, distinct, drug_lookup, gene_table_lists
+from data import Features, Tokens, cell_tokens, drug_lookup, drug_smiles, gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
@@ -256,9 +256,6 @@ class Trained:
         return partial(encode_target, offset=self.offset, scale=self.scale, mean=self.y_mean,
                        std=self.y_std)
 
-    def encode_target(self, y: np.ndarray, drug: np.ndarray) -> np.ndarray:
-        return self.target_encoder()(y, drug)
-
     def decode_target(self, out: np.ndarray, drug: np.ndarray) -> np.ndarray:
         y = out * self.y_std + self.y_mean
         return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
@@ -267,11 +264,13 @@ class Trained:
                  index: dict[str, int] | None = None) -> Features:
         """Features of some rows (all by default) of a token store; drugs are found by name
         among the drugs trained with (`drugs`), or in `index` (name -> drug-table row)."""
-        if index is None:
-            position = {s: i for i, s in enumerate(self.smiles)}
-            index = {name: position[s] for name, s in self.drugs.items() if s in position}
         rows = np.arange(len(tokens)) if rows is None else rows
-        return Features(tokens, rows, drug_lookup(tokens.drugs, index))
+        return Features(tokens, rows, drug_lookup(tokens.drugs, self.drug_rows() if index is None else index))
+
+    def drug_rows(self) -> dict[str, int]:
+        """Name -> drug-table row of each drug trained with."""
+        position = {s: i for i, s in enumerate(self.smiles)}
+        return {name: position[s] for name, s in self.drugs.items() if s in position}
 
     def table_features(self, table: pa.Table) -> Features:
         """Features of an in-memory merged table (prediction), its drugs found by SMILES."""
@@ -387,16 +386,12 @@ def model_config(state: dict, source: str) -> Config:
 def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
     """Tahoe drug name -> row of the drug table (drugs are looked up by their SMILES)."""
     pos = {s: i for i, s in enumerate(smiles)}
-    pairs = distinct(table, ["drug", "canonical_smiles"])   # in order of appearance
-    missing = pairs[~pairs["canonical_smiles"].isin(pos)]
-    if len(missing):
-        raise PipelineError(f"drug(s) {missing['drug'].tolist()[:5]} have SMILES the model was not "
-                            f"given an embedding for.")
-    dup = pairs[pairs.duplicated("drug", keep=False)]
-    if len(dup):
-        raise PipelineError(f"drug {dup['drug'].iloc[0]!r} appears with several SMILES in the table; "
-                            f"each drug name must have one canonical_smiles.")
-    return {d: pos[s] for d, s in zip(pairs["drug"], pairs["canonical_smiles"])}
+    pairs = drug_smiles(table)   # one SMILES per drug, or an error naming the drug
+    missing = [d for d, s in pairs.items() if s not in pos]
+    if missing:
+        raise PipelineError(f"drug(s) {missing[:5]} have SMILES the model was not given an "
+                            f"embedding for.")
+    return {d: pos[s] for d, s in pairs.items()}
 
 
 # ----------------------------------------------------------------------------- training

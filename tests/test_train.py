@@ -243,7 +243,7 @@ def test_a_residual_target_round_trips_and_unseen_drugs_get_the_overall_mean():
     y, drug = np.array([1.0, 3.0, 10.0, 14.0]), np.array([0, 0, 1, 1])
     t.fit_target(lambda part: (y[part], drug[part]), len(y), chunk=3)   # chunks split a drug
     assert t.offset.tolist() == [2.0, 12.0, 7.0] and t.scale.tolist() == [1.0, 2.0, np.sqrt(2.5)]
-    assert t.decode_target(t.encode_target(y, drug), drug) == pytest.approx(y)
+    assert t.decode_target(t.target_encoder()(y, drug), drug) == pytest.approx(y)
     assert t.decode_target(np.zeros(1, np.float32), np.array([2]))[0] == pytest.approx(7.0)
 
 
