@@ -349,8 +349,8 @@ class Tokens:
     """Per-row gene tokens, most expressed first (ties by gene id): gene ids and values laid end to
     end, row r in [offsets[r], offsets[r + 1]); and each row's drug and label, which batches read
     beside them. In memory, or mapped from a token store (tokens.py). `width`: the batch width of
-    top_k / pooled tokens (K, or the longest row where all rows are shorter); None for `all`,
-    where a batch is as wide as its longest row."""
+    top_k / pooled tokens (K, or the longest row where all rows are shorter); None for `all` and
+    top_k 0, where a batch is as wide as its longest row."""
     genes: np.ndarray      # [total] int32 gene ids
     values: np.ndarray     # [total] float32: log1p(counts per 10,000), or the normalised values
     offsets: np.ndarray    # [rows + 1] int64
@@ -513,13 +513,14 @@ def token_chunks(batches, top_k: int, tokens: str, value_kind: str, source: str
     for table in batches:
         check_rows(table, source, value_kind, first)
         first += table.num_rows
-        g, v, real = ranked_tokens(table, None if tokens == "all" else top_k, value_kind)
+        g, v, real = ranked_tokens(table, None if tokens == "all" or not top_k else top_k, value_kind)
         yield g[real].astype(np.int32), v[real].astype(np.float32), real.sum(1)  # row-major: in order
 
 
 def batch_width(tokens: str, top_k: int, longest: int) -> int | None:
-    """Dense modes pad every batch to K (no wider than the longest row: top_k may mean "all")."""
-    return None if tokens == "all" else max(1, min(top_k, longest))
+    """Dense modes pad every batch to K, no wider than the longest row; None (each batch as wide
+    as its longest row) for `all` and for top_k 0, every gene the cell expresses."""
+    return None if tokens == "all" or not top_k else max(1, min(top_k, longest))
 
 
 def cell_tokens(table: pa.Table, top_k: int, tokens: str = "top_k", value_kind: str = "counts",

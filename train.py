@@ -47,6 +47,10 @@ MODEL_SETTINGS = ("value_kind", "tokens", "top_k", "expr_embedding", "gene_dim",
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
                   "ensemble", "pos_encoding", "target", "drug_encoder", "smiles_model",
                   "smiles_pooling", "morgan_bits", "batch_size")
+# What a model setting a checkpoint does not hold meant when it was written: the default of that
+# time, not today's (format 1 predates expr_embedding; today's defaults differ from all of these)
+RECORDED_LATER = {"value_kind": "counts", "tokens": "top_k", "top_k": 64, "expr_embedding": "linear",
+                  "pos_encoding": "sinusoidal", "dropout": 0.1}
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -372,11 +376,11 @@ def model_config(state: dict, source: str) -> Config:
     args = state.get("model_args")
     if args is None:   # format 1
         args = {k: v for k, v in state["config"].items() if k in MODEL_SETTINGS}
-        args.setdefault("value_kind", "counts")    # checkpoints from before value kinds hold counts
     known = set(Config.__dataclass_fields__)
     unknown = sorted(set(args) - known)
     if unknown:
         log.warning("checkpoint %s: setting(s) %s unknown to this version, ignored", source, unknown)
+    args = {**RECORDED_LATER, **args}   # a setting absent: the checkpoint predates it
     cfg = from_dict({k: v for k, v in args.items() if k in known}, source)
     if cfg.value_kind == "auto":
         cfg.value_kind = "counts"
@@ -442,9 +446,10 @@ class Trainer:
         if gene_table is not None:
             self.trained.genes = gene_table_lists(gene_table, vocab)
         self.train_set, self.val_set = self._features(tokens, rows)
-        log.info("features: %d train / %d val cells, %s gene tokens per cell, vocabulary %d genes "
-                 "(%.1fs)", len(self.train_set), len(self.val_set),
-                 "all" if cfg.tokens == "all" else tokens.width, len(vocab), time.perf_counter() - t0)
+        log.info("features: %d train / %d val cells, %s genes per cell%s, vocabulary %d genes "
+                 "(%.1fs)", len(self.train_set), len(self.val_set), tokens.width or "all expressed",
+                 " pooled into one token" if cfg.tokens == "pooled" else "", len(vocab),
+                 time.perf_counter() - t0)
         model, tower = self.trained.model, self.trained.tower
         self.params = list(model.parameters()) + (list(tower.parameters()) if tower is not None else [])
         log.info("model: %s trainable parameters on %s%s", f"{count_parameters(model):,}",

@@ -131,6 +131,18 @@ def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top
     assert genes.shape == (2, 4) and (genes > 0).all()
 
 
+@pytest.mark.parametrize("mode", ["pooled", "top_k"])
+def test_top_k_0_takes_every_expressed_gene_and_pads_each_batch_to_its_longest_row(mode):
+    table = normalised_table([[0.0, 0.0, 2.0, 1.0], [1.0, 3.0, 2.0, 5.0], [0.0, 0.0, 0.0, 4.0]])
+    feats = data.build_features(table, {"d": 0}, top_k=0, tokens=mode)     # counts: a 0 is no gene
+    assert feats.tokens.width is None
+    assert feats.lengths().tolist() == [2, 4, 1]
+    genes, values = feats.batch(np.array([0, 2]), np.array([10, 11, 12, 13]))
+    assert genes.shape == (2, 2)                          # as wide as row 0, not as row 1
+    assert (genes[0] > 0).all() and (genes[1] > 0).tolist() == [True, False]
+    assert values[0, 0] > values[0, 1] > 0                # most expressed first
+
+
 def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
     def table(genes, counts):
         return pa.table({"genes": pa.array([genes], pa.list_(pa.int32())),
