@@ -447,7 +447,7 @@ class Trainer:
             self.trained.genes = gene_table_lists(gene_table, vocab)
         self.train_set, self.val_set = self._features(tokens, rows)
         log.info("features: %d train / %d val cells, %s genes per cell%s, vocabulary %d genes "
-                 "(%.1fs)", len(self.train_set), len(self.val_set), tokens.width or "all expressed",
+                 "(%.1fs)", len(self.train_set), len(self.val_set), tokens.width or "all",
                  " pooled into one token" if cfg.tokens == "pooled" else "", len(vocab),
                  time.perf_counter() - t0)
         model, tower = self.trained.model, self.trained.tower
