@@ -513,14 +513,20 @@ def token_chunks(batches, top_k: int, tokens: str, value_kind: str, source: str
     for table in batches:
         check_rows(table, source, value_kind, first)
         first += table.num_rows
-        g, v, real = ranked_tokens(table, None if tokens == "all" or not top_k else top_k, value_kind)
+        g, v, real = ranked_tokens(table, token_limit(tokens, top_k), value_kind)
         yield g[real].astype(np.int32), v[real].astype(np.float32), real.sum(1)  # row-major: in order
+
+
+def token_limit(tokens: str, top_k: int) -> int | None:
+    """Genes kept per cell: top_k, or None (every gene the cell expresses) for `all` and top_k 0."""
+    return None if tokens == "all" or not top_k else top_k
 
 
 def batch_width(tokens: str, top_k: int, longest: int) -> int | None:
     """Dense modes pad every batch to K, no wider than the longest row; None (each batch as wide
-    as its longest row) for `all` and for top_k 0, every gene the cell expresses."""
-    return None if tokens == "all" or not top_k else max(1, min(top_k, longest))
+    as its longest row) where every gene is kept."""
+    k = token_limit(tokens, top_k)
+    return None if k is None else max(1, min(k, longest))
 
 
 def cell_tokens(table: pa.Table, top_k: int, tokens: str = "top_k", value_kind: str = "counts",
