@@ -17,8 +17,8 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 CHEMBERTA = "seyonec/ChemBERTa-zinc-base-v1"
 
 STAGES = ("gdsc", "downsample", "merge", "train")
-OPTIONAL_INPUTS = ("gdsc_compounds", "cell_model_list", "match_overrides", "data", "out", "parts_dir",
-                   "gene_table", "layer", "gene_column", "smiles_table")
+OPTIONAL_INPUTS = ("gdsc1", "gdsc2", "expression", "gdsc_compounds", "cell_model_list", "match_overrides",
+                   "data", "out", "parts_dir", "gene_table", "layer", "gene_column", "smiles_table")
 SPLITS = ("pair", "cell_line", "drug", "random")
 
 
@@ -32,11 +32,15 @@ class Config:
     tahoe: str = opt(str(DEMO_DIR / "tahoe"), "Tahoe-100M source: a hub dataset id to stream "
                      "(e.g. tahoebio/Tahoe-100M), a local directory laid out like the hub repo "
                      "(data/train-*.parquet, metadata/*.parquet), or a glob of shards.", group="data")
-    gdsc1: str = opt(str(DEMO_DIR / "GDSC1_fitted_dose_response_demo.csv"),
-                     "GDSC1 fitted dose-response file (.xlsx, .csv or .csv.gz).", group="data")
-    gdsc2: str = opt(str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"),
-                     "GDSC2 fitted dose-response file (.xlsx, .csv or .csv.gz); wins over GDSC1 "
-                     "where a (drug, cell line) pair is in both.", group="data")
+    gdsc1: str | None = opt(None, "GDSC1 fitted dose-response file (.xlsx, .csv or .csv.gz). With "
+                            "neither --gdsc1 nor --gdsc2, the demo's two files.", group="data")
+    gdsc2: str | None = opt(None, "GDSC2 fitted dose-response file (.xlsx, .csv or .csv.gz); wins over "
+                            "GDSC1 where a (drug, cell line) pair is in both.", group="data")
+    expression: str | None = opt(None, "Bulk expression of cell lines (DepMap's "
+                                 "OmicsExpressionProteinCodingGenesTPMLogp1.csv, GDSC's "
+                                 "Cell_line_RMA_proc_basalExp.txt, or a CSV/TSV/parquet of one row per "
+                                 "line, one column per gene): train on these profiles with the GDSC "
+                                 "labels instead of Tahoe cells. Needs --smiles-table.", group="data")
     gdsc_compounds: str | None = opt("auto", "GDSC compounds: the cancerrxgene compounds export "
                                      "(with PubCHEM) or screened_compounds_rel_8.5.csv. Drugs then "
                                      "match by PubChem CID and synonyms. auto: the demo's table "
@@ -44,12 +48,15 @@ class Config:
                                      group="data")
     cell_model_list: str | None = opt("auto", "Cell Model Passports model_list_*.csv. Cell lines "
                                       "then match by Cellosaurus accession (RRID -> "
-                                      "SANGER_MODEL_ID). auto: the demo's table when the GDSC "
-                                      "files are the demo's; '' for names only.", group="data")
+                                      "SANGER_MODEL_ID); with --expression, its lines by COSMIC, "
+                                      "Sanger or DepMap id. DepMap's Model.csv works too. auto: the "
+                                      "demo's table when the GDSC files are the demo's; '' for names "
+                                      "only.", group="data")
     match_overrides: str | None = opt(None, "CSV of known exceptions (kind, tahoe, gdsc) that "
                                       "override every other matching rule.", group="data")
     data: str | None = opt(None, "Train on an existing merged table (parquet with the columns of "
-                           "the merged-table contract), skipping data preparation.", group="data")
+                           "the merged-table contract; or a reference's pairs.parquet, its profiles "
+                           "beside it), skipping data preparation.", group="data")
     out: str | None = opt(None, "Run directory (default: runs/<date-time>). Written as "
                           "<out>.incomplete and renamed when the run succeeds.", group="data")
     value_kind: str = opt("auto", "What the merged table's expressions hold: raw counts (normalised "
@@ -85,7 +92,9 @@ class Config:
     label_column: str = opt("LN_IC50", "obs column with ln IC50 (training).", group="anndata")
     smiles_column: str = opt("canonical_smiles", "obs column with the drug's SMILES; drugs without "
                              "one take it from --smiles-table.", group="anndata")
-    smiles_table: str | None = opt(None, "CSV of name,smiles for drugs whose SMILES is not in obs.",
+    smiles_table: str | None = opt(None, "CSV of name,smiles: the drugs' structures for --expression "
+                                   "(GDSC drugs match by name, then ignoring case and salts), and "
+                                   "for .h5ad drugs whose SMILES is not in obs.",
                                    group="anndata")
 
     # downsampling
@@ -240,10 +249,17 @@ class Config:
                 raise PipelineError(f"invalid configuration: {msg}.")
         return self
 
+    def gdsc_files(self) -> tuple[str | None, str | None]:
+        """(GDSC1, GDSC2): those given, or the demo's two when neither is."""
+        if self.gdsc1 is None and self.gdsc2 is None:
+            return (str(DEMO_DIR / "GDSC1_fitted_dose_response_demo.csv"),
+                    str(DEMO_DIR / "GDSC2_fitted_dose_response_demo.csv"))
+        return self.gdsc1, self.gdsc2
+
     def identifier_tables(self) -> tuple[str | None, str | None]:
         """(compounds, model list) with `auto` resolved: the demo's tables describe only the
         demo's GDSC ids, so they are used only with the demo's GDSC files."""
-        demo = (self.gdsc1 == Config.gdsc1 and self.gdsc2 == Config.gdsc2)
+        demo = self.gdsc1 is None and self.gdsc2 is None and self.expression is None
         pick = lambda v, name: (str(DEMO_DIR / name) if demo else None) if v == "auto" else v  # noqa: E731
         return (pick(self.gdsc_compounds, "Drug_list_demo.csv"),
                 pick(self.cell_model_list, "model_list_demo.csv"))

@@ -3,6 +3,10 @@
 Every cell of a (drug, cell line) pair carries the same IC50, so splitting cells at random puts
 each test pair in training too. Splits here assign whole GROUPS (pairs, cell lines or drugs) to
 train/val/test; `random` (cells) is kept only to compare with the original study.
+
+Training data is a merged table (one profile per row: a cell, with its drug and label), or a
+reference (bulk.py): a table of pairs (drug, cell line, label) beside one profile per cell line,
+each profile stored once however many drugs its line was screened with. Both read alike here.
 """
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ GROUP_COLUMNS = {"pair": ["drug", "cell_line_id"], "cell_line": ["cell_line_id"]
 PARTS = ("train", "val", "test")
 ROW_GROUP = 16_384   # rows per row group of the merged tables written here: read a group at a time
 PAD, UNK = 0, 1
+FIRST_TOKEN = 3      # gene token ids 0-2 are reserved, as in Tahoe-100M
+# A reference (bulk profiles) is a pairs table without genes/expressions that names, under this
+# metadata key, the file beside it holding one profile per cell line (cell_line_id, genes, expressions)
+PROFILES_KEY = "profiles"
+PROFILE_COLUMNS = ("cell_line_id", "genes", "expressions")
 
 
 def _as_regular_lists(table: pa.Table) -> pa.Table:
@@ -54,16 +63,9 @@ def _as_regular_lists(table: pa.Table) -> pa.Table:
 
 
 def declared_value_kind(path: str | Path) -> str | None:
-    """The value kind a merged table declares in its parquet metadata (an .h5ad in its uns), or None."""
-    if str(path).lower().endswith(".h5ad"):
-        import h5ad
-        return h5ad.declared_value_kind(path)
+    """The value kind a merged table declares in its parquet metadata, or None."""
     path = require_file(path, "merged table")
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception as e:
-        raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from e
-    kind = meta.get(VALUE_KIND_KEY.encode())
+    kind = (_schema(path).metadata or {}).get(VALUE_KIND_KEY.encode())
     if kind is None:
         return None
     kind = kind.decode()
@@ -73,14 +75,12 @@ def declared_value_kind(path: str | Path) -> str | None:
     return kind
 
 
-def resolve_value_kind(setting: str, path: str | Path | None) -> str:
-    """`auto` -> the table's declaration, else counts; an explicit setting wins over it."""
-    declared = declared_value_kind(path) if path else None
+def resolve_value_kind(setting: str, declared: str | None, source: str | Path | None) -> str:
+    """`auto` -> what the source declares, else counts; an explicit setting wins over it."""
     if setting == "auto":
         return declared or "counts"
     if declared and declared != setting:
-        log.warning("merged table '%s' declares %s values; --value-kind %s overrides that.", path,
-                    declared, setting)
+        log.warning("'%s' declares %s values; --value-kind %s overrides that.", source, declared, setting)
     return setting
 
 
@@ -91,32 +91,64 @@ def with_value_kind(table: pa.Table, kind: str) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def merged_columns(path: str | Path, labelled: bool = True) -> list[str]:
-    """Check a merged table's schema (the error names the file, the column and what was
-    expected) and return the columns to read: the contract's and the optional ones present.
-    `labelled=False` (prediction) makes LN_IC50 optional."""
-    path = require_file(path, "merged table")
+def _schema(path: Path) -> pa.Schema:
     try:
-        schema = pq.read_schema(path)
+        return pq.read_schema(path)
     except Exception as e:
         raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from e
-    contract = {k: v for k, v in CONTRACT.items() if labelled or k != "LN_IC50"}
-    missing = [c for c in contract if c not in schema.names]
-    if missing:
-        raise PipelineError(f"merged table '{path}' lacks column(s) {missing}; expected the "
-                            f"merged-table contract: {list(CONTRACT)} (+ optional {list(OPTIONAL)}).")
-    for name, ok in CONTRACT.items():
+
+
+def profiles_path(path: str | Path) -> Path | None:
+    """The profiles file a reference's pairs table names (beside it), or None for a merged table."""
+    name = (_schema(require_file(path, "merged table")).metadata or {}).get(PROFILES_KEY.encode())
+    if name is None:
+        return None
+    profiles = Path(path).parent / name.decode()
+    if not profiles.exists():
+        raise PipelineError(f"reference '{path}' names its profiles '{name.decode()}', which is not "
+                            f"beside it ({profiles}); keep pairs.parquet and profiles.parquet together.")
+    return profiles
+
+
+def _check_types(path: Path, schema: pa.Schema, names) -> None:
+    for name in names:
         if name not in schema.names:
             continue
         t = schema.field(name).type
         if pa.types.is_large_list(t):
             t = pa.list_(t.value_type)
-        if pa.types.is_large_string(t):
-            t = pa.string()
-        if not ok(t):
+        if pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+            t = pa.string() if not pa.types.is_dictionary(t) else t.value_type
+        if not CONTRACT[name](t):
             expected = {"genes": "list<int>", "expressions": "list<float>", "LN_IC50": "float"}
             raise PipelineError(f"merged table '{path}': column {name!r} has type {t}, expected "
                                 f"{expected.get(name, 'string')}.")
+
+
+def merged_columns(path: str | Path, labelled: bool = True) -> list[str]:
+    """Check a merged table's schema (the error names the file, the column and what was
+    expected) and return the columns to read: the contract's and the optional ones present.
+    A reference's pairs table holds the contract without genes and expressions, which its
+    profiles file holds, one row per cell line. `labelled=False` (prediction) makes LN_IC50 optional."""
+    path = require_file(path, "merged table")
+    schema = _schema(path)
+    profiles = profiles_path(path)
+    contract = [k for k in CONTRACT if (labelled or k != "LN_IC50")
+                and not (profiles and k in ("genes", "expressions"))]
+    missing = [c for c in contract if c not in schema.names]
+    if missing:
+        what = (f"a reference's pairs: {[c for c in CONTRACT if c not in ('genes', 'expressions')]}"
+                if profiles else f"the merged-table contract: {list(CONTRACT)}")
+        raise PipelineError(f"merged table '{path}' lacks column(s) {missing}; expected {what} "
+                            f"(+ optional {list(OPTIONAL)}).")
+    _check_types(path, schema, CONTRACT)
+    if profiles:
+        p_schema = _schema(profiles)
+        lacking = [c for c in PROFILE_COLUMNS if c not in p_schema.names]
+        if lacking:
+            raise PipelineError(f"profiles '{profiles}' of reference '{path}' lack column(s) {lacking}; "
+                                f"expected one row per cell line: {list(PROFILE_COLUMNS)}.")
+        _check_types(profiles, p_schema, PROFILE_COLUMNS)
     return [c for c in CONTRACT if c in schema.names] + [c for c in OPTIONAL if c in schema.names]
 
 
@@ -179,6 +211,31 @@ def read_rows(path: str | Path, rows: np.ndarray, columns: list[str]) -> pa.Tabl
         return _regular(pf.schema_arrow.empty_table().select(columns))
     taken = pa.concat_tables(parts)
     return taken.take(pa.array(np.argsort(order, kind="stable")))   # back to the order asked for
+
+
+def read_profiles(path: str | Path, value_kind: str) -> pa.Table:
+    """A reference's profiles (cell_line_id, genes, expressions), one row per cell line, checked."""
+    table = _regular(pq.read_table(path, columns=list(PROFILE_COLUMNS)))
+    if table["cell_line_id"].null_count:
+        raise PipelineError(f"profiles '{path}': column 'cell_line_id' has missing values.")
+    lines = table["cell_line_id"].to_pylist()
+    if len(set(lines)) < len(lines):
+        dup = pd.Series(lines)[pd.Series(lines).duplicated()].iloc[0]
+        raise PipelineError(f"profiles '{path}': cell line {dup!r} has several profiles; a reference "
+                            f"holds one profile per line.")
+    check_rows(table, str(path), value_kind)
+    return table
+
+
+def profile_index(keys: pa.Table, lines: list[str], source: str) -> np.ndarray:
+    """Each row's profile: the position of its cell line among the profiles' lines (int32)."""
+    idx, values = codes(keys["cell_line_id"])
+    position = {line: i for i, line in enumerate(lines)}
+    names = values.to_pylist()
+    lacking = [n for n in names if n not in position]
+    if lacking:
+        raise PipelineError(f"reference '{source}': cell line(s) {lacking[:5]} have pairs but no profile.")
+    return np.array([position[n] for n in names], dtype=np.int32)[idx] if names else idx.astype(np.int32)
 
 
 def check_rows(table: pa.Table, source: str, value_kind: str = "counts", first_row: int = 0) -> None:
@@ -346,34 +403,59 @@ def make_split(keys: pa.Table | pd.DataFrame, mode: str, seed: int, *, val_frac:
 
 @dataclass
 class Tokens:
-    """Per-row gene tokens, most expressed first (ties by gene id): gene ids and values laid end to
-    end, row r in [offsets[r], offsets[r + 1]); and each row's drug and label, which batches read
-    beside them. In memory, or mapped from a token store (tokens.py). `width`: the batch width of
-    top_k / pooled tokens (K, or the longest row where all rows are shorter); None for `all` and
-    top_k 0, where a batch is as wide as its longest row."""
+    """Per-profile gene tokens, most expressed first (ties by gene id): gene ids and values laid
+    end to end, profile p in [offsets[p], offsets[p + 1]); and each row's drug and label, which
+    batches read beside them. A row is its own profile (one cell), or, in a reference, points at
+    its cell line's profile (`profile`), stored once for all its drugs. In memory, or mapped from
+    a token store (tokens.py). `width`: the batch width of top_k / pooled tokens (K, or the
+    longest profile where all are shorter); None for `all` and top_k 0, where a batch is as wide
+    as its longest row."""
     genes: np.ndarray      # [total] int32 gene ids
     values: np.ndarray     # [total] float32: log1p(counts per 10,000), or the normalised values
-    offsets: np.ndarray    # [rows + 1] int64
+    offsets: np.ndarray    # [profiles + 1] int64
     width: int | None = None
     drug: np.ndarray | None = None     # [rows] int32: each row's drug, a position in `drugs`
     drugs: list[str] = field(default_factory=list)
     label: np.ndarray | None = None    # [rows] float32 ln IC50 (NaN: unlabelled)
+    profile: np.ndarray | None = None  # [rows] int32: each row's profile; None: row r is profile r
 
-    def with_keys(self, table: pa.Table) -> "Tokens":
-        """These tokens with the drugs and labels of the in-memory table they came from."""
+    def with_keys(self, table: pa.Table, profile: np.ndarray | None = None) -> "Tokens":
+        """These tokens with the drugs and labels of the in-memory table they came from (and,
+        for a reference, each row's profile)."""
         idx, names = codes(table["drug"])
         return Tokens(self.genes, self.values, self.offsets, self.width, idx, names.to_pylist(),
-                      labels(table))
+                      labels(table), profile)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.profile) if self.profile is not None else len(self.offsets) - 1
+
+    def profiles(self, rows: np.ndarray) -> np.ndarray:
+        """The profile of each row."""
+        return np.asarray(rows) if self.profile is None else self.profile[rows]
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """Tokens per row."""
+        per_profile = np.diff(self.offsets)
+        return per_profile if self.profile is None else per_profile[self.profile]
+
+    def indexed(self, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[profiles, L] vocabulary indices (0 = PAD, 1 = unknown, i + 2 = vocab[i]) and values of
+        every profile, computed once per vocabulary: a reference's batches take rows of these, as
+        its thousands of pairs share a few hundred profiles (5x faster batches than mapping each
+        batch's gene ids)."""
+        key = hash(np.ascontiguousarray(vocab).tobytes())
+        if getattr(self, "_indexed", (None,))[0] != key:
+            every = np.arange(len(self.offsets) - 1)
+            g, v, real = Tokens(self.genes, self.values, self.offsets, self.width).gather(every)
+            pos, known = vocab_index(vocab, g)
+            index = np.where(real, np.where(known, pos + 2, UNK), PAD).astype(np.int32)
+            self._indexed = (key, index, v)
+        return self._indexed[1], self._indexed[2]
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[B, L] gene ids and values of these rows, and which entries are real (the rest pad)."""
+        rows = self.profiles(rows)
         starts = self.offsets[rows]
         lens = self.offsets[np.asarray(rows) + 1] - starts
         width = self.width or max(int(lens.max(initial=0)), 1)
@@ -390,11 +472,30 @@ class Tokens:
         g.ravel()[dest], v.ravel()[dest], real.ravel()[dest] = self.genes[src], self.values[src], True
         return g, v, real
 
+    def statistics(self, rows: np.ndarray, vocab: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+        """Per vocabulary gene, the mean and sd of its value over the distinct profiles of these
+        rows (a reference's cell lines, each once) where it is listed: what the training domain
+        looked like, for bringing profiles from another platform into it."""
+        profiles = np.unique(self.profiles(rows))
+        plain = Tokens(self.genes, self.values, self.offsets, self.width)
+        n, total, squares = (np.zeros(len(vocab)) for _ in range(3))
+        for i in range(0, len(profiles), chunk):
+            g, v, real = plain.gather(profiles[i:i + chunk])
+            pos, known = vocab_index(vocab, g)
+            ok = real & known
+            n += np.bincount(pos[ok], minlength=len(vocab))
+            total += np.bincount(pos[ok], weights=v[ok], minlength=len(vocab))
+            squares += np.bincount(pos[ok], weights=v[ok].astype(np.float64) ** 2, minlength=len(vocab))
+        mean = total / np.maximum(n, 1)
+        return {"mean": mean, "sd": np.sqrt(np.maximum(squares / np.maximum(n, 1) - mean ** 2, 0)),
+                "profiles": len(profiles)}
+
     def vocabulary(self, rows: np.ndarray, budget: int = 1 << 18) -> np.ndarray:
         """Sorted gene ids that are tokens of these rows: the genes a model trained on them knows.
         Read about `budget` tokens at a time and marked in a table indexed by id (memory: one
         chunk, whatever the number of rows)."""
-        per_row = self.width or max(1, int(self.offsets[-1]) // max(len(self), 1))
+        rows = np.unique(self.profiles(rows)) if self.profile is not None else rows
+        per_row = self.width or max(1, int(self.offsets[-1]) // max(len(self.offsets) - 1, 1))
         chunk = max(1, budget // per_row)
         seen, other = np.zeros(0, dtype=bool), []
         for i in range(0, len(rows), chunk):
@@ -439,6 +540,10 @@ class Features:
 
     def batch(self, idx: np.ndarray, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B, L] vocabulary indices and values of feature rows idx."""
+        if self.tokens.profile is not None:   # a reference: rows of its profiles' indexed tokens
+            index, values = self.tokens.indexed(vocab)
+            p = self.tokens.profile[self.rows[idx]]
+            return index[p].astype(np.int64), values[p]
         g, v, real = self.tokens.gather(self.rows[idx])
         pos, known = vocab_index(vocab, g)
         return np.where(real, np.where(known, pos + 2, UNK), PAD), v
@@ -552,13 +657,6 @@ def drug_lookup(names: list[str], drug_index: dict[str, int]) -> np.ndarray:
     if missing:
         raise PipelineError(f"drug {missing[0]!r} has no drug embedding.")
     return np.array([drug_index[n] for n in names], dtype=np.int64)
-
-
-def build_features(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
-                   value_kind: str = "counts") -> Features:
-    """Features of an in-memory table: its tokens, drug rows and labels."""
-    toks = cell_tokens(table, top_k, tokens, value_kind).with_keys(table)
-    return Features(toks, np.arange(table.num_rows), drug_lookup(toks.drugs, drug_index))
 
 
 def write_split(keys: pa.Table, split: np.ndarray, path: Path, chunk: int = 1 << 20) -> None:

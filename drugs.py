@@ -1,4 +1,5 @@
-"""Drug featurisers: one vector per SMILES, from ChemBERTa or from Morgan fingerprints.
+"""Drug structures and featurisers: SMILES tables; one vector per SMILES, from ChemBERTa or from
+Morgan fingerprints.
 
 ChemBERTa is frozen and run ONCE per unique SMILES before training (the original ran it on every
 batch), with the vectors cached on disk keyed by (model, pooling, SMILES); the network only sees
@@ -16,12 +17,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from common import PipelineError, atomic_path
+from common import PipelineError, atomic_path, require_file
 
 log = logging.getLogger("ic50.drugs")
+
+
+def read_smiles_table(path: str | Path) -> dict[str, str]:
+    """A CSV of drug name -> SMILES (columns name and smiles; drug and canonical_smiles work too)."""
+    path = require_file(path, "SMILES table")
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except Exception as e:
+        raise PipelineError(f"SMILES table '{path}' could not be read as CSV: {e}") from e
+    cols = {c.strip().lower(): c for c in frame.columns}
+    name = cols.get("name") or cols.get("drug")
+    smiles = cols.get("smiles") or cols.get("canonical_smiles")
+    if name is None or smiles is None:
+        raise PipelineError(f"SMILES table '{path}' needs columns name and smiles; it has "
+                            f"{list(frame.columns)}.")
+    frame = frame[[name, smiles]].dropna()
+    return dict(zip(frame[name].str.strip(), frame[smiles].str.strip()))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

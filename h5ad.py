@@ -12,16 +12,14 @@ name the table gives to several genes is ambiguous and left out; several columns
 (duplicated names, a symbol beside its Ensembl id) are merged: summed for counts, averaged for
 normalised values. Genes that map to nothing are left out before normalisation.
 
-    python main.py predict --checkpoint best.pt --data cells.h5ad --layer counts --groupby sample
     python main.py convert merged.parquet cells.h5ad        # and back
+    python main.py --data cells.h5ad                        # train on labelled cells
+Prediction from an .h5ad (predict.py) reads files through H5ad and map_genes.
 """
 from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,20 +27,28 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy import sparse
-from tqdm import tqdm
 
+import drugs
 from common import PipelineError, atomic_path, flat_list, require_file, write_parquet
-from data import VALUE_KIND_KEY, VALUE_KINDS, build_features, check_gene_table, check_rows, with_value_kind
+from data import (
+    VALUE_KIND_KEY,
+    VALUE_KINDS,
+    check_gene_table,
+    check_rows,
+    declared_value_kind,
+    load_gene_table,
+    load_merged,
+    resolve_value_kind,
+    with_value_kind,
+)
 
 log = logging.getLogger("ic50.h5ad")
 
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d+(\.\d+)?$", re.IGNORECASE)
-OUTPUT_KEY = "ln_ic50"   # obsm[OUTPUT_KEY]: cells x drugs; uns[OUTPUT_KEY + "_drugs"]: the drugs
 
 
-def _anndata_io():
+def anndata_io():
     try:
         import anndata.io
     except ImportError as e:  # anndata < 0.11 has no anndata.io
@@ -133,7 +139,7 @@ class H5ad:
 
     def __init__(self, path: str | Path, layer: str | None = None, gene_column: str | None = None):
         import h5py
-        io = _anndata_io()
+        io = anndata_io()
         self.path = require_file(path, ".h5ad file")
         try:
             self.file = h5py.File(self.path, "r")
@@ -202,6 +208,12 @@ class H5ad:
                                           shape=(n, g))
             yield start, sparse.csr_matrix(block, dtype=np.float64)
 
+    def looks_like_counts(self, cells: int = 1000) -> bool:
+        """Whether the first cells' values are whole numbers, none negative (raw counts)."""
+        block = next(self.blocks(cells), (0, sparse.csr_matrix((0, 0))))[1]
+        values = block.data
+        return bool(values.size == 0 or (values.min() >= 0 and np.allclose(values, np.round(values))))
+
     def check_values(self, block: sparse.csr_matrix, value_kind: str, first: bool) -> None:
         """Values must be finite; counts must not be negative (and should be whole numbers)."""
         if block.nnz == 0:
@@ -222,15 +234,17 @@ class H5ad:
 def _declared(file, path: Path) -> str | None:
     if "uns" not in file or VALUE_KIND_KEY not in file["uns"]:
         return None
-    kind = str(_anndata_io().read_elem(file["uns"][VALUE_KIND_KEY]))
+    kind = str(anndata_io().read_elem(file["uns"][VALUE_KIND_KEY]))
     if kind not in VALUE_KINDS:
         raise PipelineError(f"'{path}' declares uns[{VALUE_KIND_KEY!r}]={kind!r}; expected one of "
                             f"{list(VALUE_KINDS)}.")
     return kind
 
 
-def declared_value_kind(path: str | Path) -> str | None:
-    """The value kind an .h5ad declares in uns['value_kind'], or None."""
+def value_kind_of(path: str | Path) -> str | None:
+    """The value kind a merged table declares in its metadata, or an .h5ad in uns['value_kind']."""
+    if not is_h5ad(path):
+        return declared_value_kind(path)
     import h5py
     path = require_file(path, ".h5ad file")
     try:
@@ -240,28 +254,11 @@ def declared_value_kind(path: str | Path) -> str | None:
         raise PipelineError(f"'{path}' is not a readable .h5ad (HDF5) file: {e}") from e
 
 
-def _obs_column(h: H5ad, name: str, flag: str) -> pd.Series:
+def obs_column(h: H5ad, name: str, flag: str) -> pd.Series:
     if name not in h.obs.columns:
         raise PipelineError(f"'{h.path}': obs has no column {name!r} ({flag}); obs columns: "
                             f"{list(h.obs.columns)}.")
     return h.obs[name]
-
-
-def read_smiles_table(path: str | Path) -> dict[str, str]:
-    """A CSV of drug name -> SMILES (columns name and smiles; drug and canonical_smiles work too)."""
-    path = require_file(path, "SMILES table")
-    try:
-        frame = pd.read_csv(path, dtype=str)
-    except Exception as e:
-        raise PipelineError(f"SMILES table '{path}' could not be read as CSV: {e}") from e
-    cols = {c.strip().lower(): c for c in frame.columns}
-    name = cols.get("name") or cols.get("drug")
-    smiles = cols.get("smiles") or cols.get("canonical_smiles")
-    if name is None or smiles is None:
-        raise PipelineError(f"SMILES table '{path}' needs columns name and smiles; it has "
-                            f"{list(frame.columns)}.")
-    frame = frame[[name, smiles]].dropna()
-    return dict(zip(frame[name].str.strip(), frame[smiles].str.strip()))
 
 
 def gene_map_for_training(h: H5ad, gene_table: pd.DataFrame | None, value_kind: str,
@@ -306,7 +303,6 @@ def read_merged(path: str | Path, cfg, labelled: bool = True, block_cells: int =
     naming its tokens. obs column names come from the settings (drug_column, ...)."""
     with H5ad(path, cfg.layer, cfg.gene_column) as h:
         kind = cfg.value_kind
-        from data import load_gene_table
         gmap, genes = gene_map_for_training(h, load_gene_table(cfg.gene_table) if cfg.gene_table else None,
                                             kind, cfg.min_gene_fraction)
         columns = _obs_columns(h, cfg, labelled)
@@ -324,14 +320,14 @@ def read_merged(path: str | Path, cfg, labelled: bool = True, block_cells: int =
 
 
 def _obs_columns(h: H5ad, cfg, labelled: bool) -> dict[str, pa.Array]:
-    drug = _obs_column(h, cfg.drug_column, "--drug-column").astype(str)
-    out = {"cell_line_id": pa.array(_obs_column(h, cfg.cell_line_column, "--cell-line-column")
+    drug = obs_column(h, cfg.drug_column, "--drug-column").astype(str)
+    out = {"cell_line_id": pa.array(obs_column(h, cfg.cell_line_column, "--cell-line-column")
                                     .astype(str).tolist(), pa.string()),
            "drug": pa.array(drug.tolist(), pa.string())}
     smiles = (h.obs[cfg.smiles_column].astype(object) if cfg.smiles_column in h.obs.columns
               else pd.Series([None] * h.n_cells, index=h.obs.index, dtype=object))
     if cfg.smiles_table:
-        smiles = smiles.where(smiles.notna(), drug.map(read_smiles_table(cfg.smiles_table)))
+        smiles = smiles.where(smiles.notna(), drug.map(drugs.read_smiles_table(cfg.smiles_table)))
     if smiles.isna().any():
         lacking = sorted(drug[smiles.isna()].unique())
         raise PipelineError(f"'{h.path}': no SMILES for drug(s) {lacking[:5]}: obs has no "
@@ -339,7 +335,7 @@ def _obs_columns(h: H5ad, cfg, labelled: bool) -> dict[str, pa.Array]:
                             f"name,smiles with --smiles-table.")
     out["canonical_smiles"] = pa.array(smiles.astype(str).tolist(), pa.string())
     if labelled or cfg.label_column in h.obs.columns:
-        label = pd.to_numeric(_obs_column(h, cfg.label_column, "--label-column"), errors="coerce")
+        label = pd.to_numeric(obs_column(h, cfg.label_column, "--label-column"), errors="coerce")
         out["LN_IC50"] = pa.array(label.to_numpy(np.float64))
     for name in ("dose_uM", "cell_name", "gdsc_dataset"):
         if name in h.obs.columns:
@@ -384,171 +380,17 @@ def merged_to_h5ad(table: pa.Table, path: str | Path, value_kind: str,
 
 def convert(src: str | Path, dst: str | Path, cfg) -> None:
     """merged.parquet -> .h5ad, or .h5ad -> merged.parquet."""
-    from data import load_gene_table, load_merged, resolve_value_kind
     if Path(dst).exists():
         raise PipelineError(f"'{dst}' already exists; choose another output path.")
     if is_h5ad(src) and str(dst).endswith(".parquet"):
-        cfg = replace(cfg, value_kind=resolve_value_kind(cfg.value_kind, src))
+        cfg = replace(cfg, value_kind=resolve_value_kind(cfg.value_kind, value_kind_of(src), src))
         table, _ = read_merged(src, cfg, labelled=False)
         write_parquet(table, dst)
         log.info("wrote %s: %d rows (%s values)", dst, table.num_rows, cfg.value_kind)
     elif str(src).endswith(".parquet") and is_h5ad(dst):
-        kind = resolve_value_kind(cfg.value_kind, src)
+        kind = resolve_value_kind(cfg.value_kind, value_kind_of(src), src)
         table = load_merged(src, labelled=False, value_kind=kind)
         merged_to_h5ad(table, dst, kind, load_gene_table(cfg.gene_table) if cfg.gene_table else None)
     else:
         raise PipelineError(f"convert goes from a merged table (.parquet) to .h5ad or back; got "
                             f"'{src}' -> '{dst}'.")
-
-
-# ----------------------------------------------------------------------------- predicting
-
-def choose_drugs(trained, names: list[str] | None, smiles_csv: str | None) -> list[tuple[str, int]]:
-    """(drug name, row of the model's drug table) for every drug asked for: the named ones, or
-    every drug the checkpoint knows plus those of the SMILES table. New SMILES are encoded with
-    the checkpoint's own encoder."""
-    given = read_smiles_table(smiles_csv) if smiles_csv else {}
-    known = dict(trained.drugs) or {s: s for s in trained.smiles}   # checkpoints before names: SMILES
-    if names:
-        unknown = [n for n in names if n not in given and n not in known]
-        if unknown:
-            raise PipelineError(f"drug(s) {unknown} are not known to the checkpoint (it knows "
-                                f"{sorted(known)[:8]}{' ...' if len(known) > 8 else ''}); give their "
-                                f"SMILES in a CSV of name,smiles with --smiles.")
-        wanted = {n: given.get(n) or known[n] for n in names}
-    else:
-        wanted = {**known, **given}
-    trained.add_drugs(list(wanted.values()))
-    row = {s: i for i, s in enumerate(trained.smiles)}
-    return [(n, row[s]) for n, s in wanted.items()]
-
-
-def predict(trained, path: str | Path, out: Path, *, drugs: list[str] | None = None,
-            smiles_csv: str | None = None, groupby: str | None = None, layer: str | None = None,
-            gene_column: str | None = None, gene_table: pd.DataFrame | None = None,
-            min_fraction: float = 0.5, block_cells: int = 8192) -> dict:
-    """Predicted ln IC50 for every cell x drug of an .h5ad, written into `out` (a new directory,
-    which appears only once everything is written): a copy of the file with obsm['ln_ic50'],
-    predictions.parquet, ranking.csv and ranking_heatmap.png."""
-    t0 = time.perf_counter()
-    kind = trained.cfg.value_kind
-    table = checkpoint_gene_table(trained.genes) if gene_table is None else gene_table
-    if out.exists():
-        raise PipelineError(f"output directory '{out}' already exists; pass another --out.")
-    with H5ad(path, layer, gene_column) as h:
-        if table is None:
-            raise PipelineError(f"the checkpoint does not name its genes (it was trained without a "
-                                f"gene table), so '{h.path}' cannot be mapped onto it: pass --gene-table "
-                                f"(the table the model's token ids come from).")
-        declared = h.declared_value_kind()
-        if declared and declared != kind:
-            raise PipelineError(f"'{h.path}' declares {declared} values, but the model was trained on "
-                                f"{kind} values; give it values of the same kind (--layer).")
-        gmap = map_genes(h.gene_ids, table, kind)
-        gmap.counts["tokens"] = int(np.isin(gmap.tokens, trained.vocab).sum())
-        report_coverage(gmap, h.path, len(trained.vocab), "the model's", min_fraction)
-        groups = (_obs_column(h, groupby, "--groupby").astype(str).to_numpy() if groupby
-                  else np.full(h.n_cells, "all cells", dtype=object))
-        chosen = choose_drugs(trained, drugs, smiles_csv)
-        names = [n for n, _ in chosen]
-        log.info("predicting %d cells x %d drugs from %s (%s)", h.n_cells, len(chosen), h.path, h.where)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            preds = _predict_cells(trained, h, gmap, chosen=chosen, groups=groups, work=work,
-                                   block_cells=block_cells)
-            shutil.copyfile(h.path, work / h.path.name)
-            _annotate(work / h.path.name, preds, names)
-            ranking = rank_drugs(preds, groups, names)
-            with atomic_path(work / "ranking.csv") as tmp:
-                ranking.to_csv(tmp, index=False)
-            plot_ranking(ranking, work / "ranking_heatmap.png", groupby or "all cells")
-            work.rename(out)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    seconds = time.perf_counter() - t0
-    best = ranking[ranking["rank"] == 1].head(5)
-    log.info("%d cells x %d drugs in %.1fs (%.0f predictions/s); most sensitive: %s. Outputs in %s",
-             len(preds), len(names), seconds, preds.size / max(seconds, 1e-9),
-             "; ".join(f"{g}: {d} ({m:.2f})" for g, d, m in
-                       zip(best["group"], best["drug"], best["median_ln_ic50"])), out)
-    return {"cells": len(preds), "drugs": names, "seconds": seconds, "genes": gmap.counts}
-
-
-def _predict_cells(trained, h: H5ad, gmap: GeneMap, *, chosen: list[tuple[str, int]],
-                   groups: np.ndarray, work: Path, block_cells: int) -> np.ndarray:
-    """[cells, drugs] predictions, block by block; the long table streams into predictions.parquet."""
-    kind, cfg = trained.cfg.value_kind, trained.cfg
-    preds = np.empty((h.n_cells, len(chosen)), dtype=np.float32)
-    cells = h.obs.index.astype(str).to_numpy()
-    names = np.array([n for n, _ in chosen], dtype=object)
-    schema = pa.schema([("cell", pa.string()), ("group", pa.string()), ("drug", pa.string()),
-                        ("ln_ic50", pa.float32())])
-    bar = tqdm(total=h.n_cells, desc="predict", unit=" cells", leave=False)
-    with pq.ParquetWriter(work / "predictions.parquet", schema, compression="zstd") as writer:
-        for start, block in h.blocks(block_cells):
-            h.check_values(block, kind, start == 0)
-            g, e = gmap.lists(block, keep_zeros=kind == "normalised")
-            n = block.shape[0]
-            feats = build_features(pa.table({"genes": g, "expressions": e, "drug": pa.array([""] * n)}),
-                                   {"": 0}, cfg.top_k, cfg.tokens, value_kind=kind)
-            for j, (_, row) in enumerate(chosen):
-                preds[start:start + n, j] = trained.predict(replace(feats, drug_of_code=np.array([row])))
-            writer.write_table(pa.table({
-                "cell": np.repeat(cells[start:start + n], len(chosen)),
-                "group": np.repeat(groups[start:start + n], len(chosen)),
-                "drug": np.tile(names, n), "ln_ic50": preds[start:start + n].ravel()}, schema=schema))
-            bar.update(n)
-    bar.close()
-    return preds
-
-
-def _annotate(path: Path, preds: np.ndarray, names: list[str]) -> None:
-    """obsm['ln_ic50'] (cells x drugs) and uns['ln_ic50_drugs'] written into the copy in place."""
-    import h5py
-    io = _anndata_io()
-    with h5py.File(path, "r+") as f:
-        for group in ("obsm", "uns"):
-            if group not in f:
-                io.write_elem(f, group, {})
-        for group, key, value in (("obsm", OUTPUT_KEY, preds),
-                                  ("uns", OUTPUT_KEY + "_drugs", np.array(names, dtype=object))):
-            if key in f[group]:
-                del f[group][key]
-            io.write_elem(f[group], key, value)
-
-
-def rank_drugs(preds: np.ndarray, groups: np.ndarray, names: list[str]) -> pd.DataFrame:
-    """Per group, the drugs from the lowest median predicted ln IC50 (most sensitive) up, with the
-    spread over the group's cells."""
-    rows = []
-    for group, idx in sorted(pd.Series(groups).groupby(groups).indices.items()):
-        p = preds[idx]
-        q25, median, q75 = np.percentile(p, [25, 50, 75], axis=0)
-        order = np.argsort(median, kind="stable")
-        for rank, j in enumerate(order, start=1):
-            rows.append({"group": group, "rank": rank, "drug": names[j], "median_ln_ic50": median[j],
-                         "q25": q25[j], "q75": q75[j], "iqr": q75[j] - q25[j], "cells": len(p)})
-    return pd.DataFrame(rows)
-
-
-def plot_ranking(ranking: pd.DataFrame, path: Path, groupby: str) -> None:
-    """Heatmap of median predicted ln IC50, groups x drugs, drugs from the most sensitive overall."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    grid = ranking.pivot(index="group", columns="drug", values="median_ln_ic50")
-    grid = grid[grid.median(axis=0).sort_values().index]
-    fig, ax = plt.subplots(figsize=(min(2 + 0.35 * grid.shape[1], 30), min(1.5 + 0.3 * grid.shape[0], 30)))
-    im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis_r")
-    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
-    ax.set_xlabel("drug (most sensitive overall on the left)")
-    ax.set_ylabel(groupby)
-    fig.colorbar(im, ax=ax, label="median predicted ln IC50 (uM)")
-    ax.set_title("Predicted drug sensitivity per group")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

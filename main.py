@@ -4,14 +4,16 @@
     python main.py --config configs/paper.yaml --tahoe tahoebio/Tahoe-100M \\
         --gdsc1 GDSC1_fitted_dose_response_27Oct23.xlsx --gdsc2 GDSC2_fitted_dose_response_27Oct23.xlsx
     python main.py --data merged.parquet   # train on an existing merged table
+    python main.py --expression depmap.csv --gdsc2 GDSC2.xlsx --smiles-table drugs.csv   # bulk profiles
     python main.py predict --checkpoint runs/X/best.pt --data new_cells.parquet
     python main.py predict --checkpoint runs/X/best.pt --data cells.h5ad --groupby sample
     python main.py convert merged.parquet cells.h5ad   # and back; --data cells.h5ad trains on it
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
 Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
-merge.attach_labels -> data.make_split -> train.train -> evaluate.evaluate. Everything a run
-writes goes to one run directory, which is named <out>.incomplete until the run succeeds.
+merge.attach_labels (or, from bulk profiles, bulk.prepare) -> data.make_split -> train.train ->
+evaluate.evaluate; predict.py for `main.py predict`. Everything a run writes goes to one run
+directory, which is named <out>.incomplete until the run succeeds.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+import bulk
 import config as config_mod
 import data
 import downsample
@@ -41,6 +44,7 @@ import evaluate
 import gdsc
 import h5ad
 import merge
+import predict
 import tokens
 import train
 from common import PipelineError, atomic_path, report_error, setup_logging, write_json, write_parquet
@@ -66,12 +70,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
     """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge; the
-    merged table's path (None when the run stops before it)."""
-    combined, counts = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
+    merged table's path (None when the run stops before it). With --expression: GDSC combine ->
+    the bulk reference (its pairs table's path)."""
+    combined, counts = gdsc.combine(*cfg.gdsc_files(), cfg.ic50_average)
     gdsc.save(combined, run_dir / "gdsc_combined.parquet")
     write_json(counts, run_dir / "gdsc_counts.json")
     if cfg.stop_after == "gdsc":
         return None
+    if cfg.expression:   # bulk profiles: a reference of one profile per line, pairs apart
+        return bulk.prepare(cfg, combined, run_dir)
     source = downsample.TahoeSource(cfg.tahoe)
     compounds, models = cfg.identifier_tables()
     matches = merge.match(
@@ -155,15 +162,15 @@ def report(cfg: Config, prep: Prepared, trained: train.Trained, *, rows: dict[st
     preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
 
-    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in trained.drug_rows().items()}
+    drug_rows = trained.rows_of(trained.drugs)
+    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in drug_rows.items()}
     pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])
-    profiles = [data.read_rows(prep.source, r[evaluate.sample_rows(pair[r], seed=cfg.seed)],
-                               ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])
-                for r in (rows["train"], rows["test"])]
     train_pairs = evaluate.pair_labels(prep.keys, rows["train"], pair[rows["train"]])
     del pair
+    design = evaluate.design_of(prep.source, prep.keys, rows["train"], rows["test"],
+                                value_kind=cfg.value_kind, seed=cfg.seed)
     result = evaluate.evaluate(train_pairs, test_keys, pred, drug_vectors=vectors, seed=cfg.seed,
-                               value_kind=cfg.value_kind, profiles=tuple(profiles))
+                               design=design)
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
@@ -246,6 +253,7 @@ def broadcast(obj):
 def resumable(work: Path) -> bool:
     """Whether a failed run left work worth resuming (scanned shards, a checkpoint)."""
     return (any(work.rglob("last.pt")) or (work / "merged.parquet").exists()
+            or (work / "pairs.parquet").exists()
             or any((work / "tokens").glob("*/meta.json"))
             or any((work / "downsample_parts").rglob("*.part.parquet")))
 
@@ -258,9 +266,18 @@ def check_inputs(cfg: Config) -> None:
     if cfg.data:
         if not Path(cfg.data).exists():
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
+        if cfg.expression:
+            raise PipelineError("--data and --expression are two sources of training data; give one.")
         return
+    if cfg.expression and not cfg.smiles_table:
+        raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
+                            "drug's structure (GDSC's own files hold none).")
+    if cfg.expression and cfg.stop_after == "downsample":
+        raise PipelineError("--stop-after downsample does not apply to --expression (nothing is "
+                            "downsampled); stop after gdsc or merge.")
     compounds, models = cfg.identifier_tables()
-    for flag, path in (("--gdsc1", cfg.gdsc1), ("--gdsc2", cfg.gdsc2),
+    gdsc1, gdsc2 = cfg.gdsc_files()
+    for flag, path in (("--gdsc1", gdsc1), ("--gdsc2", gdsc2), ("--expression", cfg.expression),
                        ("--gdsc-compounds", compounds), ("--cell-model-list", models),
                        ("--match-overrides", cfg.match_overrides)):
         if path and not Path(path).exists():
@@ -298,6 +315,7 @@ def prepare(cfg: Config, work: Path) -> tuple[Path, pd.DataFrame | None, Path] |
     None when the run stops before training."""
     genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
     merged = work / "merged.parquet"
+    prepared = merged if not cfg.expression else work / "pairs.parquet"
     if h5ad.is_h5ad(cfg.data):
         if not merged.exists():   # a resumed run has it already
             table, from_var = h5ad.read_merged(cfg.data, cfg)
@@ -308,14 +326,17 @@ def prepare(cfg: Config, work: Path) -> tuple[Path, pd.DataFrame | None, Path] |
     elif cfg.data:
         data.merged_columns(cfg.data)
         source = Path(cfg.data)
-    elif cfg.resume and merged.exists():
-        log.info("resuming: data preparation is done, reading %s", merged)
-        source = merged
+    elif cfg.resume and prepared.exists():
+        log.info("resuming: data preparation is done, reading %s", prepared)
+        source = prepared
     else:
         source = prepare_data(cfg, work)
     if source is None:
         return None
-    if genes is None and not cfg.data:
+    beside = source.parent / "gene_table.parquet"   # a reference's, written with it
+    if genes is None and data.profiles_path(source) and beside.exists():
+        genes = data.load_gene_table(beside)
+    if genes is None and not cfg.data and not cfg.expression:
         try:
             genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
         except PipelineError as e:
@@ -356,7 +377,10 @@ def run(cfg: Config) -> Path:
     if not train.is_main():
         logging.getLogger().setLevel(logging.WARNING)
     check_inputs(cfg)
-    cfg = dataclasses.replace(cfg, value_kind=data.resolve_value_kind(cfg.value_kind, cfg.data))
+    kind = ("normalised" if cfg.expression and cfg.value_kind == "auto"   # bulk matrices: log-TPM, RMA
+            else data.resolve_value_kind(cfg.value_kind, h5ad.value_kind_of(cfg.data) if cfg.data else None,
+                                         cfg.data))
+    cfg = dataclasses.replace(cfg, value_kind=kind)
     with run_directory(cfg) as (final, work):
         prep = load(cfg, work)
         metrics = train_runs(cfg, prep, work) if prep is not None else None
@@ -378,15 +402,17 @@ def run(cfg: Config) -> Path:
 ANNDATA_FLAGS = ("layer", "gene_column", "gene_table", "min_gene_fraction")
 
 
-def predict(argv: list[str]) -> int:
+def predict_command(argv: list[str]) -> int:
     """python main.py predict --checkpoint RUN/best.pt --data TABLE_OR_H5AD [...]"""
     p = argparse.ArgumentParser(
         prog="main.py predict", description="Predict ln IC50 with a trained checkpoint. A merged "
-        "table (.parquet; LN_IC50 optional) gets one prediction per row, for the row's own drug. An "
-        "AnnData file (.h5ad) gets one per cell and drug: its genes (symbols or Ensembl ids) are "
-        "mapped onto the model's vocabulary with the gene names the checkpoint carries, and the drugs "
-        "are ranked per --groupby group. Drugs the checkpoint has not seen are encoded with the "
-        "encoder it was trained with.")
+        "table or a reference's pairs.parquet (LN_IC50 optional) gets one prediction per row, for the "
+        "row's own drug. An AnnData file (.h5ad) gets one per cell and drug: its genes (symbols or "
+        "Ensembl ids) are mapped onto the model's vocabulary with the gene names the checkpoint "
+        "carries, and the drugs are ranked per --groupby group. A model trained on bulk profiles "
+        "predicts each group from its cells' mean, aligned to the training profiles (raw counts or "
+        "normalised values alike). Drugs the checkpoint has not seen are encoded with the encoder "
+        "it was trained with.")
     p.add_argument("--checkpoint", required=True, help="best.pt of a run")
     p.add_argument("--data", required=True, help="merged table (.parquet) or AnnData (.h5ad) of cells")
     p.add_argument("--out", help="a .parquet input: output parquet (default: <data>_predictions.parquet "
@@ -395,7 +421,8 @@ def predict(argv: list[str]) -> int:
                    "every drug the checkpoint knows, and those of --smiles)")
     p.add_argument("--smiles", metavar="CSV", help=".h5ad: name,smiles of drugs new to the checkpoint")
     p.add_argument("--groupby", metavar="OBS_COLUMN", help=".h5ad: rank the drugs per group of this obs "
-                   "column (sample, patient, cluster); default: all cells together")
+                   "column (sample, patient, cluster); default: all cells together. A bulk model "
+                   "predicts each group's mean profile and ranks groups against each other")
     p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
                    "time; memory grows with it, not with the file (default: 8192)")
     config_mod.add_arguments(p, ANNDATA_FLAGS)
@@ -408,41 +435,26 @@ def predict(argv: list[str]) -> int:
         if h5ad.is_h5ad(args.data):
             cfg = config_mod.resolve(args)
             data_path = Path(args.data)
-            h5ad.predict(trained, args.data,
-                         Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50"),
-                         drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
-                         gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
-                         gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-                         block_cells=max(1, args.block_cells))
+            out = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50")
+            predict.predict_h5ad(
+                trained, args.data, out,
+                drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
+                gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
+                gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
+                block_cells=max(1, args.block_cells))
             return 0
         h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
                                     ("--groupby", args.groupby)) if v]
         if h5ad_only:
             raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
                                 f"predicted for each row's own drug.")
-        predict_table(trained, args.data, args.out)
+        predict.predict_table(trained, args.data, args.out)
         return 0
     except PipelineError as e:
         return report_error(log, e)
 
 
-def predict_table(trained: train.Trained, data_path: str, out: str | None) -> None:
-    kind = trained.cfg.value_kind
-    declared = data.declared_value_kind(data_path)
-    if declared and declared != kind:
-        raise PipelineError(f"'{data_path}' declares {declared} values, but the model was trained "
-                            f"on {kind} values; give it a table of the same kind.")
-    table = data.load_merged(data_path, labelled=False, value_kind=kind)
-    trained.add_drugs(sorted(set(table["canonical_smiles"].to_pylist())))
-    pred = trained.predict(trained.table_features(table))
-    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in table.column_names]
-    result = table.select(cols).append_column("prediction", pa.array(pred))
-    path = Path(out) if out else Path(data_path).with_name(Path(data_path).stem + "_predictions.parquet")
-    write_parquet(result, path)
-    log.info("%d predictions written to %s (drug encoder %s)", len(pred), path, trained.drug_encoder)
-
-
-def convert(argv: list[str]) -> int:
+def convert_command(argv: list[str]) -> int:
     """python main.py convert SRC DST: a merged table (.parquet) to AnnData (.h5ad), or back."""
     p = argparse.ArgumentParser(
         prog="main.py convert", description="Convert a merged table (.parquet) to AnnData (.h5ad) or "
@@ -466,9 +478,9 @@ def convert(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
-        return predict(argv[1:])
+        return predict_command(argv[1:])
     if argv[:1] == ["convert"]:
-        return convert(argv[1:])
+        return convert_command(argv[1:])
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:

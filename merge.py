@@ -92,14 +92,23 @@ def load_compounds(path: str | Path) -> pd.DataFrame:
         "cids": df[cid].map(lambda t: [int(x) for x in _split(t) if x.isdigit()]) if cid else empty})
 
 
+# DepMap's Model.csv names the same identifiers otherwise
+DEPMAP_MODEL_COLUMNS = {"SangerModelID": "model_id", "CellLineName": "model_name", "RRID": "RRID",
+                        "COSMICID": "COSMIC_ID", "ModelID": "BROAD_ID", "StrippedCellLineName": "synonyms"}
+
+
 def load_model_list(path: str | Path) -> pd.DataFrame:
-    """Cell Model Passports model list: model_id (= GDSC SANGER_MODEL_ID), RRID (= Cellosaurus)."""
+    """Cell Model Passports model list: model_id (= GDSC SANGER_MODEL_ID), RRID (= Cellosaurus),
+    and where given model_name, synonyms, COSMIC_ID, BROAD_ID (= DepMap ACH- id). DepMap's
+    Model.csv (ModelID, CellLineName, SangerModelID, COSMICID, RRID) is read into these columns."""
     df = _read_csv(path, "Cell Model Passports model list")
+    if "ModelID" in df.columns and "model_id" not in df.columns:
+        df = df[[c for c in DEPMAP_MODEL_COLUMNS if c in df.columns]].rename(columns=DEPMAP_MODEL_COLUMNS)
     missing = [c for c in ("model_id", "RRID") if c not in df.columns]
     if missing:
         raise PipelineError(f"model list '{path}' lacks column(s) {missing}; expected a Cell Model "
-                            f"Passports model_list_*.csv with model_id and RRID.")
-    for c in ("model_name", "synonyms"):
+                            f"Passports model_list_*.csv with model_id and RRID, or DepMap's Model.csv.")
+    for c in ("model_name", "synonyms", "COSMIC_ID", "BROAD_ID"):
         if c not in df.columns:
             df[c] = ""
     return df

@@ -7,7 +7,9 @@ table's expression. The store holds them for every row of the table: `genes.bin`
 batches read beside the tokens; and `meta.json`. It lives in
 the run directory under `tokens/<key>/`, the key a hash of what shapes it (the table's path, size
 and modification time; value kind, token mode, K), so a rerun, a resume or another fold reuses it
-and other settings never do. One process builds it (rank 0 under torchrun; the others wait),
+and other settings never do. For a reference (bulk profiles, data.py) the tokens are those of its
+profiles, one per cell line, and `profile.npy` gives each pair row its line's profile. One
+process builds it (rank 0 under torchrun; the others wait),
 writing into a temporary directory that is renamed into place once complete: an interrupted build
 is never taken for a finished one. Every process then maps the same files: the operating system's
 page cache holds one copy for all of them, and DataLoader workers reopen the maps instead of
@@ -29,21 +31,25 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from common import atomic_path
-from data import Tokens, batch_width, codes, labels, token_chunks
+from data import Tokens, batch_width, codes, labels, profile_index, profiles_path, read_keys, token_chunks
 
 log = logging.getLogger("ic50.tokens")
 
-FORMAT = 2   # 2: each row's drug and label beside its tokens
+FORMAT = 3   # 2: each row's drug and label beside its tokens; 3: a reference's profile.npy
 CHUNK = 4096   # rows tokenised at a time while building
 
 
 def key(source: str | Path, value_kind: str, tokens: str, top_k: int) -> str:
     """What shapes a store: the table (size, modification time and rows: a run directory renamed
-    from <out>.incomplete keeps them) and the token settings."""
-    st = Path(source).stat()
-    spec = {"format": FORMAT, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "rows": pq.ParquetFile(source).metadata.num_rows, "value_kind": value_kind,
-            "tokens": tokens, "top_k": None if tokens == "all" else top_k}
+    from <out>.incomplete keeps them), a reference's profiles likewise, and the token settings."""
+    def stamp(path: Path) -> dict:
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "rows": pq.ParquetFile(path).metadata.num_rows}
+    profiles = profiles_path(source)
+    spec = {"format": FORMAT, **stamp(Path(source)), "value_kind": value_kind,
+            "tokens": tokens, "top_k": None if tokens == "all" else top_k,
+            "profiles": stamp(profiles) if profiles else None}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -59,9 +65,11 @@ class StoredTokens(Tokens):
                  if total else np.zeros(0, np.int32))
         values = (np.memmap(self.path / "values.bin", dtype=np.float32, mode="r", shape=(total,))
                   if total else np.zeros(0, np.float32))
+        profile = self.path / "profile.npy"
         super().__init__(genes, values, np.load(self.path / "offsets.npy", mmap_mode="r"), meta["width"],
                          np.load(self.path / "drug.npy", mmap_mode="r"), list(meta["drugs"]),
-                         np.load(self.path / "label.npy", mmap_mode="r"))
+                         np.load(self.path / "label.npy", mmap_mode="r"),
+                         np.load(profile, mmap_mode="r") if profile.exists() else None)
         self.meta = meta
 
     def __reduce__(self):
@@ -98,15 +106,16 @@ def build(source: str | Path, root: str | Path, *, value_kind: str, tokens: str,
 
 def _write(source: Path, work: Path, value_kind: str, tokens: str, top_k: int) -> dict:
     t0 = time.perf_counter()
-    pf = pq.ParquetFile(source)
+    profiles = profiles_path(source)
+    pf = pq.ParquetFile(profiles or source)   # one row of tokens per cell, or per profile
     n = pf.metadata.num_rows
     lengths = np.zeros(n, dtype=np.int64)
     done, longest = 0, 0
-    bar = tqdm(total=n, desc="token store", unit=" cells", leave=False)
+    bar = tqdm(total=n, desc="token store", unit=" profiles" if profiles else " cells", leave=False)
     with open(work / "genes.bin", "wb") as fg, open(work / "values.bin", "wb") as fv:
         batches = pf.iter_batches(batch_size=CHUNK, columns=["genes", "expressions"])
         for g, v, lens in token_chunks((pa.Table.from_batches([b]) for b in batches), top_k, tokens,
-                                       value_kind, str(source)):
+                                       value_kind, str(profiles or source)):
             fg.write(g.tobytes())
             fv.write(v.tobytes())
             lengths[done:done + len(lens)] = lens
@@ -116,11 +125,17 @@ def _write(source: Path, work: Path, value_kind: str, tokens: str, top_k: int) -
     bar.close()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     np.save(work / "offsets.npy", offsets)
-    drugs = _write_keys(pf, work)
+    rows_pf = pq.ParquetFile(source)
+    drugs = _write_keys(rows_pf, work)
+    if profiles:
+        lines = pq.read_table(profiles, columns=["cell_line_id"])["cell_line_id"].to_pylist()
+        np.save(work / "profile.npy", profile_index(read_keys(source), lines, str(source)))
     total = int(offsets[-1])
+    rows = rows_pf.metadata.num_rows
     return {"format": FORMAT, "source": str(source), "value_kind": value_kind, "tokens": tokens,
-            "top_k": top_k, "rows": n, "total": total, "width": batch_width(tokens, top_k, longest),
-            "drugs": drugs, "bytes": total * 8 + offsets.nbytes + n * 8,
+            "top_k": top_k, "rows": rows, "profiles": n if profiles else None, "total": total,
+            "width": batch_width(tokens, top_k, longest), "drugs": drugs,
+            "bytes": total * 8 + offsets.nbytes + rows * (12 if profiles else 8),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

