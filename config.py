@@ -11,12 +11,11 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-from common import PipelineError
+from common import PipelineError, write_text
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 CHEMBERTA = "seyonec/ChemBERTa-zinc-base-v1"
 
-STAGES = ("gdsc", "downsample", "merge", "train")
 OPTIONAL_INPUTS = ("gdsc1", "gdsc2", "expression", "gdsc_compounds", "cell_model_list", "match_overrides",
                    "data", "out", "parts_dir", "gene_table", "layer", "gene_column", "smiles_table")
 SPLITS = ("pair", "cell_line", "drug", "random")
@@ -74,10 +73,6 @@ class Config:
     ic50_average: str = opt("ln", "How duplicate GDSC measurements of a pair within one version "
                             "are averaged: mean of ln IC50 (ln) or log of the mean IC50 (linear).",
                             ("ln", "linear"), group="data")
-    stop_after: str = opt("train", "Last stage to run.", STAGES, group="data")
-    resume: bool = opt(False, "Continue the interrupted run in <out>.incomplete: shards already "
-                       "scanned are not scanned again, training goes on from its last epoch.",
-                       group="data")
 
     # AnnData (.h5ad) input: --data cells.h5ad, main.py predict and main.py convert
     layer: str | None = opt(None, "AnnData layer holding the values (e.g. counts); default X.",
@@ -106,8 +101,6 @@ class Config:
     num_shards: int = opt(1, "Split the shards over this many SLURM array tasks; each task scans "
                           "its slice into --parts-dir and stops. A final run without it combines.",
                           group="downsample")
-    shard_index: int = opt(0, "This array task's slice (e.g. $SLURM_ARRAY_TASK_ID).",
-                           group="downsample")
     parts_dir: str | None = opt(None, "Where per-shard results go (default: inside the run "
                                 "directory). Share it between array tasks and the combining run.",
                                 group="downsample")
@@ -143,15 +136,15 @@ class Config:
                                       group="model")
 
     # model
-    tokens: str = opt("pooled", "Gene tokens per cell: the study's two-token design (the cell's "
-                      "top_k genes pooled into one token beside the drug's); the top_k most "
-                      "expressed genes, one token each; or all expressed genes, one token each "
-                      "(padded to the batch's longest, length-bucketed batches). pooled with every "
-                      "gene: demo per-drug Pearson 0.976 on unseen cell lines, against 0.761 for "
-                      "64 gene tokens (BENCHMARKS.md).", ("pooled", "top_k", "all"), group="model")
-    top_k: int = opt(0, "Genes per cell, the most expressed first (tokens=pooled or top_k); 0: "
-                     "every gene the cell expresses. With tokens=top_k, 64-1,024 keeps attention "
-                     "affordable.", group="model")
+    gene_tokens: str = opt("pooled", "How a cell's genes reach the Transformer: pooled into one cell "
+                           "token beside the drug's (the study's two-token design), or one token "
+                           "each (attention over genes; with top_k 0 batches are bucketed by length). "
+                           "pooled with every gene: demo per-drug Pearson 0.976 on unseen cell lines, "
+                           "against 0.761 for 64 gene tokens each (BENCHMARKS.md).",
+                           ("pooled", "each"), group="model")
+    top_k: int = opt(0, "Genes per cell, the most expressed first; 0: every gene the cell "
+                     "expresses. With gene_tokens=each, 64-1,024 keeps attention affordable.",
+                     group="model")
     gene_dim: int = opt(32, "Gene-id and expression embedding width.", group="model")
     d_model: int = opt(64, "Transformer width.", group="model")
     n_heads: int = opt(4, "Attention heads.", group="model")
@@ -164,7 +157,7 @@ class Config:
                               "`dropout` here too; it makes CPU attention ~4x slower).",
                               group="model")
     expr_embedding: str = opt("scaled", "How a gene's value enters its token: the gene's own "
-                              "vector scaled by its value (gene-specific; with tokens=pooled, a "
+                              "vector scaled by its value (gene-specific; pooled, a "
                               "learned linear projection of the whole cell), or the gene-id "
                               "embedding plus one linear map of the value shared by all genes "
                               "(the study's; pooled, it reduces a cell to its mean value).",
@@ -181,16 +174,11 @@ class Config:
                         "its own initialisation, and predict their mean (a seed ensemble).",
                         group="model")
     pos_encoding: str = opt("none", "Positions of the tokens (genes are ordered by expression; "
-                            "tokens=pooled has two, nothing to order): none, the study's absolute "
-                            "sinusoidal encoding, or rotary (on queries and keys).",
-                            ("none", "sinusoidal", "rotary"), group="model")
+                            "pooled, there are two, nothing to order): none, or the study's absolute "
+                            "sinusoidal encoding (configs/paper.yaml).",
+                            ("none", "sinusoidal"), group="model")
 
     # training
-    target: str = opt("ln_ic50", "What the network fits: ln IC50; its residual from the drug's "
-                      "training mean (drug_residual); or that residual over the drug's training sd "
-                      "(drug_zscore: every drug weighs the same, as in per-drug correlation). A "
-                      "drug not in training gets the overall mean (and the pooled sd).",
-                      ("ln_ic50", "drug_residual", "drug_zscore"), group="train")
     epochs: int = opt(80, "Maximum epochs.", group="train")
     patience: int = opt(10, "Stop after this many epochs without a lower validation loss; the "
                         "best weights are restored.", group="train")
@@ -199,10 +187,6 @@ class Config:
     weight_decay: float = opt(1e-3, "Adam weight decay (an L2 penalty: with dropout 0.3, demo "
                               "per-drug Pearson 0.889 -> 0.952 on unseen cell lines).",
                               group="train")
-    lr_schedule: str = opt("none", "Learning-rate schedule: cosine decay over the epochs, or "
-                           "halve on a validation plateau.", ("none", "cosine", "plateau"),
-                           group="train")
-    grad_clip: float = opt(0.0, "Clip the gradient norm to this (0: off).", group="train")
     loader_workers: int = opt(0, "DataLoader worker processes assembling batches (they read the "
                               "token store's maps; nothing is copied).", group="train")
     epoch_steps: int = opt(0, "At most this many training batches per epoch, drawn afresh each "
@@ -225,7 +209,6 @@ class Config:
             (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
             (self.cells_per_group >= 1, "cells_per_group must be at least 1"),
             (self.num_workers >= 1 and self.num_shards >= 1, "num_workers and num_shards must be >= 1"),
-            (0 <= self.shard_index < self.num_shards, "shard_index must be in [0, num_shards)"),
             (self.num_shards == 1 or self.parts_dir, "an array task (num_shards > 1) needs "
              "--parts-dir, shared with the run that combines"),
             (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
@@ -236,13 +219,11 @@ class Config:
              "epochs, patience and batch_size must be at least 1"),
             (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1 and 0 <= self.gene_dropout < 1,
              "dropouts must be in [0, 1)"),
-            (self.grad_clip >= 0 and self.loader_workers >= 0 and self.epoch_steps >= 0,
-             "grad_clip, loader_workers and epoch_steps must be >= 0"),
+            (self.loader_workers >= 0 and self.epoch_steps >= 0,
+             "loader_workers and epoch_steps must be >= 0"),
             (self.dist_timeout_min >= 1, "dist_timeout_min must be at least 1"),
             (self.folds >= 0 and self.ensemble >= 1, "folds must be >= 0 and ensemble >= 1"),
             (0 <= self.min_gene_fraction <= 1, "min_gene_fraction must be in [0, 1]"),
-            (self.pos_encoding != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
-             "rotary positions need an even head width (d_model / n_heads)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -354,7 +335,5 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    """The run's settings; `resume` is an action, not a setting, and is left out."""
-    from common import write_text
-    values = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
-    write_text(yaml.safe_dump(values, sort_keys=False), path)
+    """The run's settings."""
+    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+import config as config_mod
 from common import (
     CONTROL,
     PipelineError,
@@ -433,18 +434,19 @@ def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], *, cells_p
 
 
 # the settings this stage reads, with the flags, help and defaults main.py has for them
-SETTINGS = ("tahoe", "cells_per_group", "fraction", "seed", "parts_dir", "num_workers",
-            "shard_index", "num_shards", "on_bad_shard")
+SETTINGS = ("tahoe", "cells_per_group", "fraction", "seed", "parts_dir", "num_workers", "num_shards",
+            "on_bad_shard")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import config as config_mod
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--pairs", required=True,
                    help="CSV with columns drug, cell_line_id: the (drug, cell line) pairs to keep")
     p.add_argument("--out", default="cells.parquet", help="output parquet (default: cells.parquet)")
+    p.add_argument("--shard-index", type=int, default=0, metavar="INT", help="this SLURM array task's "
+                   "slice of the shards, with --num-shards (e.g. $SLURM_ARRAY_TASK_ID)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     config_mod.add_arguments(p, SETTINGS)
     args = p.parse_args(argv)
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = downsample(TahoeSource(cfg.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
                              cells_per_group=cfg.cells_per_group, fraction=cfg.fraction,
                              seed=cfg.seed, out=out, parts_dir=Path(cfg.parts_dir),
-                             num_workers=cfg.num_workers, shard_index=cfg.shard_index,
+                             num_workers=cfg.num_workers, shard_index=args.shard_index,
                              num_shards=cfg.num_shards, on_bad_shard=cfg.on_bad_shard)
         if summary["complete"]:
             write_json(summary, out.with_suffix(".summary.json"))

@@ -23,17 +23,12 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 
-from common import atomic_path, ragged_positions  # noqa: E402
-from data import (  # noqa: E402
-    gene_vocabulary,
-    group_ids,
-    normalised_values,
-    plain,
-    profiles_path,
-    read_profiles,
-    read_rows,
-    vocab_index,
-)
+from common import atomic_path, ragged_positions, write_json, write_parquet, write_text  # noqa: E402
+from config import Config  # noqa: E402
+from data import gene_vocabulary, group_ids, plain, profiles_path, read_profiles, read_rows  # noqa: E402
+from model import count_parameters  # noqa: E402
+from tokens import normalised_values, vocab_index  # noqa: E402
+from train import Trained  # noqa: E402
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -541,7 +536,6 @@ def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) ->
     if not runs:
         lines += ["", "## Plots", "", "![predicted vs measured per pair](pred_vs_measured.png)",
                   "![per-drug Pearson](per_drug_pearson.png)", "![loss curves](loss_curve.png)"]
-    from common import write_text
     write_text("\n".join(lines) + "\n", run_dir / "report.md")
 
 
@@ -573,3 +567,43 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:16s}{num(m['mse'])}{num(m['pcc'])}{num(m['scc'])}  {num(m['pairs']['pcc'])}"
                      f"  {num(m['per_drug']['pcc'])}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the run's report
+
+def report(cfg: Config, trained: Trained, *, source: Path, keys: pa.Table, rows: dict[str, np.ndarray],
+           pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
+    """A run's results, written by rank 0: predictions.parquet, the baselines fitted on the
+    training rows and scored on the same test rows, metrics.json, the plots and report.md."""
+    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
+    test_keys = plain(keys.select(cols).take(pa.array(rows["test"]))).to_pandas()
+    preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
+    write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
+    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in trained.rows_of(trained.drugs).items()}
+    pair = group_ids(keys, ["drug", "cell_line_id"])
+    train_pairs = pair_labels(keys, rows["train"], pair[rows["train"]])
+    del pair
+    design = design_of(source, keys, rows["train"], rows["test"], value_kind=cfg.value_kind, seed=cfg.seed)
+    result = evaluate(train_pairs, test_keys, pred, drug_vectors=vectors, seed=cfg.seed, design=design)
+    metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
+               "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
+               "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
+               "parameters": count_parameters(trained.model), "history": trained.history}
+    metrics["verdict"] = verdict(metrics)
+    write_json(metrics, run_dir / "metrics.json")
+    plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
+    plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {cfg.split} split")
+    plot_per_drug(metrics, run_dir / "per_drug_pearson.png")
+    write_report(run_dir, metrics)
+    return metrics
+
+
+def report_runs(results: dict[str, dict], work: Path, *, seeds: list[int], folds: int) -> dict:
+    """Several runs (seeds, folds): every metric's mean and sd, metrics.json and report.md."""
+    first = next(iter(results.values()))
+    metrics = {**aggregate(results), "seeds": seeds, "folds": folds, "drug_encoder": first["drug_encoder"],
+               "per_run": {k: {"test": v["test"], "baselines": v["baselines"]} for k, v in results.items()}}
+    metrics["verdict"] = verdict(metrics)
+    write_json(metrics, work / "metrics.json")
+    write_report(work, metrics, runs=list(results))
+    return metrics

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+import config as config_mod
 from common import PipelineError, report_error, require_file, setup_logging, write_parquet
 
 log = logging.getLogger("ic50.gdsc")
@@ -129,7 +130,6 @@ SETTINGS = ("gdsc1", "gdsc2", "ic50_average")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import config as config_mod
     p = argparse.ArgumentParser(description="Combine GDSC1 and GDSC2 fitted dose response tables.")
     p.add_argument("files", nargs="*", metavar="FILE", help="GDSC1 and GDSC2 files: a shorthand "
                    "for --gdsc1 and --gdsc2")

@@ -24,6 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import anndata
+import anndata.io
+import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -48,14 +51,6 @@ log = logging.getLogger("ic50.h5ad")
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d+(\.\d+)?$", re.IGNORECASE)
 
 
-def anndata_io():
-    try:
-        import anndata.io
-    except ImportError as e:  # anndata < 0.11 has no anndata.io
-        raise PipelineError("reading .h5ad files needs anndata >= 0.11: pip install -U anndata") from e
-    return anndata.io
-
-
 def is_h5ad(path: str | Path | None) -> bool:
     return path is not None and str(path).lower().endswith(".h5ad")
 
@@ -67,7 +62,7 @@ class GeneMap:
     """Which columns of a file become which token ids. `merge` [file genes, tokens] adds each
     column into its token (weight 1 for counts, 1/columns for normalised values); a column that
     maps to nothing has no entry."""
-    tokens: np.ndarray          # [T] distinct token ids, ascending
+    token_ids: np.ndarray       # [T] distinct token ids, ascending
     merge: sparse.csr_matrix    # [file genes, T]
     counts: dict
 
@@ -79,7 +74,7 @@ class GeneMap:
         per_token = np.bincount(target, minlength=len(tokens))
         weight = np.ones(len(cols)) if value_kind == "counts" else 1.0 / per_token[target]
         merge = sparse.csr_matrix((weight, (cols, target)), shape=(len(token_of_column), len(tokens)))
-        counts = {**counts, "tokens": int(len(tokens)),
+        counts = {**counts, "genes_found": int(len(tokens)),
                   "duplicated": int(len(cols) - len(tokens))}   # columns merged into a shared token
         return cls(tokens.astype(np.int64), merge, counts)
 
@@ -91,7 +86,7 @@ class GeneMap:
             m.eliminate_zeros()
         m.sort_indices()
         offsets = pa.array(m.indptr.astype(np.int32))
-        return (pa.ListArray.from_arrays(offsets, pa.array(self.tokens[m.indices].astype(np.int32))),
+        return (pa.ListArray.from_arrays(offsets, pa.array(self.token_ids[m.indices].astype(np.int32))),
                 pa.ListArray.from_arrays(offsets, pa.array(m.data.astype(np.float32))))
 
 
@@ -138,8 +133,7 @@ class H5ad:
     """An open .h5ad file: obs and var read whole; the values (X or a layer) in blocks of rows."""
 
     def __init__(self, path: str | Path, layer: str | None = None, gene_column: str | None = None):
-        import h5py
-        io = anndata_io()
+        io = anndata.io
         self.path = require_file(path, ".h5ad file")
         try:
             self.file = h5py.File(self.path, "r")
@@ -234,7 +228,7 @@ class H5ad:
 def _declared(file, path: Path) -> str | None:
     if "uns" not in file or VALUE_KIND_KEY not in file["uns"]:
         return None
-    kind = str(anndata_io().read_elem(file["uns"][VALUE_KIND_KEY]))
+    kind = str(anndata.io.read_elem(file["uns"][VALUE_KIND_KEY]))
     if kind not in VALUE_KINDS:
         raise PipelineError(f"'{path}' declares uns[{VALUE_KIND_KEY!r}]={kind!r}; expected one of "
                             f"{list(VALUE_KINDS)}.")
@@ -245,7 +239,6 @@ def value_kind_of(path: str | Path) -> str | None:
     """The value kind a merged table declares in its metadata, or an .h5ad in uns['value_kind']."""
     if not is_h5ad(path):
         return declared_value_kind(path)
-    import h5py
     path = require_file(path, ".h5ad file")
     try:
         with h5py.File(path, "r") as f:
@@ -283,8 +276,9 @@ def gene_map_for_training(h: H5ad, gene_table: pd.DataFrame | None, value_kind: 
 
 
 def report_coverage(gmap: GeneMap, path: Path, total: int, whose: str, min_fraction: float) -> None:
-    found = gmap.counts["tokens"]
-    how = ", ".join(f"{v} {k}" for k, v in gmap.counts.items() if k not in ("tokens", "file_genes") and v)
+    found = gmap.counts["genes_found"]
+    how = ", ".join(f"{v} {k}" for k, v in gmap.counts.items()
+                    if k not in ("genes_found", "file_genes") and v)
     log.info("'%s': %d of %s %d genes found (%.1f%%); file genes %d: %s", path.name, found, whose,
              total, 100 * found / max(total, 1), gmap.counts["file_genes"], how)
     if found == 0:
@@ -352,7 +346,6 @@ def merged_to_h5ad(table: pa.Table, path: str | Path, value_kind: str,
     """A merged table as an .h5ad: X cells x genes (sparse CSR, the table's values as they are),
     var token_id (+ gene_symbol, ensembl_id from the gene table), obs the other columns,
     uns value_kind. var_names are symbols where the table gives one gene one, else token ids."""
-    import anndata
     offsets, genes = flat_list(table["genes"])
     values = flat_list(table["expressions"])[1]
     tokens, col = np.unique(genes, return_inverse=True)

@@ -11,9 +11,9 @@
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
 Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
-merge.attach_labels (or, from bulk profiles, bulk.prepare) -> data.make_split -> train.train ->
-evaluate.evaluate; predict.py for `main.py predict`. Everything a run writes goes to one run
-directory, which is named <out>.incomplete until the run succeeds.
+merge.attach_labels (or, from bulk profiles, bulk.prepare) -> tokens.build -> data.make_split ->
+train.train -> evaluate.report; predict.py for `main.py predict`. Everything a run writes goes to
+one run directory, which is named <out>.incomplete until the run succeeds.
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 import bulk
 import config as config_mod
 import data
+import dist
 import downsample
 import evaluate
 import gdsc
@@ -49,10 +49,17 @@ import tokens
 import train
 from common import PipelineError, atomic_path, report_error, setup_logging, write_json, write_parquet
 from config import Config
-from data import Tokens
-from model import count_parameters
 
 log = logging.getLogger("ic50")
+STAGES = ("gdsc", "downsample", "merge", "train")
+
+
+@dataclass(frozen=True)
+class Actions:
+    """What this invocation does, beside the settings (never saved in config.yaml)."""
+    resume: bool = False          # continue the interrupted run in <out>.incomplete
+    stop_after: str = "train"     # the last stage to run
+    shard_index: int = 0          # this SLURM array task's slice of the Tahoe shards
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,18 +71,99 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "merged table and .h5ad: python main.py convert --help.")
     p.add_argument("--config", metavar="YAML", help="YAML file of settings (e.g. configs/paper.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch and more detail")
+    act = p.add_argument_group("actions (this run only, not settings)")
+    act.add_argument("--resume", action="store_true", help="Continue the interrupted run in "
+                     "<out>.incomplete: shards already scanned are not scanned again, training goes on "
+                     "from its last epoch.")
+    act.add_argument("--stop-after", choices=STAGES, default="train", help="Last stage to run "
+                     "(default: train).")
+    act.add_argument("--shard-index", type=int, default=0, metavar="INT", help="This SLURM array "
+                     "task's slice of the shards, with --num-shards (e.g. $SLURM_ARRAY_TASK_ID).")
     config_mod.add_arguments(p)
     return p.parse_args(argv)
 
 
-def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
-    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge; the
-    merged table's path (None when the run stops before it). With --expression: GDSC combine ->
-    the bulk reference (its pairs table's path)."""
+# ----------------------------------------------------------------------------- the data
+
+@dataclass
+class Prepared:
+    """What training reads: the table (a merged table or a reference's pairs, as a parquet path);
+    every row's tokens, drug and label in the token store; drug name -> SMILES; the gene table
+    that names its token ids; and, on rank 0 only, the table's key columns in memory (for the
+    split and the report)."""
+    source: Path
+    store: tokens.TokenStore
+    drugs: dict[str, str]
+    genes: pd.DataFrame | None = None
+    keys: pa.Table | None = None
+
+
+def prepare(cfg: Config, act: Actions, work: Path) -> Prepared | None:
+    """Rank 0 readies the training table, its gene table and its token store while the other
+    ranks wait, then reads the table's key columns (never its expression); every rank maps the
+    store. None when the run stops before training."""
+    built = dist.on_main(lambda: _build(cfg, act, work))
+    if built is None:
+        return None
+    source, genes, store = built
+    held = {}
+
+    def read_keys() -> dict[str, str]:   # a bad table stops every rank, not only rank 0
+        keys = data.read_keys(source)
+        drugs = data.drug_smiles(keys)
+        held["keys"] = keys.drop_columns(["canonical_smiles"])   # the split and report need no SMILES
+        return drugs
+    drugs = dist.on_main(read_keys)
+    return Prepared(source, tokens.TokenStore(store), drugs, genes, held.get("keys"))
+
+
+def _build(cfg: Config, act: Actions, work: Path) -> tuple[Path, pd.DataFrame | None, Path] | None:
+    """Rank 0: the training table (given with --data, left by an interrupted run, converted from
+    an .h5ad, or prepared from the sources), its gene table (--gene-table, the .h5ad's var, a
+    reference's, or the Tahoe source's) and its token store (beside the table when a preparation
+    run left one there, else built in this run's directory)."""
+    genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
+    merged = work / "merged.parquet"
+    prepared = merged if not cfg.expression else work / "pairs.parquet"
+    if h5ad.is_h5ad(cfg.data):
+        if not merged.exists():   # a resumed run has it already
+            table, from_var = h5ad.read_merged(cfg.data, cfg)
+            write_parquet(pa.Table.from_pandas(from_var, preserve_index=False), work / "gene_table.parquet")
+            write_parquet(table, merged, row_group_size=data.ROW_GROUP)
+        source = merged
+        genes = genes if genes is not None else data.load_gene_table(work / "gene_table.parquet")
+    elif cfg.data:
+        data.merged_columns(cfg.data)
+        source = Path(cfg.data)
+    elif act.resume and prepared.exists():
+        log.info("resuming: data preparation is done, reading %s", prepared)
+        source = prepared
+    else:
+        source = _from_sources(cfg, act, work)
+    if source is None:
+        return None
+    beside = source.parent / "gene_table.parquet"   # a reference's, written with it
+    if genes is None and data.profiles_path(source) and beside.exists():
+        genes = data.load_gene_table(beside)
+    if genes is None and not cfg.data and not cfg.expression:
+        try:
+            genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
+        except PipelineError as e:
+            log.warning("%s The checkpoint will not name its genes; pass --gene-table to predict on "
+                        ".h5ad files.", e)
+    store = tokens.build(source, work / "tokens", value_kind=cfg.value_kind, top_k=cfg.top_k,
+                         also=(source.parent / "tokens",))
+    return None if act.stop_after == "merge" else (source, genes, store)
+
+
+def _from_sources(cfg: Config, act: Actions, run_dir: Path) -> Path | None:
+    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge; or, with
+    --expression, GDSC combine -> the bulk reference. The table's path (None when the run stops
+    before it)."""
     combined, counts = gdsc.combine(*cfg.gdsc_files(), cfg.ic50_average)
     gdsc.save(combined, run_dir / "gdsc_combined.parquet")
     write_json(counts, run_dir / "gdsc_counts.json")
-    if cfg.stop_after == "gdsc":
+    if act.stop_after == "gdsc":
         return None
     if cfg.expression:   # bulk profiles: a reference of one profile per line, pairs apart
         return bulk.prepare(cfg, combined, run_dir)
@@ -94,10 +182,10 @@ def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
     summary = downsample.downsample(
         source, zip(pairs["drug"], pairs["cell_line_id"]), cells_per_group=cfg.cells_per_group,
         fraction=cfg.fraction, seed=cfg.seed, out=cells_path, parts_dir=parts_dir,
-        num_workers=cfg.num_workers, shard_index=cfg.shard_index, num_shards=cfg.num_shards,
+        num_workers=cfg.num_workers, shard_index=act.shard_index, num_shards=cfg.num_shards,
         on_bad_shard=cfg.on_bad_shard)
     write_json(summary, run_dir / "downsample_summary.json")
-    if not summary["complete"] or cfg.stop_after == "downsample":
+    if not summary["complete"] or act.stop_after == "downsample":
         return None
     merged = data.with_value_kind(merge.attach_labels(pq.read_table(cells_path), pairs), "counts")
     write_parquet(merged, run_dir / "merged.parquet", row_group_size=data.ROW_GROUP)
@@ -107,17 +195,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> Path | None:
     return run_dir / "merged.parquet"
 
 
-@dataclass
-class Prepared:
-    """What training reads: the merged table (a parquet path); its tokens, drugs and labels in
-    the token store; drug name -> SMILES; the gene table that names its token ids; and, on rank 0
-    only, the table's key columns in memory (for the split and the report)."""
-    source: Path
-    tokens: Tokens
-    drugs: dict[str, str]
-    genes: pd.DataFrame | None = None
-    keys: pa.Table | None = None
-
+# ----------------------------------------------------------------------------- the runs
 
 def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> dict:
     """Rank 0's part of a split: split.parquet, and every part's rows laid end to end in
@@ -133,9 +211,9 @@ def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> dict:
     return data.summarise_split(prep.keys, rows)
 
 
-def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
+def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
-    sizes = train.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
+    sizes = dist.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
     mapped = np.load(run_dir / "split_rows.npy", mmap_mode="r")
     ends = np.cumsum([sizes[p]["cells"] for p in data.PARTS])
     rows = {p: mapped[end - sizes[p]["cells"]:end] for p, end in zip(data.PARTS, ends)}
@@ -145,53 +223,23 @@ def train_and_evaluate(cfg: Config, prep: Prepared, run_dir: Path, fold: int = 0
     if cfg.split == "random":
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
-
-    trained = train.train(cfg, prep.tokens, rows, drugs=prep.drugs, run_dir=run_dir,
-                          resume=cfg.resume, gene_table=prep.genes)
-    pred = trained.predict(trained.features(prep.tokens, rows["test"]))
-    if not train.is_main():
+    trained = train.train(cfg, prep.store, rows, drugs=prep.drugs, run_dir=run_dir, resume=act.resume,
+                          gene_table=prep.genes)
+    pred = trained.predict(trained.features(prep.store, rows["test"]))
+    if not dist.is_main():
         return {}
-    return report(cfg, prep, trained, rows=rows, pred=pred, run_dir=run_dir, fold=fold, sizes=sizes)
-
-
-def report(cfg: Config, prep: Prepared, trained: train.Trained, *, rows: dict[str, np.ndarray],
-           pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
-    """Rank 0: predictions.parquet, the baselines on the same test rows, metrics.json, plots, report."""
-    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in prep.keys.column_names]
-    test_keys = data.plain(prep.keys.select(cols).take(pa.array(rows["test"]))).to_pandas()
-    preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
-    write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
-
-    drug_rows = trained.rows_of(trained.drugs)
-    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in drug_rows.items()}
-    pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])
-    train_pairs = evaluate.pair_labels(prep.keys, rows["train"], pair[rows["train"]])
-    del pair
-    design = evaluate.design_of(prep.source, prep.keys, rows["train"], rows["test"],
-                                value_kind=cfg.value_kind, seed=cfg.seed)
-    result = evaluate.evaluate(train_pairs, test_keys, pred, drug_vectors=vectors, seed=cfg.seed,
-                               design=design)
-    metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
-               "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
-               "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
-               "parameters": count_parameters(trained.model),
-               "history": trained.history}
-    metrics["verdict"] = evaluate.verdict(metrics)
-    write_json(metrics, run_dir / "metrics.json")
-    evaluate.plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
-    evaluate.plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {cfg.split} split")
-    evaluate.plot_per_drug(metrics, run_dir / "per_drug_pearson.png")
-    evaluate.write_report(run_dir, metrics)
+    metrics = evaluate.report(cfg, trained, source=prep.source, keys=prep.keys, rows=rows, pred=pred,
+                              run_dir=run_dir, fold=fold, sizes=sizes)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     return metrics
 
 
-def train_runs(cfg: Config, prep: Prepared, work: Path) -> dict:
+def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
     """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
     seeds = cfg.seeds or [cfg.seed]
     folds = list(range(cfg.folds)) if cfg.folds > 1 else [0]
     if len(seeds) == 1 and len(folds) == 1:
-        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), prep, work)
+        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), act, prep, work)
     results = {}
     for seed in seeds:
         for fold in folds:
@@ -201,18 +249,11 @@ def train_runs(cfg: Config, prep: Prepared, work: Path) -> dict:
                 results[name] = json.loads((sub / "metrics.json").read_text())
                 continue
             log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
-            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), prep, sub, fold)
-    if not train.is_main():
-        return {}
-    summary = evaluate.aggregate(results)
-    first = next(iter(results.values()))
-    metrics = {**summary, "seeds": seeds, "folds": cfg.folds, "drug_encoder": first["drug_encoder"],
-               "per_run": {k: {"test": v["test"], "baselines": v["baselines"]} for k, v in results.items()}}
-    metrics["verdict"] = evaluate.verdict(metrics)
-    write_json(metrics, work / "metrics.json")
-    evaluate.write_report(work, metrics, runs=list(results))
-    return metrics
+            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), act, prep, sub, fold)
+    return evaluate.report_runs(results, work, seeds=seeds, folds=cfg.folds) if dist.is_main() else {}
 
+
+# ----------------------------------------------------------------------------- the run directory
 
 def new_run_dir(out: str | None, resume: bool) -> tuple[Path, Path]:
     """The final run directory and the `.incomplete` one the run works in until it succeeds.
@@ -220,7 +261,7 @@ def new_run_dir(out: str | None, resume: bool) -> tuple[Path, Path]:
     Under torchrun, rank 0 names and creates them and the other ranks follow.
     """
     name = None
-    if train.is_main():
+    if dist.is_main():
         final = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         work = final.with_name(final.name + ".incomplete")
         problem = None
@@ -234,20 +275,11 @@ def new_run_dir(out: str | None, resume: bool) -> tuple[Path, Path]:
         else:
             work.mkdir(parents=True, exist_ok=True)
         name = (str(final), problem)
-    name = broadcast(name)
+    name = dist.broadcast(name)
     if name[1]:
         raise PipelineError(name[1])
     final = Path(name[0])
     return final, final.with_name(final.name + ".incomplete")
-
-
-def broadcast(obj):
-    """Rank 0's value on every rank (itself outside torchrun)."""
-    if train.world()[1] == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def resumable(work: Path) -> bool:
@@ -258,7 +290,7 @@ def resumable(work: Path) -> bool:
             or any((work / "downsample_parts").rglob("*.part.parquet")))
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config, act: Actions) -> None:
     """Fail before any work on paths that do not exist."""
     for flag, path in (("--gene-table", cfg.gene_table), ("--smiles-table", cfg.smiles_table)):
         if path and not Path(path).exists():
@@ -272,7 +304,7 @@ def check_inputs(cfg: Config) -> None:
     if cfg.expression and not cfg.smiles_table:
         raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
                             "drug's structure (GDSC's own files hold none).")
-    if cfg.expression and cfg.stop_after == "downsample":
+    if cfg.expression and act.stop_after == "downsample":
         raise PipelineError("--stop-after downsample does not apply to --expression (nothing is "
                             "downsampled); stop after gdsc or merge.")
     compounds, models = cfg.identifier_tables()
@@ -285,12 +317,12 @@ def check_inputs(cfg: Config) -> None:
 
 
 @contextlib.contextmanager
-def run_directory(cfg: Config) -> Iterator[tuple[Path, Path]]:
+def run_directory(cfg: Config, resume: bool) -> Iterator[tuple[Path, Path]]:
     """(final, work): the run works in <out>.incomplete, logged into, and renamed to <out> when
     it succeeds; a failed run's directory is removed unless it holds work worth resuming. Under
     torchrun rank 0 looks after the directory and the other ranks only follow."""
-    final, work = new_run_dir(cfg.out, cfg.resume)
-    lead = train.is_main()
+    final, work = new_run_dir(cfg.out, resume)
+    lead = dist.is_main()
     if lead:
         setup_logging(logging.getLogger().level, work / "log.txt")
         config_mod.save_yaml(cfg, work / "config.yaml")
@@ -308,86 +340,26 @@ def run_directory(cfg: Config) -> Iterator[tuple[Path, Path]]:
         setup_logging(logging.getLogger().level, final / "log.txt")
 
 
-def prepare(cfg: Config, work: Path) -> tuple[Path, pd.DataFrame | None, Path] | None:
-    """Rank 0's part: the merged table training reads, as a parquet path (given with --data,
-    left by an interrupted run, converted from an .h5ad, or prepared from the sources), its
-    gene table (--gene-table, the .h5ad's var, or the Tahoe source's), and its token store.
-    None when the run stops before training."""
-    genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
-    merged = work / "merged.parquet"
-    prepared = merged if not cfg.expression else work / "pairs.parquet"
-    if h5ad.is_h5ad(cfg.data):
-        if not merged.exists():   # a resumed run has it already
-            table, from_var = h5ad.read_merged(cfg.data, cfg)
-            write_parquet(pa.Table.from_pandas(from_var, preserve_index=False), work / "gene_table.parquet")
-            write_parquet(table, merged, row_group_size=data.ROW_GROUP)
-        source = merged
-        genes = genes if genes is not None else data.load_gene_table(work / "gene_table.parquet")
-    elif cfg.data:
-        data.merged_columns(cfg.data)
-        source = Path(cfg.data)
-    elif cfg.resume and prepared.exists():
-        log.info("resuming: data preparation is done, reading %s", prepared)
-        source = prepared
-    else:
-        source = prepare_data(cfg, work)
-    if source is None:
-        return None
-    beside = source.parent / "gene_table.parquet"   # a reference's, written with it
-    if genes is None and data.profiles_path(source) and beside.exists():
-        genes = data.load_gene_table(beside)
-    if genes is None and not cfg.data and not cfg.expression:
-        try:
-            genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
-        except PipelineError as e:
-            log.warning("%s The checkpoint will not name its genes; pass --gene-table to predict on "
-                        ".h5ad files.", e)
-    store = token_store(cfg, source, work)   # a data-preparation run leaves it for training
-    return None if cfg.stop_after == "merge" else (source, genes, store)
-
-
-def token_store(cfg: Config, source: Path, work: Path) -> Path:
-    """The token store of this table and these settings: beside the table (left by the run that
-    prepared it) or in this run's directory, built there if neither has it."""
-    return tokens.build(source, work / "tokens", value_kind=cfg.value_kind, tokens=cfg.tokens,
-                        top_k=cfg.top_k, also=(source.parent / "tokens",))
-
-
-def load(cfg: Config, work: Path) -> Prepared | None:
-    """Rank 0 prepares the data and the token store while the other ranks wait, then reads the
-    table's key columns (never its expression); every rank maps the store."""
-    prepared = train.on_main(lambda: prepare(cfg, work))
-    if prepared is None:
-        return None
-    source, genes, store = prepared
-    held = {}
-
-    def read_keys() -> dict[str, str]:   # a bad table stops every rank, not only rank 0
-        keys = data.read_keys(source)
-        drugs = data.drug_smiles(keys)
-        held["keys"] = keys.drop_columns(["canonical_smiles"])   # the split and report need no SMILES
-        return drugs
-    drugs = train.on_main(read_keys)
-    return Prepared(source, tokens.StoredTokens(store), drugs, genes, held.get("keys"))
-
-
-def run(cfg: Config) -> Path:
+def run(cfg: Config, act: Actions = Actions()) -> Path:
     t0 = time.perf_counter()
-    train.init_distributed(cfg.device, cfg.dist_timeout_min)
-    if not train.is_main():
+    dist.init(cfg.device, cfg.dist_timeout_min)
+    if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
-    check_inputs(cfg)
+    if not 0 <= act.shard_index < cfg.num_shards:
+        raise PipelineError(f"--shard-index must be in [0, {cfg.num_shards}) (--num-shards), got "
+                            f"{act.shard_index}.")
+    check_inputs(cfg, act)
     kind = ("normalised" if cfg.expression and cfg.value_kind == "auto"   # bulk matrices: log-TPM, RMA
             else data.resolve_value_kind(cfg.value_kind, h5ad.value_kind_of(cfg.data) if cfg.data else None,
                                          cfg.data))
     cfg = dataclasses.replace(cfg, value_kind=kind)
-    with run_directory(cfg) as (final, work):
-        prep = load(cfg, work)
-        metrics = train_runs(cfg, prep, work) if prep is not None else None
+    with run_directory(cfg, act.resume) as (final, work):
+        prep = prepare(cfg, act, work)
+        metrics = train_runs(cfg, act, prep, work) if prep is not None else None
     minutes = (time.perf_counter() - t0) / 60
     if prep is None:
-        what = (f"array task {cfg.shard_index}/{cfg.num_shards} scanned its shards into "
-                f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {cfg.stop_after!r}")
+        what = (f"array task {act.shard_index}/{cfg.num_shards} scanned its shards into "
+                f"{cfg.parts_dir}" if cfg.num_shards > 1 else f"stopped after stage {act.stop_after!r}")
         log.info("%s; outputs in %s (%.1f min)", what, final, minutes)
     elif metrics:   # rank 0: the others return no metrics
         print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
@@ -431,7 +403,7 @@ def predict_command(argv: list[str]) -> int:
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        trained = train.Trained.load(args.checkpoint, train.pick_device(args.device))
+        trained = train.Trained.load(args.checkpoint, dist.pick_device(args.device))
         if h5ad.is_h5ad(args.data):
             cfg = config_mod.resolve(args)
             data_path = Path(args.data)
@@ -484,10 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        cfg = config_mod.resolve(args)
-        run(cfg)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()   # leave together: tearing down a group in use can abort
+        run(config_mod.resolve(args), Actions(args.resume, args.stop_after, args.shard_index))
+        dist.barrier()   # leave together: tearing down a group in use can abort
         return 0
     except PipelineError as e:
         return report_error(log, e)
@@ -495,8 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted")
         return 130
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        dist.close()
 
 
 if __name__ == "__main__":

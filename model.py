@@ -6,8 +6,10 @@ d_model. [drug, genes...] -> positions -> Transformer encoder -> the drug token'
 LayerNorm-Dropout-Linear-ReLU-Dropout-Linear -> ln IC50. With the study's sizes (47,278 gene
 tokens, 768-d ChemBERTa, d_model 512, 3 layers, 4 heads, feed-forward 512, gene width 128, head
 256) this has 11,378,177 trainable parameters, as reported. Positions: sinusoidal (the study's
-absolute encoding), rotary (on queries and keys), or none. `tokens=pooled` is the study's
-two-token design: the genes pooled into one cell token beside the drug token.
+absolute encoding) or none. `gene_tokens=pooled` is the study's two-token design: the genes
+pooled into one cell token beside the drug token. Every setting comes from the Config (its
+defaults are the only ones); the sizes the data decide (vocabulary, drug vector, trained drugs)
+are arguments.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from config import Config
 
 # ----------------------------------------------------------------------------- network
 
@@ -29,23 +33,12 @@ def sinusoidal(length: int, dim: int, device: torch.device) -> torch.Tensor:
     return pe
 
 
-def rotary(x: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of q or k [B, H, L, Dh]: pairs of channels rotated by position."""
-    length, dim = x.shape[-2], x.shape[-1]
-    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
-    angles = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv[None]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
 class EncoderLayer(nn.Module):
     """Post-norm encoder layer (as torch's TransformerEncoderLayer) on scaled_dot_product_attention."""
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float,
-                 attn_dropout: float, rope: bool = False):
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float, attn_dropout: float):
         super().__init__()
-        self.n_heads, self.attn_dropout, self.rope = n_heads, attn_dropout, rope
+        self.n_heads, self.attn_dropout = n_heads, attn_dropout
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.ff1 = nn.Linear(d_model, ff_dim)
@@ -58,8 +51,6 @@ class EncoderLayer(nn.Module):
         b, n, d = x.shape                                   # (B, L, d_model); keep: (B, L)
         qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)      # (B, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                # each (B, H, L, Dh)
-        if self.rope:
-            q, k = rotary(q), rotary(k)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],  # mask (B, 1, 1, L)
                                            dropout_p=self.attn_dropout if self.training else 0.0)
         a = a.transpose(1, 2).reshape(b, n, d)              # (B, H, L, Dh) -> (B, L, d_model)
@@ -68,48 +59,40 @@ class EncoderLayer(nn.Module):
 
 
 class IC50Transformer(nn.Module):
-    def __init__(self, n_tokens: int, drug_dim: int, gene_dim: int = 128, d_model: int = 512,
-                 n_heads: int = 4, n_layers: int = 3, ff_dim: int = 512, head_dim: int = 256,
-                 dropout: float = 0.1, tokens: str = "top_k", pos_encoding: str = "sinusoidal",
-                 attn_dropout: float = 0.1, expr_embedding: str = "linear",
-                 gene_dropout: float = 0.0, n_drug_heads: int = 0):
+    def __init__(self, cfg: Config, n_tokens: int, drug_dim: int, n_drug_heads: int = 0):
+        """cfg: the network's settings; n_tokens: vocabulary + 2 (PAD, unknown); drug_dim: the
+        drug vector's width; n_drug_heads: the training drugs, each with its own read-out when
+        cfg.head is per_drug."""
         super().__init__()
-        self.tokens, self.pos_encoding = tokens, pos_encoding
-        self.expr_embedding, self.gene_dropout = expr_embedding, gene_dropout
-        self.gene_emb = nn.Embedding(n_tokens, gene_dim, padding_idx=0)
+        self.gene_tokens, self.pos_encoding = cfg.gene_tokens, cfg.pos_encoding
+        self.expr_embedding, self.gene_dropout = cfg.expr_embedding, cfg.gene_dropout
+        self.gene_emb = nn.Embedding(n_tokens, cfg.gene_dim, padding_idx=0)
         # linear: one map of the value shared by all genes, added to the gene's id embedding;
         # scaled: the gene's own vector times its value (gene-specific and continuous)
-        self.expr_emb = nn.Linear(1, gene_dim) if expr_embedding == "linear" else None
-        self.gene_proj = nn.Linear(gene_dim, d_model)
-        self.drug_proj = nn.Linear(drug_dim, d_model)
+        self.expr_emb = nn.Linear(1, cfg.gene_dim) if cfg.expr_embedding == "linear" else None
+        self.gene_proj = nn.Linear(cfg.gene_dim, cfg.d_model)
+        self.drug_proj = nn.Linear(drug_dim, cfg.d_model)
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model, n_heads, ff_dim, dropout, attn_dropout, pos_encoding == "rotary")
-            for _ in range(n_layers))
-        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout),
-                                  nn.Linear(d_model, head_dim), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(head_dim, 1))
+            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, cfg.attn_dropout)
+            for _ in range(cfg.n_layers))
+        self.head = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.d_model, cfg.head_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.head_dim, 1))
         # per-drug heads: one linear read-out of the cell's representation per training drug,
         # added to the shared head; zero at the start, and for drugs never trained on
-        self.drug_heads = nn.Embedding(n_drug_heads, d_model) if n_drug_heads else None
+        n_heads = n_drug_heads if cfg.head == "per_drug" else 0
+        self.drug_heads = nn.Embedding(n_heads, cfg.d_model) if n_heads else None
         if self.drug_heads is not None:
             nn.init.zeros_(self.drug_heads.weight)
 
-    @classmethod
-    def from_config(cls, cfg, n_tokens: int, drug_dim: int, n_drugs: int = 0) -> "IC50Transformer":
-        return cls(n_tokens, drug_dim, cfg.gene_dim, cfg.d_model, cfg.n_heads, cfg.n_layers,
-                   cfg.ff_dim, cfg.head_dim, cfg.dropout, cfg.tokens, cfg.pos_encoding,
-                   cfg.attn_dropout, getattr(cfg, "expr_embedding", "linear"),
-                   getattr(cfg, "gene_dropout", 0.0),
-                   n_drugs if getattr(cfg, "head", "shared") == "per_drug" else 0)
-
     def embed_genes(self, genes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gene tokens [B, K, d_model] (one pooled token [B, 1, d_model] when tokens=pooled) and
+        """Gene tokens [B, K, d_model] (one pooled token [B, 1, d_model] when pooled) and
         which of them are real."""
         listed = genes != 0
         keep = listed
         if self.training and self.gene_dropout > 0:
             keep = listed & (torch.rand(listed.shape, device=listed.device) >= self.gene_dropout)
-        if self.tokens == "pooled":   # the study's two-token design: the mean of the gene tokens
+        if self.gene_tokens == "pooled":   # the study's two-token design: one cell token
             x = self.pooled(genes, values, keep, listed)
             return self.gene_proj(x).unsqueeze(1), torch.ones_like(keep[:, :1])
         if self.expr_embedding == "scaled":
@@ -170,17 +153,15 @@ class Ensemble(nn.Module):
     def __init__(self, members: list[IC50Transformer]):
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.gene_emb, self.drug_proj = members[0].gene_emb, members[0].drug_proj  # shapes, for checkpoints
 
     def forward(self, *args) -> torch.Tensor:
         out = torch.stack([m(*args) for m in self.members], dim=-1)
         return out if self.training else out.mean(-1)
 
 
-def build_model(cfg, n_tokens: int, drug_dim: int, n_drugs: int = 0) -> nn.Module:
+def build_model(cfg: Config, n_tokens: int, drug_dim: int, n_drug_heads: int = 0) -> nn.Module:
     """The network a configuration describes: one IC50Transformer, or an ensemble of them."""
-    members = [IC50Transformer.from_config(cfg, n_tokens, drug_dim, n_drugs)
-               for _ in range(max(1, getattr(cfg, "ensemble", 1)))]
+    members = [IC50Transformer(cfg, n_tokens, drug_dim, n_drug_heads) for _ in range(cfg.ensemble)]
     return members[0] if len(members) == 1 else Ensemble(members)
 
 

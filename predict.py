@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import anndata.io
+import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -36,7 +38,7 @@ import data
 import drugs as drugs_mod
 import h5ad
 from common import PipelineError, atomic_path, write_parquet
-from data import Features, Tokens
+from tokens import Features, TokenTable, cell_tokens, vocab_index
 from train import Trained
 
 log = logging.getLogger("ic50.predict")
@@ -94,11 +96,11 @@ def table_features(trained: Trained, path: Path) -> tuple[Features, pa.Table]:
     profiles = data.profiles_path(path)
     if profiles is not None:
         table = data.read_profiles(profiles, kind)
-        toks = data.cell_tokens(table, cfg.top_k, cfg.tokens, kind).with_keys(
+        toks = cell_tokens(table, cfg.top_k, kind).with_keys(
             keys, data.profile_index(keys, table["cell_line_id"].to_pylist(), str(path)))
     else:
         table = data.load_merged(path, labelled=False, value_kind=kind)
-        toks = data.cell_tokens(table, cfg.top_k, cfg.tokens, kind).with_keys(keys)
+        toks = cell_tokens(table, cfg.top_k, kind).with_keys(keys)
     return trained.features(toks, drugs=data.drug_smiles(keys)), keys
 
 
@@ -142,7 +144,7 @@ def profile_features(trained: Trained, values: np.ndarray, drug_rows: list[int])
     n, width = values.shape
     genes = np.tile(trained.vocab.astype(np.int32), n)
     offsets = np.arange(n + 1, dtype=np.int64) * width
-    toks = Tokens(genes, values.astype(np.float32).ravel(), offsets, width,
+    toks = TokenTable(genes, values.astype(np.float32).ravel(), offsets, width,
                   drug=np.tile(np.arange(len(drug_rows), dtype=np.int32), n),
                   drugs=[str(j) for j in range(len(drug_rows))],
                   label=np.full(n * len(drug_rows), np.nan, dtype=np.float32),
@@ -231,7 +233,7 @@ def _query(trained: Trained, h: h5ad.H5ad, table: pd.DataFrame | None, *, drugs,
         raise PipelineError(f"'{h.path}' declares {declared} values, but the model was trained on "
                             f"{kind} values; give it values of the same kind (--layer).")
     gmap = h5ad.map_genes(h.gene_ids, table, kind)
-    gmap.counts["tokens"] = int(np.isin(gmap.tokens, trained.vocab).sum())
+    gmap.counts["genes_found"] = int(np.isin(gmap.token_ids, trained.vocab).sum())
     h5ad.report_coverage(gmap, h.path, len(trained.vocab), "the model's", min_fraction)
     groups = (h5ad.obs_column(h, groupby, "--groupby").astype(str).to_numpy() if groupby
               else np.full(h.n_cells, "all cells", dtype=object))
@@ -257,7 +259,7 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int
             h.check_values(block, kind, start == 0)
             g, e = q.gmap.lists(block, keep_zeros=kind == "normalised")
             n = block.shape[0]
-            toks = data.cell_tokens(pa.table({"genes": g, "expressions": e}), cfg.top_k, cfg.tokens, kind)
+            toks = cell_tokens(pa.table({"genes": g, "expressions": e}), cfg.top_k, kind)
             toks = replace(toks, drug=np.zeros(n, np.int32), drugs=[""], label=np.full(n, np.nan, np.float32))
             for j, name in enumerate(names):   # every cell with drug j: one drug-table row for all
                 feats = Features(toks, np.arange(n), np.array([q.rows[name]], dtype=np.int64))
@@ -277,7 +279,7 @@ def group_means(q: Query, block_cells: int, kind: str) -> tuple[list[str], np.nd
     counts as log1p(count per 10,000 of the cell's total over all its genes), normalised values
     as they are."""
     names, group_of = np.unique(q.groups.astype(str), return_inverse=True)
-    sums = np.zeros((len(names), len(q.gmap.tokens)))
+    sums = np.zeros((len(names), len(q.gmap.token_ids)))
     for start, block in q.h.blocks(block_cells):
         q.h.check_values(block, kind, start == 0)
         m = (block @ q.gmap.merge).tocsr()
@@ -298,7 +300,7 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
     """A bulk model: one aligned profile per group, predicted for every drug; each cell carries
     its group's prediction."""
     names, means, cells = group_means(q, block_cells, q.kind)
-    pos, known = data.vocab_index(trained.vocab, q.gmap.tokens)
+    pos, known = vocab_index(trained.vocab, q.gmap.token_ids)
     values = np.zeros((len(names), len(trained.vocab)))
     values[:, pos[known]] = means[:, known]
     found = np.zeros(len(trained.vocab), dtype=bool)
@@ -319,8 +321,7 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
 
 def _annotate(path: Path, preds: np.ndarray, names: list[str]) -> None:
     """obsm['ln_ic50'] (cells x drugs) and uns['ln_ic50_drugs'] written into the copy in place."""
-    import h5py
-    io = h5ad.anndata_io()
+    io = anndata.io
     with h5py.File(path, "r+") as f:
         for group in ("obsm", "uns"):
             if group not in f:

@@ -3,185 +3,50 @@
 Targets are standardised with the training mean and sd (the loss is computed on that scale);
 reported losses are MSE in ln IC50 units. On CUDA the forward pass runs under bf16 autocast.
 
-A checkpoint is written every epoch (`last.pt`: model, optimiser, scheduler, RNG states, epoch,
+A checkpoint is written every epoch (`last.pt`: model, optimiser, RNG states, epoch,
 early-stopping state) and `best.pt` whenever validation improves; `--resume` continues an
 interrupted run to the same result. Under `torchrun` the run is data-parallel
 (DistributedDataParallel; NCCL on GPUs, Gloo on CPUs): every rank draws the same shuffled global
 batch and takes its share, so N processes compute the same gradient as one; validation and test
-rows are split over the ranks and gathered; only rank 0 writes files.
+rows are split over the ranks and gathered; only rank 0 writes files (dist.py).
+
+The checkpoint (`Trained.state`, read back by `Trained.load`) holds what rebuilds the network
+and featurises new rows the same way: the model settings (nanoGPT's model_args) and the sizes the
+data decided, the gene vocabulary and its names, the drugs and their vectors, the label scale,
+and for bulk models the per-gene statistics of the training profiles. Its format number is read;
+`upgrade` holds every rule that brings an earlier format to this one.
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import dist
 from common import PipelineError, atomic_path
-from config import Config
-from data import Features, Tokens, drug_lookup, gene_table_lists
+from config import Config, from_dict
+from data import gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
+from tokens import Features, TokenTable, drug_lookup, epoch_plan, loader
 
 log = logging.getLogger("ic50.train")
-T = TypeVar("T")
 
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
-# the same way (nanoGPT's model_args). Other settings may come and go without breaking it.
-CHECKPOINT_FORMAT = 4   # 3: tensors and plain lists only (portable across numpy 1 and 2); drug
-                        # names and the vocabulary's gene symbols and Ensembl ids; 4: per-gene
-                        # statistics of the training profiles (models of normalised values)
-MODEL_SETTINGS = ("value_kind", "tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
+# the same way. Other settings may come and go without breaking it.
+MODEL_SETTINGS = ("value_kind", "gene_tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
-                  "ensemble", "pos_encoding", "target", "drug_encoder", "smiles_model",
-                  "smiles_pooling", "morgan_bits", "batch_size")
-# What a model setting a checkpoint does not hold meant when it was written: the default of that
-# time, not today's (format 1 predates expr_embedding; today's defaults differ from all of these)
-RECORDED_LATER = {"value_kind": "counts", "tokens": "top_k", "top_k": 64, "expr_embedding": "linear",
-                  "pos_encoding": "sinusoidal", "dropout": 0.1}
-
-
-# ----------------------------------------------------------------------------- distributed
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device_name: str, timeout_min: int = 720) -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise. The other
-    ranks wait up to timeout_min for rank 0 (data preparation, the token store)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_min))
-
-
-def on_main(fn: Callable[[], T]) -> T:
-    """fn() on rank 0 while the other ranks wait; its result, or its error, reaches every rank."""
-    if world()[1] == 1:
-        return fn()
-    box: list = [None]
-    if is_main():
-        try:
-            box[0] = ("ok", fn())
-        except BaseException as e:
-            box[0] = ("error", str(e) if isinstance(e, PipelineError) else
-                      f"rank 0 failed: {type(e).__name__}: {e}")
-            dist.broadcast_object_list(box, src=0)
-            raise
-    dist.broadcast_object_list(box, src=0)
-    status, value = box[0]
-    if status == "error":
-        raise PipelineError(value)
-    return value
-
-
-def is_main() -> bool:
-    return world()[0] == 0
-
-
-def gather(arrays: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    """Reassemble per-rank predictions (rank r holds rows index) into one array of n rows."""
-    rank, size = world()
-    if size == 1:
-        return arrays
-    parts = [None] * size
-    dist.all_gather_object(parts, (index, arrays))
-    out = np.empty(n, dtype=np.float64)
-    for idx, vals in parts:
-        out[idx] = vals
-    return out
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("--device cuda was asked for, but torch sees no CUDA GPU "
-                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}).")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
-
-
-# ----------------------------------------------------------------------------- batches
-
-class Batches(Dataset):
-    """Item i is the i-th batch (index array) of a plan, gathered from the token store (or an
-    in-memory Tokens); collation happens in the workers, which reopen the store's maps."""
-
-    def __init__(self, feats: Features, plan: list[np.ndarray], vocab: np.ndarray,
-                 target: Callable | None = None):
-        self.feats, self.plan, self.vocab, self.target = feats, plan, vocab, target
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, i: int):
-        idx = self.plan[i]
-        genes, values = self.feats.batch(idx, self.vocab)
-        drug, y = self.feats.drug(idx), self.feats.y(idx)
-        if self.target is not None:
-            y = self.target(y, drug)
-        return torch.from_numpy(genes), torch.from_numpy(values), torch.from_numpy(drug), torch.from_numpy(y)
-
-
-def loader(feats: Features, plan: list[np.ndarray], vocab: np.ndarray, workers: int,
-           device: torch.device, target: Callable | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches on the device, labels mapped by `target` (ln IC50 and drug -> what the network
-    fits). On CUDA they come from pinned memory, and the next batch is copied while the current
-    one computes (non-blocking copies, one batch ahead)."""
-    cuda = device.type == "cuda"
-    batches = iter(DataLoader(Batches(feats, plan, vocab, target), batch_size=None, shuffle=False,
-                              num_workers=workers, pin_memory=cuda, persistent_workers=False))
-    ahead = next(batches, None)
-    ahead = None if ahead is None else tuple(x.to(device, non_blocking=cuda) for x in ahead)
-    while ahead is not None:
-        current = ahead
-        ahead = next(batches, None)
-        ahead = None if ahead is None else tuple(x.to(device, non_blocking=cuda) for x in ahead)
-        yield current
-
-
-def epoch_plan(feats: Features, batch_size: int, gen: np.random.Generator, bucket: bool
-               ) -> list[np.ndarray]:
-    """Shuffled global batches; with `bucket`, cells of similar length share a batch (less
-    padding when every gene is a token), and the batch order is shuffled again."""
-    # gen.permutation(n), in 4-byte indices where they fit (the same order and RNG stream)
-    order = np.arange(len(feats), dtype=np.int32 if len(feats) < 2 ** 31 else np.int64)
-    gen.shuffle(order)
-    if bucket:
-        window = batch_size * 50
-        lengths = feats.lengths()
-        order = np.concatenate([w[np.argsort(lengths[w], kind="stable")]
-                                for w in np.array_split(order, max(1, len(order) // window))])
-    plan = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if bucket:
-        plan = [plan[i] for i in gen.permutation(len(plan))]
-    return plan
+                  "ensemble", "pos_encoding", "drug_encoder", "smiles_model", "smiles_pooling",
+                  "morgan_bits", "batch_size")
+CHECKPOINT_FORMAT = 5
 
 
 def autocast(device: torch.device):
@@ -190,32 +55,18 @@ def autocast(device: torch.device):
 
 # ----------------------------------------------------------------------------- the fitted model
 
-def encode_target(y: np.ndarray, drug: np.ndarray, *, offset: np.ndarray | None,
-                  scale: np.ndarray | None, mean: float, std: float) -> np.ndarray:
-    if offset is not None:
-        y = (y - offset[drug]) / scale[drug]
-    return ((y - mean) / std).astype(np.float32)
-
-
 @dataclass
 class Trained:
-    """A fitted model with everything needed to featurise new rows the same way."""
+    """A fitted model with everything needed to featurise new rows the same way. Built complete
+    by `create` (from a training setup) or `load` (from a checkpoint)."""
     model: torch.nn.Module   # an IC50Transformer, or an Ensemble of them
     cfg: Config
-    vocab: np.ndarray
-    smiles: list[str]
+    vocab: np.ndarray        # sorted gene token ids the model knows
+    smiles: list[str]        # the drug table's SMILES, one per row
     drug_table: torch.Tensor
     drug_encoder: str
-    y_mean: float
+    y_mean: float            # the training labels' mean and sd: the network fits standardised labels
     y_std: float
-    tower: DrugTower | None = None
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    # target != ln_ic50: per drug-table row, the offset and scale the network's target is taken
-    # from (drug mean; drug sd), and the values a drug not in training gets
-    offset: np.ndarray | None = None
-    scale: np.ndarray | None = None
-    unseen: tuple[float, float] = (0.0, 1.0)
     # drug name -> SMILES, for predicting by name; and the gene table the token ids come from
     # ({"token_id": [...], "gene_symbol": [...], "ensembl_id": [...]}; None where unknown),
     # which maps the genes of an .h5ad onto token ids
@@ -224,56 +75,47 @@ class Trained:
     # models of normalised values (bulk profiles): per vocabulary gene, the mean and sd of the
     # training profiles, which prediction aligns another platform's profiles to (predict.py)
     reference: dict | None = None
+    tower: DrugTower | None = None    # a fine-tuned ChemBERTa
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
 
-    def fit_target(self, part: Callable[[slice], tuple[np.ndarray, np.ndarray]], n: int,
-                   chunk: int = 1 << 20) -> None:
-        """Offsets and scales from the n training rows, then the mean and sd of what is left.
-        part(rows) gives (ln IC50, drug-table row) of a slice of them: the sums run a chunk at a
-        time, never over a copy of every row's label."""
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for i in range(0, n, chunk):
-                y, drug = part(slice(i, i + chunk))
-                yield np.asarray(y, dtype=np.float64), drug
+    @classmethod
+    def create(cls, cfg: Config, table: TokenTable, rows: dict[str, np.ndarray], *, drugs: dict[str, str],
+               gene_table: pd.DataFrame | None, device: torch.device) -> "Trained":
+        """A fresh model for these training rows: their vocabulary, every drug's vector (test drugs
+        included: the encoder is frozen and never sees a label, so this leaks nothing), the
+        network, the label scale and, for normalised values, the training profiles' statistics."""
+        dist.seed_everything(cfg.seed)
+        vocab = table.vocabulary(rows["train"])
+        smiles = sorted(set(drugs.values()))
+        vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
+                                     cfg.morgan_bits)
+        tower = None
+        if cfg.finetune_drug_encoder:
+            if dist.world()[1] > 1:
+                raise PipelineError("--finetune-drug-encoder runs in one process only: under torchrun "
+                                    "its gradients would not be synchronised. Train it without "
+                                    "torchrun, or freeze the encoder.")
+            if not encoder.startswith("chemberta"):
+                raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be "
+                                    "loaded (see the warning above); fingerprints have nothing to "
+                                    "fine-tune.")
+            tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(device)
+        model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(device)
+        y_mean, y_std = label_scale(table.label, rows["train"])
+        return cls(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(device), encoder, y_mean, y_std,
+                   drugs=dict(drugs), genes=gene_table_lists(gene_table, vocab) if gene_table is not None
+                   else None,
+                   reference=table.statistics(rows["train"], vocab) if cfg.value_kind == "normalised"
+                   else None, tower=tower)
 
-        if self.cfg.target != "ln_ic50":
-            m = len(self.smiles)
-            count, total, sq = np.zeros(m), np.zeros(m), np.zeros(m)
-            for y, drug in chunks():
-                count += np.bincount(drug, minlength=m)
-                total += np.bincount(drug, weights=y, minlength=m)
-            mean = total / np.maximum(count, 1)
-            for y, drug in chunks():
-                sq += np.bincount(drug, weights=(y - mean[drug]) ** 2, minlength=m)
-            var, seen = sq / np.maximum(count, 1), count > 0
-            zscore = self.cfg.target == "drug_zscore"
-            scale = np.sqrt(var) if zscore else np.ones(m)
-            scale[scale < 1e-6] = 1.0
-            self.unseen = (float(total.sum() / max(count.sum(), 1)),
-                           float(np.sqrt(var[seen].mean())) if zscore else 1.0)
-            self.offset = np.where(seen, mean, self.unseen[0])
-            self.scale = np.where(seen, scale, self.unseen[1])
-        def left(y: np.ndarray, drug: np.ndarray) -> np.ndarray:
-            return y if self.offset is None else (y - self.offset[drug]) / self.scale[drug]
-        self.y_mean = float(sum(left(y, d).sum() for y, d in chunks()) / max(n, 1))
-        var = sum(((left(y, d) - self.y_mean) ** 2).sum() for y, d in chunks()) / max(n, 1)
-        self.y_std = float(np.sqrt(var)) or 1.0
-
-    def target_encoder(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """(ln IC50, drug-table rows) -> what the network fits; small to pickle for loader workers."""
-        return partial(encode_target, offset=self.offset, scale=self.scale, mean=self.y_mean,
-                       std=self.y_std)
-
-    def decode_target(self, out: np.ndarray, drug: np.ndarray) -> np.ndarray:
-        y = out * self.y_std + self.y_mean
-        return y if self.offset is None else y * self.scale[drug] + self.offset[drug]
-
-    def features(self, tokens: Tokens, rows: np.ndarray | None = None,
+    def features(self, table: TokenTable, rows: np.ndarray | None = None,
                  drugs: dict[str, str] | None = None) -> Features:
-        """Features of some rows (all by default) of tokens; their drugs are found by name among
-        `drugs` (name -> SMILES; default: the drugs trained with)."""
-        rows = np.arange(len(tokens)) if rows is None else rows
-        return Features(tokens, rows, drug_lookup(tokens.drugs, self.rows_of(self.drugs if drugs is None
-                                                                             else drugs)))
+        """Features of some rows (all by default) of a token table; their drugs are found by name
+        among `drugs` (name -> SMILES; default: the drugs trained with)."""
+        rows = np.arange(len(table)) if rows is None else rows
+        return Features(table, rows, drug_lookup(table.drugs, self.rows_of(self.drugs if drugs is None
+                                                                           else drugs)))
 
     def rows_of(self, drugs: dict[str, str]) -> dict[str, int]:
         """Drug name -> row of the drug table, found by SMILES: the one lookup from names to drug
@@ -297,9 +139,6 @@ class Trained:
                                 f"{self.drug_encoder}; make that encoder available (--smiles-model).")
         self.smiles += new
         self.drug_table = torch.cat([self.drug_table, torch.from_numpy(vecs).to(self.drug_table.device)])
-        if self.offset is not None:
-            self.offset = np.concatenate([self.offset, np.full(len(new), self.unseen[0])])
-            self.scale = np.concatenate([self.scale, np.full(len(new), self.unseen[1])])
 
     def drug_vectors(self, drug: torch.Tensor) -> torch.Tensor:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
@@ -308,7 +147,7 @@ class Trained:
     def predict(self, feats: Features, device: torch.device | None = None) -> np.ndarray:
         """ln IC50 for every row of feats; under torchrun the rows are split and gathered."""
         device = device or next(self.model.parameters()).device
-        rank, size = world()
+        rank, size = dist.world()
         mine = np.arange(rank, len(feats), size)
         self.model.eval()
         if self.tower is not None:
@@ -318,24 +157,22 @@ class Trained:
         for g, v, d, _ in loader(feats, plan, self.vocab, 0, device):
             with autocast(device):
                 out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
-        local = self.decode_target(np.concatenate(out) if out else np.zeros(0), feats.drug(mine))
-        return gather(local, mine, len(feats))
+        local = (np.concatenate(out) if out else np.zeros(0)) * self.y_std + self.y_mean
+        return dist.gather(local, mine, len(feats))
 
     def state(self) -> dict:
         """What best.pt holds: tensors, numbers, strings and lists only, so that a checkpoint
         written under numpy 2 loads under numpy 1 and the other way round."""
         tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a))  # noqa: E731
+        heads = [m.drug_heads for m in getattr(self.model, "members", [self.model])][0]
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "model_args": {k: getattr(self.cfg, k) for k in MODEL_SETTINGS},
+                "sizes": {"n_tokens": len(self.vocab) + 2, "drug_dim": int(self.drug_table.shape[1]),
+                          "n_drug_heads": 0 if heads is None else heads.num_embeddings},
                 "config": self.cfg.to_dict(),    # the run's settings, for the record only
-                "vocab": tensor(self.vocab),
-                "smiles": list(self.smiles), "drug_table": self.drug_table.cpu(),
-                "drugs": dict(self.drugs), "genes": self.genes,
-                "drug_encoder": self.drug_encoder, "y_mean": float(self.y_mean),
-                "y_std": float(self.y_std), "n_tokens": self.model.gene_emb.num_embeddings,
-                "drug_dim": self.model.drug_proj.in_features,
-                "target": {"offset": tensor(self.offset), "scale": tensor(self.scale),
-                           "unseen": [float(u) for u in self.unseen]},
+                "vocab": tensor(self.vocab), "smiles": list(self.smiles), "drug_table": self.drug_table.cpu(),
+                "drugs": dict(self.drugs), "genes": self.genes, "drug_encoder": self.drug_encoder,
+                "y_mean": float(self.y_mean), "y_std": float(self.y_std),
                 "reference": None if self.reference is None else
                 {"mean": tensor(self.reference["mean"]), "sd": tensor(self.reference["sd"]),
                  "profiles": int(self.reference["profiles"])},
@@ -343,54 +180,109 @@ class Trained:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Trained":
-        """A checkpoint (best.pt) back into a model that can featurise and predict new rows."""
+        """A checkpoint (best.pt) of this format or an earlier one, back into a model that can
+        featurise and predict new rows."""
         try:
             state = torch.load(path, map_location=device, weights_only=False)
-            cfg = model_config(state, str(path))
-        except PipelineError:
-            raise
         except Exception as e:  # missing, truncated, or not a torch file at all
             raise PipelineError(f"'{path}' is not a checkpoint written by this tool: "
                                 f"{type(e).__name__}: {e}") from e
-        heads = next((v for k, v in state["model"].items() if k.endswith("drug_heads.weight")), None)
-        model = build_model(cfg, state["n_tokens"], state["drug_dim"],
-                            0 if heads is None else heads.shape[0])
+        if not isinstance(state, dict) or "model" not in state:
+            raise PipelineError(f"'{path}' is not a checkpoint written by this tool: it holds no model.")
+        state = upgrade(state, str(path))
+        cfg = model_config(state["model_args"], str(path))
+        model = build_model(cfg, **state["sizes"])
         model.load_state_dict(state["model"])
         tower = None
         if state.get("tower") is not None:
             tower = DrugTower(cfg.smiles_model, state["smiles"], cfg.smiles_pooling)
             tower.load_state_dict(state["tower"])
             tower.to(device)
-        target = state.get("target") or {}
-        array = lambda a: None if a is None else np.asarray(a)  # noqa: E731  (formats 1-2: numpy)
-        return cls(model.to(device), cfg, array(state["vocab"]), list(state["smiles"]),
-                   state["drug_table"].to(device), state["drug_encoder"], state["y_mean"],
-                   state["y_std"], tower, offset=array(target.get("offset")),
-                   scale=array(target.get("scale")), unseen=tuple(target.get("unseen", (0.0, 1.0))),
-                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"),
-                   reference=_reference(state.get("reference")))
+        reference = state.get("reference")
+        if reference is not None:
+            reference = {"mean": np.asarray(reference["mean"], dtype=np.float64),
+                         "sd": np.asarray(reference["sd"], dtype=np.float64),
+                         "profiles": int(reference["profiles"])}
+        return cls(model.to(device), cfg, np.asarray(state["vocab"]), list(state["smiles"]),
+                   state["drug_table"].to(device), state["drug_encoder"], state["y_mean"], state["y_std"],
+                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"), reference=reference,
+                   tower=tower)
 
 
-def _reference(stored: dict | None) -> dict | None:
-    if stored is None:
-        return None
-    return {"mean": np.asarray(stored["mean"], dtype=np.float64),
-            "sd": np.asarray(stored["sd"], dtype=np.float64), "profiles": int(stored["profiles"])}
+def label_scale(label: np.ndarray, rows: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
+    """The mean and sd of the labels of these rows, summed a chunk at a time (never a copy of
+    every row's label)."""
+    n = len(rows)
+
+    def parts():
+        for i in range(0, n, chunk):
+            yield np.asarray(label[rows[i:i + chunk]], dtype=np.float32).astype(np.float64)
+
+    mean = float(sum(y.sum() for y in parts()) / max(n, 1))
+    var = sum(((y - mean) ** 2).sum() for y in parts()) / max(n, 1)
+    return mean, float(np.sqrt(var)) or 1.0
 
 
-def model_config(state: dict, source: str) -> Config:
-    """The checkpoint's model settings over the defaults. Format 1 stored the whole run
-    configuration: its model settings are taken and the rest ignored. A setting this version does
-    not know is skipped with a warning instead of failing."""
-    from config import from_dict
-    args = state.get("model_args")
-    if args is None:   # format 1
-        args = {k: v for k, v in state["config"].items() if k in MODEL_SETTINGS}
+# ----------------------------------------------------------------------------- checkpoint formats
+
+# What a model setting a checkpoint before format 5 does not hold meant when it was written: the
+# default of that time, not today's
+RECORDED_LATER = {"value_kind": "counts", "tokens": "top_k", "top_k": 64, "expr_embedding": "linear",
+                  "pos_encoding": "sinusoidal", "dropout": 0.1, "head": "shared"}
+# The model settings formats 2-4 kept (format 1 kept every setting, under `config`)
+FORMAT_4_SETTINGS = {*MODEL_SETTINGS, "tokens", "target"} - {"gene_tokens"}
+# Settings since removed, with the one value a checkpoint may have used them at
+REMOVED = {"target": "ln_ic50"}
+
+
+def upgrade(state: dict, source: str) -> dict:
+    """A checkpoint of any earlier format, brought to this one. The format number is read (format 1
+    wrote none); every rule for an old format is here, in order.
+
+    1: the whole run configuration under `config`; numpy arrays; no drug names or gene table.
+    2: `model_args`, the model's settings alone. 3: tensors and lists only; drug names, gene table.
+    4: per-gene statistics of the training profiles. 5: `sizes` (vocabulary, drug vector, per-drug
+    heads) recorded instead of read off the weights; `gene_tokens` instead of `tokens`; ensembles
+    without their first member's layers repeated at the top; the target transforms removed."""
+    fmt = state.get("format", 1)
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "
+                            f"({CHECKPOINT_FORMAT}); update the tool.")
+    state = dict(state)
+    if fmt == 1:
+        state["model_args"] = {k: v for k, v in state["config"].items() if k in FORMAT_4_SETTINGS}
+    if fmt < 5:
+        args = {**RECORDED_LATER, **state["model_args"]}
+        for name, allowed in REMOVED.items():
+            value = args.pop(name, allowed)
+            if value != allowed:
+                raise PipelineError(f"'{source}' was trained with {name}={value!r}, a setting this version "
+                                    f"no longer has (only {name}={allowed!r} remains); retrain it.")
+        if args.get("pos_encoding") == "rotary":
+            raise PipelineError(f"'{source}' was trained with pos_encoding='rotary', which this version no "
+                                f"longer has; retrain it.")
+        mode = args.pop("tokens", "top_k")
+        args["gene_tokens"] = "pooled" if mode == "pooled" else "each"
+        if mode == "all":
+            args["top_k"] = 0
+        state["model_args"] = args
+        model = dict(state["model"])
+        if any(k.startswith("members.") for k in model):   # ensembles held members[0]'s layers twice
+            model = {k: v for k, v in model.items() if k.startswith("members.")}
+        heads = next((v for k, v in model.items() if k.endswith("drug_heads.weight")), None)
+        state["model"] = model
+        state["sizes"] = {"n_tokens": state["n_tokens"], "drug_dim": state["drug_dim"],
+                          "n_drug_heads": 0 if heads is None else int(heads.shape[0])}
+    return state
+
+
+def model_config(args: dict, source: str) -> Config:
+    """The checkpoint's model settings over the defaults; a setting this version does not know is
+    skipped with a warning instead of failing."""
     known = set(Config.__dataclass_fields__)
     unknown = sorted(set(args) - known)
     if unknown:
         log.warning("checkpoint %s: setting(s) %s unknown to this version, ignored", source, unknown)
-    args = {**RECORDED_LATER, **args}   # a setting absent: the checkpoint predates it
     cfg = from_dict({k: v for k, v in args.items() if k in known}, source)
     if cfg.value_kind == "auto":
         cfg.value_kind = "counts"
@@ -398,14 +290,6 @@ def model_config(state: dict, source: str) -> Config:
 
 
 # ----------------------------------------------------------------------------- training
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
-    if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    if cfg.lr_schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
-    return None
-
 
 def rng_state(gen: np.random.Generator) -> dict:
     return {"numpy": gen.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate(),
@@ -422,77 +306,33 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
 
 class Trainer:
     """Owns the training loop and everything a resumed run needs: the model (and fine-tuned drug
-    tower), optimiser, scheduler, RNG, epoch and early-stopping counters, saved and restored
-    together by state_dict() / load_state_dict(). main.py only wires data into it, as with
-    Hugging Face's Trainer. Ranks appear in three methods: _all_sum (the training loss),
-    _rng_states (each rank's RNG, for an exact resume) and _save (rank 0 writes)."""
+    tower), optimiser, RNG, epoch and early-stopping counters, saved and restored together by
+    state_dict() / load_state_dict(). main.py only wires data into it, as with Hugging Face's
+    Trainer. Ranks appear in three places: the training loss (summed), the RNG states (gathered,
+    for an exact resume) and _save (rank 0 writes)."""
 
-    def __init__(self, cfg: Config, tokens: Tokens, rows: dict[str, np.ndarray], *,
-                 drugs: dict[str, str], run_dir: Path, gene_table: pd.DataFrame | None = None):
-        """`tokens`: every row's tokens, drug and label (the token store); `rows`: the train and
-        val rows. `drugs`: name -> SMILES of every drug the model will be asked about,
-        test drugs included (the encoder is frozen and never sees a label, so this leaks
-        nothing). `gene_table` (gene_symbol, ensembl_id, token_id) names the vocabulary's genes
-        in the checkpoint, so that .h5ad files can be mapped onto it."""
-        seed_everything(cfg.seed)
-        self.cfg, self.run_dir = cfg, run_dir
-        self.device = pick_device(cfg.device)
-        self.rank, self.size = world()
-        t0 = time.perf_counter()
-        vocab = tokens.vocabulary(rows["train"])
-        self.trained = self._build(vocab, sorted(set(drugs.values())))
-        self.trained.drugs = dict(drugs)
-        if gene_table is not None:
-            self.trained.genes = gene_table_lists(gene_table, vocab)
-        if cfg.value_kind == "normalised":
-            self.trained.reference = tokens.statistics(rows["train"], vocab)
-        self.train_set, self.val_set = self._features(tokens, rows)
-        log.info("features: %d train / %d val cells, %s genes per cell%s, vocabulary %d genes "
-                 "(%.1fs)", len(self.train_set), len(self.val_set), tokens.width or "all",
-                 " pooled into one token" if cfg.tokens == "pooled" else "", len(vocab),
-                 time.perf_counter() - t0)
-        model, tower = self.trained.model, self.trained.tower
+    def __init__(self, trained: Trained, table: TokenTable, rows: dict[str, np.ndarray], *, run_dir: Path,
+                 device: torch.device):
+        """`trained`: the fresh model (Trained.create); `table`: every row's tokens, drug and label
+        (the token store); `rows`: the train and val rows."""
+        cfg = self.cfg = trained.cfg
+        self.trained, self.run_dir, self.device = trained, run_dir, device
+        self.rank, self.size = dist.world()
+        self.train_set = trained.features(table, rows["train"])
+        self.val_set = trained.features(table, rows["val"])
+        log.info("features: %d train / %d val cells, %s genes per cell%s, vocabulary %d genes",
+                 len(self.train_set), len(self.val_set), table.width or "all",
+                 " pooled into one token" if cfg.gene_tokens == "pooled" else "", len(trained.vocab))
+        model, tower = trained.model, trained.tower
         self.params = list(model.parameters()) + (list(tower.parameters()) if tower is not None else [])
         log.info("model: %s trainable parameters on %s%s", f"{count_parameters(model):,}",
-                 self.device, f" x {self.size} processes" if self.size > 1 else "")
+                 device, f" x {self.size} processes" if self.size > 1 else "")
         self.net = model if self.size == 1 else torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = compiled(self.net) if cfg.compile else self.net
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = make_scheduler(self.opt, cfg)
         self.gen = np.random.default_rng(cfg.seed)
         self.epoch, self.best, self.best_epoch, self.waited = 0, float("inf"), 0, 0
-
-    def _build(self, vocab: np.ndarray, smiles: list[str]) -> Trained:
-        """Drug vectors (and the tower when fine-tuning), the gene vocabulary, the network."""
-        cfg = self.cfg
-        vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
-                                     cfg.morgan_bits)
-        tower = None
-        if cfg.finetune_drug_encoder:
-            if self.size > 1:
-                raise PipelineError("--finetune-drug-encoder runs in one process only: under torchrun "
-                                    "its gradients would not be synchronised. Train it without "
-                                    "torchrun, or freeze the encoder.")
-            if not encoder.startswith("chemberta"):
-                raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be "
-                                    "loaded (see the warning above); fingerprints have nothing to "
-                                    "fine-tune.")
-            tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(self.device)
-        model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(self.device)
-        return Trained(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(self.device), encoder,
-                       0.0, 1.0, tower)
-
-    def _features(self, tokens: Tokens, rows: dict[str, np.ndarray]) -> tuple[Features, Features]:
-        """Training and validation features; the training targets' normalisation."""
-        tr = self.trained.features(tokens, rows["train"])
-        va = self.trained.features(tokens, rows["val"])
-        self.trained.fit_target(lambda part: (tr.y(part), tr.drug(part)), len(tr))
-        self.row_weight = None   # a row's squared error in ln IC50 units, over its normalised one
-        if self.trained.scale is not None:
-            self.row_weight = torch.as_tensor(self.trained.scale ** 2, dtype=torch.float32,
-                                              device=self.device)
-        return tr, va
 
     # -- resumable state
 
@@ -500,10 +340,9 @@ class Trainer:
         """Everything an interrupted run needs to go on as if it had not stopped. Under torchrun
         every rank must call it (the RNG states are gathered)."""
         t = self.trained
+        rng = dist.all_gather(rng_state(self.gen)) if self.size > 1 else rng_state(self.gen)
         return {"model": t.model.state_dict(), "tower": t.tower.state_dict() if t.tower else None,
-                "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched is not None else None,
-                "rng": self._rng_states(), "epoch": self.epoch, "best": self.best,
+                "optimizer": self.opt.state_dict(), "rng": rng, "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "waited": self.waited, "history": t.history}
 
     def load_state_dict(self, state: dict) -> None:
@@ -512,8 +351,6 @@ class Trainer:
         if t.tower is not None and state.get("tower") is not None:
             t.tower.load_state_dict(state["tower"])
         self.opt.load_state_dict(state["optimizer"])
-        if self.sched is not None and state.get("scheduler"):
-            self.sched.load_state_dict(state["scheduler"])
         rng = state["rng"]
         set_rng_state(self.gen, rng[self.rank] if isinstance(rng, list) else rng)
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
@@ -558,12 +395,13 @@ class Trainer:
         if t.tower is not None:
             t.tower.train()
         sse, n = 0.0, 0
-        plan = epoch_plan(self.train_set, cfg.batch_size, self.gen, bucket=cfg.tokens == "all")
+        bucket = cfg.gene_tokens == "each" and not cfg.top_k   # every gene a token: less padding
+        plan = epoch_plan(self.train_set, cfg.batch_size, self.gen, bucket=bucket)
         plan = plan[:cfg.epoch_steps] if cfg.epoch_steps else plan
         shards = [b[self.rank::self.size] for b in plan if len(b) >= self.size]  # ranks step together
         totals = [len(b) for b in plan if len(b) >= self.size]
         for (g, v, d, target), total in zip(loader(self.train_set, shards, t.vocab, cfg.loader_workers,
-                                                   self.device, t.target_encoder()), totals):
+                                                   self.device, (t.y_mean, t.y_std)), totals):
             with autocast(self.device):
                 pred = self.forward(g, v, t.drug_vectors(d), d)
             sq = (pred.float() - target) ** 2 if pred.dim() == 1 else \
@@ -572,18 +410,14 @@ class Trainer:
             loss = err / total * self.size   # DDP averages over ranks: the global-batch mean
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.opt.step()
-            sse += (err if self.row_weight is None else (sq * self.row_weight[d]).sum()).item()
+            sse += err.item()
             n += len(target)
-        sse, n = self._all_sum(sse, n)
+        sse, n = dist.all_sum([sse, n], self.device)
         return sse / max(n, 1) * t.y_std ** 2
 
     def end_epoch(self, epoch: int, train_mse: float, val_mse: float, seconds: float) -> None:
-        """Schedule, history, early-stopping counters, checkpoints."""
-        if self.sched is not None:
-            self.sched.step(val_mse) if self.cfg.lr_schedule == "plateau" else self.sched.step()
+        """History, early-stopping counters, checkpoints."""
         self.trained.history.append({"epoch": epoch, "train_mse": round(train_mse, 5),
                                      "val_mse": round(val_mse, 5), "lr": self.opt.param_groups[0]["lr"],
                                      "seconds": round(seconds, 2)})
@@ -599,31 +433,12 @@ class Trainer:
         self._save("last.pt", {**self.trained.state(), **state})
 
     def _restore_best(self) -> None:
-        if self.size > 1:
-            dist.barrier()   # rank 0 has written best.pt
+        dist.barrier()   # rank 0 has written best.pt
         state = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.trained.model.load_state_dict(state["model"])
         if self.trained.tower is not None:
             self.trained.tower.load_state_dict(state["tower"])
         self.trained.best_epoch = self.best_epoch
-
-    # -- ranks
-
-    def _all_sum(self, *values: float) -> list[float]:
-        if self.size == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def _rng_states(self) -> dict | list[dict]:
-        """This rank's RNG states; under torchrun every rank's, gathered."""
-        states = rng_state(self.gen)
-        if self.size == 1:
-            return states
-        gathered = [None] * self.size
-        dist.all_gather_object(gathered, states)
-        return gathered
 
     def _save(self, name: str, state: dict) -> None:
         if self.rank == 0:
@@ -655,8 +470,9 @@ def compiled(net: torch.nn.Module) -> Callable:
     return forward
 
 
-def train(cfg: Config, tokens: Tokens, rows: dict[str, np.ndarray], *,
-          drugs: dict[str, str], run_dir: Path, resume: bool = False,
-          gene_table: pd.DataFrame | None = None) -> Trained:
+def train(cfg: Config, table: TokenTable, rows: dict[str, np.ndarray], *, drugs: dict[str, str],
+          run_dir: Path, resume: bool = False, gene_table: pd.DataFrame | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
-    return Trainer(cfg, tokens, rows, drugs=drugs, run_dir=run_dir, gene_table=gene_table).fit(resume)
+    device = dist.pick_device(cfg.device)
+    trained = Trained.create(cfg, table, rows, drugs=drugs, gene_table=gene_table, device=device)
+    return Trainer(trained, table, rows, run_dir=run_dir, device=device).fit(resume)

@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import downsample  # noqa: E402
+
 N_LINES, N_DRUGS, DOSES = 50, 380, (0.05, 0.5, 5.0)
 SCHEMA = pa.schema([
     ("genes", pa.list_(pa.int64())), ("expressions", pa.list_(pa.float32())),
@@ -90,7 +92,6 @@ def write_dataset(root: Path, k: int, n_cells: int, n_genes: int) -> None:
 # ----------------------------------------------------------------------------- the measured runs
 
 def run_stage(root: Path, workers: int, out: Path) -> dict:
-    import downsample
     s = downsample.downsample(downsample.TahoeSource(str(root)), WANTED, 200, 1.0, 0, out / "cells.parquet",
                               num_workers=workers)
     return {"cells": s["cells_scanned"], "kept": s["cells_kept"], "seconds_scan": s["scan_seconds"]}

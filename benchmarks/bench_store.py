@@ -7,7 +7,7 @@ and training throughput from the store against the same tokens held in RAM.
 
 For each size the script writes a synthetic merged table (every cell lists 1,024 genes with
 Poisson counts; 20 drugs x 25 cell lines; row groups of 16,384 rows), builds its token store
-(`--tokens pooled --top-k 1024`: every gene is a token; the study's pooled design keeps the
+(`--gene-tokens pooled --top-k 1024`: every gene is a token; the study's pooled design keeps the
 network cheap, so that 2 CPU cores measure the data path rather than attention), then runs
 `main.py --data TABLE` for one epoch of `--epoch-steps` batches, in one process and under
 torchrun with two Gloo processes, sampling every process's memory from /proc: peak RSS, and its
@@ -35,12 +35,18 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import data  # noqa: E402
+import dist  # noqa: E402
+import tokens  # noqa: E402
+import train  # noqa: E402
+from config import Config  # noqa: E402
+
 GENES, DRUGS, LINES = 1024, 20, 25
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
           "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "OC(=O)c1ccccc1OC(=O)C", "C1=C(C(=O)NC(=O)N1)F", "CC(=O)O",
           "CCN", "CCCC", "c1ccncc1", "C1CCCCC1", "CC(C)O", "OCCO", "NCCN", "CC#N", "C=CC=C",
           "CCOC(=O)C", "c1ccc2ccccc2c1", "CCCCCC"]
-FLAGS = ["--tokens", "pooled", "--top-k", "1024", "--drug-encoder", "morgan", "--morgan-bits", "256",
+FLAGS = ["--gene-tokens", "pooled", "--top-k", "1024", "--drug-encoder", "morgan", "--morgan-bits", "256",
          "--epochs", "1", "--val-frac", "0.02", "--test-frac", "0.02", "--split", "pair"]
 
 
@@ -142,25 +148,23 @@ def throughput(table: Path, store: Path, steps: int, *, device: str = "cpu", wor
                rounds: int = 3) -> dict[str, float]:
     """Training samples/s with the store mapped, and with the same arrays in RAM where a copy
     fits beside the store's pages."""
-    import data
-    import tokens
-    import train
-    from config import Config
-    cfg = Config(tokens="pooled", top_k=1024, drug_encoder="morgan", morgan_bits=256, epoch_steps=steps,
+    cfg = Config(gene_tokens="pooled", top_k=1024, drug_encoder="morgan", morgan_bits=256, epoch_steps=steps,
                  device=device, loader_workers=workers)
-    mapped = tokens.StoredTokens(store)
+    mapped = tokens.TokenStore(store)
     copies = {"store": mapped}
     size_gb = (mapped.genes.nbytes + mapped.values.nbytes) / 1e9
     if 2 * size_gb < 0.8 * available_gb():
-        copies["ram"] = data.Tokens(np.array(mapped.genes), np.array(mapped.values),
-                                    np.array(mapped.offsets), mapped.width, np.array(mapped.drug),
-                                    mapped.drugs, np.array(mapped.label))
+        copies["ram"] = tokens.TokenTable(np.array(mapped.genes), np.array(mapped.values),
+                                          np.array(mapped.offsets), mapped.width, np.array(mapped.drug),
+                                          mapped.drugs, np.array(mapped.label))
     rows = {"train": np.arange(len(mapped)), "val": np.arange(1000)}
     drugs = data.drug_smiles(data.read_keys(table))
     rates = {name: [] for name in copies}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: train.Trainer(cfg, toks, rows, drugs=drugs, run_dir=Path(tmp))
-                    for name, toks in copies.items()}
+        device = dist.pick_device(device)
+        trainers = {name: train.Trainer(train.Trained.create(cfg, toks, rows, drugs=drugs, gene_table=None,
+                                                             device=device), toks, rows, run_dir=Path(tmp),
+                                        device=device) for name, toks in copies.items()}
         for _ in range(rounds):
             for name, trainer in trainers.items():
                 t0 = time.perf_counter()
@@ -180,7 +184,6 @@ def main() -> None:
                    help="DataLoader workers for the throughput runs, one measurement each")
     p.add_argument("--throughput-only", action="store_true", help="skip the memory runs")
     args = p.parse_args()
-    import tokens
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     work = Path(tempfile.mkdtemp(dir=args.dir))
     try:
@@ -188,7 +191,7 @@ def main() -> None:
             table = work / f"cells{n}.parquet"
             wrote = write_table(table, n)
             t0 = time.perf_counter()
-            store = tokens.build(table, work / "tokens", value_kind="counts", tokens="pooled", top_k=1024)
+            store = tokens.build(table, work / "tokens", value_kind="counts", top_k=1024)
             build = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in store.iterdir()) / 1e9
             print(f"\n{n:,} cells: table {table.stat().st_size / 1e9:.2f} GB written in {wrote:.0f}s; "

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import Config, from_dict, load_yaml  # noqa: E402
-from model import IC50Transformer, count_parameters  # noqa: E402
+from model import IC50Transformer, build_model, count_parameters  # noqa: E402
 from train import compiled  # noqa: E402
 
 N_TOKENS, DRUG_DIM = 47_278, 768
@@ -73,7 +73,7 @@ def flops_per_sample(m: IC50Transformer, seq: int, k: int) -> float:
 def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_batch_chemberta: bool,
         chem=None, compile_model: bool = False) -> dict:
     torch.manual_seed(0)
-    m = IC50Transformer.from_config(cfg, N_TOKENS, DRUG_DIM).to(device)
+    m = build_model(cfg, N_TOKENS, DRUG_DIM).to(device)
     forward = compiled(m) if compile_model else m   # the training loop's --compile
     opt = torch.optim.Adam(m.parameters(), lr=1e-4, weight_decay=1e-5)
     genes = torch.randint(2, N_TOKENS, (batch, k), device=device)
@@ -109,7 +109,7 @@ def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_b
     if device.type == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    seq = k + 1 if cfg.tokens == "top_k" else 2
+    seq = k + 1 if cfg.gene_tokens == "each" else 2
     out = {"samples_s": steps * batch / secs, "params": count_parameters(m),
            "tflops": flops_per_sample(m, seq, k) * steps * batch / secs / 1e12}
     if device.type == "cuda":
@@ -134,7 +134,7 @@ def main() -> None:
     base = from_dict(load_yaml(ROOT / "configs/paper.yaml"), "paper.yaml")
     if args.one:  # a single measurement, in this (fresh) process
         tokens, k, per_batch = args.one[0], int(args.one[1]), args.one[2] == "1"
-        cfg = from_dict({**base.to_dict(), "tokens": tokens}, "bench")
+        cfg = from_dict({**base.to_dict(), "gene_tokens": tokens}, "bench")
         print(json.dumps(run(cfg, k, args.batch_size, args.steps, device, per_batch,
                              chemberta_like(device) if per_batch else None, args.compile)))
         return
@@ -151,7 +151,7 @@ def main() -> None:
             sys.exit(p.stderr[-2000:])
         return json.loads(p.stdout.strip().splitlines()[-1])
 
-    for tokens in ("top_k", "pooled"):
+    for tokens in ("each", "pooled"):
         for k in args.k:
             ours, orig = one(tokens, k, False), one(tokens, k, True)
             mfu = (f", MFU {100 * ours['tflops'] / args.peak_tflops:.1f}%" if device.type == "cuda" else "")

@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bulk  # noqa: E402
-import data  # noqa: E402
 import h5ad  # noqa: E402
 import predict  # noqa: E402
+import tokens  # noqa: E402
 from benchmarks import real_gdsc  # noqa: E402
 from common import PipelineError, atomic_path, report_error, setup_logging, write_text  # noqa: E402
 from train import Trained  # noqa: E402
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                min_fraction=0.5)
             names, means, _ = predict.group_means(q, 8192, q.kind)
             x = np.asarray(next(h.blocks(h.n_cells))[1].toarray())
-        pos, known = data.vocab_index(trained.vocab, q.gmap.tokens)
+        pos, known = tokens.vocab_index(trained.vocab, q.gmap.token_ids)
         values = np.zeros((len(names), len(trained.vocab)))
         values[:, pos[known]] = means[:, known]
         found = np.zeros(len(trained.vocab), dtype=bool)

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import tokens
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -42,6 +44,10 @@ SMILES = {"Erlotinib": "COCCOC1=C(C=C2C(=C1)C(=NC=N2)NC3=CC=CC(=C3)C#C)OCCOC",
           "olaparib": "C1CC1C(=O)N2CCN(CC2)C(=O)C3=C(C=CC(=C3)CC4=NNC(=O)C5=CC=CC=C54)F",
           "Vorinostat": "C1=CC=C(C=C1)NC(=O)CCCCCCC(=O)NO",
           "DMSO_TF": "CS(C)=O"}
+# a gene table naming the token ids merged_table uses (Tahoe's gene_metadata format)
+GENE_TABLE = pd.DataFrame({"gene_symbol": [f"G{t}" for t in range(3, 70)],
+                           "ensembl_id": [f"ENSG{t:011d}" for t in range(3, 70)],
+                           "token_id": np.arange(3, 70)})
 LINES = {"CVCL_0023": "A549", "CVCL_0320": "HT-29", "CVCL_0035": "COLO 205"}
 
 
@@ -184,9 +190,23 @@ def train_steps(model, genes, values, drug, y, steps: int, lr: float = 1e-2) -> 
     return losses
 
 
-def features_of(table: pa.Table, drug_index: dict[str, int], top_k: int, tokens: str = "top_k",
-                value_kind: str = "counts"):
+def features_of(table: pa.Table, drug_index: dict[str, int], top_k: int, value_kind: str = "counts"):
     """Features of an in-memory table, as prediction builds them: its tokens, drugs and labels."""
-    import data
-    toks = data.cell_tokens(table, top_k, tokens, value_kind).with_keys(table)
-    return data.Features(toks, np.arange(table.num_rows), data.drug_lookup(toks.drugs, drug_index))
+    toks = tokens.cell_tokens(table, top_k, value_kind).with_keys(table)
+    return tokens.Features(toks, np.arange(table.num_rows), tokens.drug_lookup(toks.drugs, drug_index))
+
+
+@pytest.fixture
+def table_path(tmp_path: Path) -> Path:
+    """A merged table of 4 drugs x 6 cell lines, 6 cells a pair."""
+    path = tmp_path / "merged.parquet"
+    pq.write_table(merged_table(n_drugs=4, n_lines=6, cells_per_pair=6), path)
+    return path
+
+
+@pytest.fixture
+def groups_path(tmp_path: Path) -> Path:
+    """A merged table of many small groups (6 drugs x 8 cell lines, 3 cells a pair), for splits."""
+    path = tmp_path / "merged.parquet"
+    pq.write_table(merged_table(n_drugs=6, n_lines=8, cells_per_pair=3), path)
+    return path

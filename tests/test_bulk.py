@@ -12,8 +12,10 @@ from conftest import SMALL, gdsc_frame
 
 import bulk
 import data
+import gdsc as gdsc_mod
 import main
 from common import PipelineError
+from merge import load_model_list
 
 GENES = ["TP53", "KRAS", "EGFR", "MYC", "BRAF", "PTEN"]
 # GDSC's own names and ids for four lines; a fifth line of the files is screened by nobody
@@ -38,7 +40,6 @@ def gdsc(lines=LINES) -> pd.DataFrame:
 
 
 def combined(frame: pd.DataFrame) -> pd.DataFrame:
-    import gdsc as gdsc_mod
     return gdsc_mod.aggregate(frame.assign(gdsc_dataset="GDSC2"))
 
 
@@ -116,7 +117,6 @@ def test_a_depmap_matrix_matches_gdsc_through_the_model_list(tmp_path, caplog):
     depmap_models = pd.DataFrame({"ModelID": [v[2] for v in LINES.values()], "CellLineName": list(LINES),
                                   "SangerModelID": "", "COSMICID": "", "RRID": ""})
     depmap_models.to_csv(tmp_path / "Model.csv", index=False)
-    from merge import load_model_list
     check(bulk.build(m, combined(labels.drop(columns=["SANGER_MODEL_ID", "COSMIC_ID"])), SMILES,
                      models=load_model_list(tmp_path / "Model.csv")), {"model list name, exact name"})
 

@@ -110,9 +110,13 @@ def test_an_empty_merge_fails_cleanly_and_names_the_closest_names(tmp_path, capl
 
 
 @pytest.mark.e2e
-def test_an_existing_run_directory_is_never_overwritten(tmp_path):
+def test_an_existing_run_directory_is_never_overwritten(tmp_path, caplog):
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("a result")
     assert main.main(["--out", str(tmp_path / "run")]) == 2
+    assert f"run directory '{tmp_path / 'run'}' already exists; pass another --out" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.e2e

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, gdsc_frame
 
+import config
 import gdsc
 from common import PipelineError
 
@@ -88,8 +89,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 @pytest.mark.e2e
 def test_the_stand_alone_stage_takes_its_flags_from_the_config(tmp_path):
-    import config
-    import gdsc
     one, two = tmp_path / "g1.csv", tmp_path / "g2.csv"
     gdsc_frame([("Erlotinib", "A549", 1.0), ("Erlotinib", "A549", 3.0)], "GDSC1").to_csv(one, index=False)
     gdsc_frame([("Vorinostat", "A549", 0.5)]).to_csv(two, index=False)

@@ -1,20 +1,28 @@
 """Prediction: bulk models read single cells through alignment; checkpoints of every format predict."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, SMALL, gdsc_frame, merged_table
+import torch
+from conftest import GENE_TABLE, SMALL, gdsc_frame, merged_table
 from conftest import SMILES as KNOWN
 from scipy import sparse
 
 import main
 import predict
+from common import flat_list
 from train import Trained
 
 GENES = [f"G{j}" for j in range(40)]
 LINES = [f"LINE-{i}" for i in range(16)]
+
+
 
 
 def test_alignment_takes_the_training_quantiles_then_centres_each_gene_on_the_files_own_mean():
@@ -107,25 +115,155 @@ def test_too_few_of_the_reference_genes_are_refused_and_nothing_is_written(bulk_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]
 
 
-NUMPY_1 = pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
-                             reason="the format-2 fixture holds numpy 2 arrays, which numpy 1 cannot read")
+
+
+
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name, kind", [pytest.param("format2", "counts", marks=NUMPY_1),
-                                        ("format3", "counts"), ("format3_normalised", "normalised")])
-def test_checkpoints_written_by_earlier_versions_still_predict_the_same(tmp_path, name, kind):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5)
-    if kind == "normalised":
-        values = [list(np.log1p(np.array(e)) - 1.0) for e in table["expressions"].to_pylist()]
-        table = table.set_column(table.schema.get_field_index("expressions"), "expressions",
-                                 pa.array(values, pa.list_(pa.float32())))
-        table = table.replace_schema_metadata({"value_kind": "normalised"})
-    pq.write_table(table, tmp_path / "t.parquet")
-    fixtures = ROOT / "tests" / "fixtures"
-    assert main.main(["predict", "--checkpoint", str(fixtures / f"{name}_best.pt"), "--data",
-                      str(tmp_path / "t.parquet"), "--out", str(tmp_path / "p.parquet")]) == 0
-    want = pd.read_csv(fixtures / f"{name}_predictions.csv")["prediction"]
-    assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prediction"], want, atol=1e-5)
+def test_predict_on_the_test_rows_reproduces_the_runs_predictions(tmp_path, table_path):
+    run = tmp_path / "run"
+    assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL]) == 0
+    split = pd.read_parquet(run / "split.parquet")
+    test_rows = pq.read_table(table_path).take(split.index[split["part"] == "test"].to_numpy())
+    pq.write_table(test_rows.drop_columns(["LN_IC50"]), tmp_path / "new.parquet")  # labels optional
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
+                      "--data", str(tmp_path / "new.parquet"),
+                      "--out", str(tmp_path / "p.parquet")]) == 0
+    got = pd.read_parquet(tmp_path / "p.parquet")
+    want = pd.read_parquet(run / "predictions.parquet")
+    assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path):
+    run = tmp_path / "run"
+    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
+    t = merged_table(n_drugs=6, n_lines=2, cells_per_pair=1).to_pandas()
+    new = pq.read_table(table_path).schema
+    pq.write_table(pa.Table.from_pandas(t, schema=new, preserve_index=False), tmp_path / "new.parquet")
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
+                      "--data", str(tmp_path / "new.parquet")]) == 0
+    out = pd.read_parquet(tmp_path / "new_predictions.parquet")
+    assert len(out) == 12 and out["prediction"].notna().all()
+
+
+@pytest.mark.e2e
+def test_predict_names_a_bad_checkpoint_and_writes_nothing(tmp_path, table_path, caplog):
+    (tmp_path / "x.pt").write_text("not a checkpoint")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main.main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(table_path)]) == 2
+    assert f"'{tmp_path / 'x.pt'}' is not a checkpoint written by this tool" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    """A tiny model trained on a merged table, with a gene table naming its tokens."""
+    d = tmp_path_factory.mktemp("h5ad-model")
+    pq.write_table(merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=3), d / "cells.parquet")
+    GENE_TABLE.to_parquet(d / "genes.parquet")
+    assert main.main(["--data", str(d / "cells.parquet"), "--gene-table", str(d / "genes.parquet"),
+                      "--epochs", "1", "--out", str(d / "run"), *SMALL]) == 0
+    return d
+
+
+def cells_as_h5ad(table, path: Path, negative: bool = False, rename: int = 0) -> None:
+    """The table's cells in an .h5ad as a user would have them: gene symbols, raw counts in the
+    `counts` layer (sparse), normalised values in X; one unknown gene, and two genes each split
+    over two columns (a repeated symbol; a symbol beside its versioned Ensembl id). `rename`
+    gives the first genes names no table knows."""
+    offsets, genes = flat_list(table["genes"])
+    values = flat_list(table["expressions"])[1]
+    rows = np.repeat(np.arange(table.num_rows), np.diff(offsets))
+    counts = sparse.csr_matrix((values, (rows, genes - 3)), shape=(table.num_rows, 67)).toarray()
+    var = [f"G{t}" for t in range(3, 70)]
+    split = counts[:, [7, 9]] // 2                       # G10 and G12: half in a second column
+    counts[:, [7, 9]] -= split
+    extra = np.column_stack([split[:, 0], split[:, 1], np.arange(table.num_rows) % 5 + 1])
+    counts = np.hstack([counts, extra]).astype(np.float32)
+    var += ["G10", "ENSG00000000012.4", "NOTAGENE"]
+    if negative:
+        counts[0, 0] = -1.0
+    obs = table.drop_columns(["genes", "expressions"]).to_pandas()
+    obs.index = [f"cell{i}" for i in range(table.num_rows)]
+    x = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4)
+    var = [f"X{i}" for i in range(rename)] + var[rename:]
+    adata = anndata.AnnData(X=sparse.csr_matrix(x), obs=obs, var=pd.DataFrame(index=var))
+    adata.layers["counts"] = sparse.csr_matrix(counts)
+    adata.write_h5ad(path)
+
+
+@pytest.mark.e2e
+def test_an_h5ad_of_gene_symbols_predicts_as_the_equivalent_merged_table(model_run, tmp_path):
+    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=3)
+    cells_as_h5ad(table, tmp_path / "cells.h5ad")
+    out = tmp_path / "out"
+    assert main.main(["predict", "--checkpoint", str(model_run / "run" / "best.pt"), "--data",
+                      str(tmp_path / "cells.h5ad"), "--layer", "counts", "--groupby", "cell_line_id",
+                      "--out", str(out)]) == 0
+    assert main.main(["predict", "--checkpoint", str(model_run / "run" / "best.pt"), "--data",
+                      str(model_run / "cells.parquet"), "--out", str(tmp_path / "rows.parquet")]) == 0
+    rows = pd.read_parquet(tmp_path / "rows.parquet")
+
+    result = anndata.read_h5ad(out / "cells.h5ad")
+    drugs = list(result.uns["ln_ic50_drugs"])
+    assert sorted(drugs) == ["drug0", "drug1", "drug2"] and result.obsm["ln_ic50"].shape == (24, 3)
+    own = result.obsm["ln_ic50"][np.arange(24), [drugs.index(d) for d in rows["drug"]]]
+    assert np.allclose(own, rows["prediction"], atol=1e-5)
+
+    long = pd.read_parquet(out / "predictions.parquet")
+    assert len(long) == 24 * 3 and set(long["group"]) == set(rows["cell_line_id"])
+    ranking = pd.read_csv(out / "ranking.csv")
+    first = ranking[ranking["group"] == "CVCL_0000"].set_index("drug")
+    cells = (result.obs["cell_line_id"] == "CVCL_0000").to_numpy()
+    for j, d in enumerate(drugs):
+        assert first.loc[d, "median_ln_ic50"] == pytest.approx(np.median(result.obsm["ln_ic50"][cells, j]),
+                                                               abs=1e-5)
+    assert sorted(first["rank"]) == [1, 2, 3]
+    assert first.sort_values("rank")["median_ln_ic50"].is_monotonic_increasing
+    assert (out / "ranking_heatmap.png").stat().st_size > 1000
+
+
+def predict_args(model_run, data, out, *extra):
+    return ["predict", "--checkpoint", str(model_run / "run" / "best.pt"), "--data", str(data),
+            "--out", str(out), *extra]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("problem, message", [
+    ("no genes in common", "none of its 70 genes is among the model's"),
+    ("negative counts", "holds negative values"),
+    ("unknown drug", "not known to the checkpoint"),
+    ("missing obs column", "obs has no column 'patient'"),
+])
+def test_bad_input_stops_with_a_clear_error_and_writes_nothing(model_run, tmp_path, caplog, problem, message):
+    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=3)
+    cells_as_h5ad(table, tmp_path / "cells.h5ad", negative=problem == "negative counts",
+                  rename=70 if problem == "no genes in common" else 0)
+    extra = {"unknown drug": ["--drugs", "drug0", "Imatinib"],
+             "missing obs column": ["--groupby", "patient"]}.get(problem, [])
+    out = tmp_path / "out"
+    assert main.main(predict_args(model_run, tmp_path / "cells.h5ad", out, "--layer", "counts", *extra)) == 2
+    assert message in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]   # no output, no temp dir
+
+
+@pytest.mark.e2e
+def test_a_new_drug_is_predicted_from_its_smiles_and_too_few_genes_stop_the_run(model_run, tmp_path, caplog):
+    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=3)
+    cells_as_h5ad(table, tmp_path / "cells.h5ad")
+    pd.DataFrame({"name": ["Aspirin"], "smiles": ["CC(=O)Oc1ccccc1C(=O)O"]}).to_csv(tmp_path / "new.csv",
+                                                                                    index=False)
+    assert main.main(predict_args(model_run, tmp_path / "cells.h5ad", tmp_path / "out", "--layer", "counts",
+                                  "--drugs", "Aspirin", "drug1", "--smiles", str(tmp_path / "new.csv"))) == 0
+    result = anndata.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    assert list(result.uns["ln_ic50_drugs"]) == ["Aspirin", "drug1"]
+    assert np.isfinite(result.obsm["ln_ic50"]).all()
+    cells_as_h5ad(table, tmp_path / "partial.h5ad", rename=32)     # under half of the model's genes left
+    assert main.main(predict_args(model_run, tmp_path / "partial.h5ad", tmp_path / "out2", "--layer",
+                                  "counts")) == 2
+    vocab = torch.load(model_run / "run" / "best.pt", weights_only=True)["vocab"].numpy()
+    found = int(np.isin(vocab, np.r_[10, 12, 35:60]).sum())       # G10 and G12 survive in extra columns
+    assert (f"only {found} of the model's {len(vocab)} genes ({100 * found / len(vocab):.1f}%) were found, "
+            f"below --min-gene-fraction 0.5") in caplog.text

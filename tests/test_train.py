@@ -7,22 +7,17 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, SMALL, features_of, merged_table, train_steps
+from conftest import ROOT, SMALL, merged_table
 
+import data
 import drugs
 import main
-import model
 import train
-
-
-@pytest.fixture
-def table_path(tmp_path):
-    path = tmp_path / "merged.parquet"
-    pq.write_table(merged_table(n_drugs=4, n_lines=6, cells_per_pair=6), path)
-    return path
+from common import PipelineError
 
 
 def metrics(run):
@@ -92,90 +87,30 @@ def test_one_torchrun_command_prepares_raw_inputs_on_rank_0_then_trains(tmp_path
     assert len(list((tmp_path / "two" / "tokens").glob("*/meta.json"))) == 1
 
 
+
+
+
+
+
+
+
+
+
+
+
+
 @pytest.mark.e2e
-def test_predict_on_the_test_rows_reproduces_the_runs_predictions(tmp_path, table_path):
+def test_every_gene_a_token_trains_with_bucketed_batches_and_loader_workers(tmp_path, table_path):
     run = tmp_path / "run"
-    assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL]) == 0
-    split = pd.read_parquet(run / "split.parquet")
-    test_rows = pq.read_table(table_path).take(split.index[split["part"] == "test"].to_numpy())
-    pq.write_table(test_rows.drop_columns(["LN_IC50"]), tmp_path / "new.parquet")  # labels optional
-    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
-                      "--data", str(tmp_path / "new.parquet"),
+    assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL, "--gene-tokens",
+                      "each", "--top-k", "0", "--pos-encoding", "sinusoidal", "--loader-workers", "1"]) == 0
+    trained = train.Trained.load(run / "best.pt")
+    assert (trained.cfg.gene_tokens, trained.cfg.top_k) == ("each", 0)
+    assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(table_path),
                       "--out", str(tmp_path / "p.parquet")]) == 0
-    got = pd.read_parquet(tmp_path / "p.parquet")
-    want = pd.read_parquet(run / "predictions.parquet")
-    assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
-
-
-@pytest.mark.e2e
-def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path):
-    run = tmp_path / "run"
-    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
-    t = merged_table(n_drugs=6, n_lines=2, cells_per_pair=1).to_pandas()
-    new = pq.read_table(table_path).schema
-    import pyarrow as pa
-    pq.write_table(pa.Table.from_pandas(t, schema=new, preserve_index=False), tmp_path / "new.parquet")
-    assert main.main(["predict", "--checkpoint", str(run / "best.pt"),
-                      "--data", str(tmp_path / "new.parquet")]) == 0
-    out = pd.read_parquet(tmp_path / "new_predictions.parquet")
-    assert len(out) == 12 and out["prediction"].notna().all()
-
-
-@pytest.mark.e2e
-def test_predict_names_a_bad_checkpoint(tmp_path, table_path):
-    (tmp_path / "x.pt").write_text("not a checkpoint")
-    assert main.main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(table_path)]) == 2
-
-
-def test_chemberta_vectors_are_cached_per_model_pooling_and_smiles(tiny_roberta, monkeypatch):
-    first, _ = drugs.encode_drugs(["CCO", "c1ccccc1"], "chemberta", str(tiny_roberta))
-
-    def no_model(*a, **k):
-        raise AssertionError("ChemBERTa should not run for cached SMILES")
-
-    monkeypatch.setattr(drugs, "chemberta_embeddings", no_model)
-    again, _ = drugs.encode_drugs(["c1ccccc1", "CCO"], "chemberta", str(tiny_roberta))
-    assert np.allclose(again, first[::-1])
-    with pytest.raises(AssertionError):  # another pooling is another cache entry
-        drugs.encode_drugs(["CCO"], "chemberta", str(tiny_roberta), pooling="cls")
-
-
-@pytest.mark.parametrize("pos", ["sinusoidal", "rotary", "none"])
-def test_every_positional_encoding_trains(pos):
-    torch.manual_seed(0)
-    m = model.IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=2, ff_dim=32,
-                              head_dim=16, dropout=0.0, attn_dropout=0.0, pos_encoding=pos)
-    g, v, d, y = torch.randint(1, 50, (16, 8)), torch.rand(16, 8), torch.rand(16, 16), torch.randn(16)
-    losses = train_steps(m, g, v, d, y, steps=3)
-    assert losses[-1] < losses[0]
-
-
-def test_rotary_makes_the_output_depend_on_token_order():
-    torch.manual_seed(0)
-    m = model.IC50Transformer(50, 16, gene_dim=8, d_model=32, n_heads=4, n_layers=1, ff_dim=32,
-                              head_dim=16, pos_encoding="rotary").eval()
-    g, v, d = torch.randint(1, 50, (1, 6)), torch.rand(1, 6), torch.rand(1, 16)
-    with torch.no_grad():
-        assert not torch.allclose(m(g, v, d), m(g.flip(1), v.flip(1), d))
-
-
-@pytest.mark.e2e
-def test_all_gene_tokens_train_end_to_end(tmp_path, table_path):
-    assert main.main(["--data", str(table_path), "--epochs", "2", "--tokens", "all", "--pos-encoding",
-                      "rotary", "--lr-schedule", "cosine", "--grad-clip", "1.0", "--loader-workers", "1",
-                      "--out", str(tmp_path / "run"), *SMALL]) == 0
-    assert metrics(tmp_path / "run")["history"][1]["lr"] < 1e-3
-
-
-def test_ragged_features_pad_each_batch_to_its_longest_cell():
-    import data
-    t = merged_table(n_drugs=1, n_lines=3, cells_per_pair=1)
-    vocab = data.gene_vocabulary(t["genes"])
-    f = features_of(t, {"drug0": 0}, top_k=4, tokens="all")
-    lengths = f.lengths()
-    g, v = f.batch(np.arange(3), vocab)
-    assert g.shape == (3, lengths.max()) and ((g != 0).sum(1) == lengths).all()
-    assert (np.diff(v[0][: lengths[0]]) <= 0).all()  # most expressed first
+    preds = pd.read_parquet(run / "predictions.parquet")
+    again = pd.read_parquet(tmp_path / "p.parquet").iloc[preds["row"].to_numpy()]["prediction"]
+    assert np.allclose(again, preds["prediction"], atol=1e-5)
 
 
 @pytest.mark.e2e
@@ -195,7 +130,6 @@ def bulk_table(seed: int = 0):
     """One row per pair, a z-scored profile per cell line (negatives included), declared normalised."""
     import pyarrow as pa
 
-    import data
     rng = np.random.default_rng(seed)
     lines = rng.normal(size=(8, 12)).astype(np.float32)
     rows = []
@@ -213,9 +147,9 @@ def bulk_table(seed: int = 0):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("levers", [
-    ["--tokens", "pooled", "--expr-embedding", "scaled", "--target", "drug_zscore", "--head", "per_drug",
-     "--gene-dropout", "0.2", "--pos-encoding", "none"],
-    ["--target", "drug_residual", "--expr-embedding", "scaled", "--ensemble", "2"]])
+    ["--gene-tokens", "pooled", "--expr-embedding", "scaled", "--head", "per_drug", "--gene-dropout", "0.2",
+     "--pos-encoding", "none"],
+    ["--expr-embedding", "scaled", "--ensemble", "2"]])
 def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp_path, levers):
     import yaml
     path, run = tmp_path / "bulk.parquet", tmp_path / "run"
@@ -223,7 +157,7 @@ def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp
     assert main.main(["--data", str(path), "--epochs", "3", "--out", str(run), *SMALL, *levers]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["value_kind"] == "normalised"
     trained = train.Trained.load(run / "best.pt")
-    assert trained.cfg.value_kind == "normalised" and trained.offset is not None
+    assert trained.cfg.value_kind == "normalised" and len(trained.reference["mean"]) == len(trained.vocab)
     split = pd.read_parquet(run / "split.parquet")
     test_rows = pq.read_table(path).take(split.index[split["part"] == "test"].to_numpy())
     pq.write_table(test_rows, tmp_path / "new.parquet")
@@ -237,45 +171,56 @@ def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp
                       str(tmp_path / "counts.parquet")]) == 2
 
 
-def test_a_residual_target_round_trips_and_unseen_drugs_get_the_overall_mean():
-    cfg = config_for(target="drug_zscore")
-    t = train.Trained(None, cfg, np.arange(3), ["a", "b", "c"], None, "morgan", 0.0, 1.0)
-    y, drug = np.array([1.0, 3.0, 10.0, 14.0]), np.array([0, 0, 1, 1])
-    t.fit_target(lambda part: (y[part], drug[part]), len(y), chunk=3)   # chunks split a drug
-    assert t.offset.tolist() == [2.0, 12.0, 7.0] and t.scale.tolist() == [1.0, 2.0, np.sqrt(2.5)]
-    assert t.decode_target(t.target_encoder()(y, drug), drug) == pytest.approx(y)
-    assert t.decode_target(np.zeros(1, np.float32), np.array([2]))[0] == pytest.approx(7.0)
+def normalised(table):
+    values = [list(np.log1p(np.array(e)) - 1.0) for e in table["expressions"].to_pylist()]
+    table = table.set_column(table.schema.get_field_index("expressions"), "expressions",
+                             pa.array(values, pa.list_(pa.float32())))
+    return table.replace_schema_metadata({"value_kind": "normalised"})
 
 
-def config_for(**kw):
-    from config import Config
-    return Config(**kw)
-
-
-def test_per_drug_heads_start_at_zero_and_leave_unknown_drugs_to_the_shared_head():
-    torch.manual_seed(0)
-    m = model.IC50Transformer(20, 4, gene_dim=4, d_model=8, n_heads=2, n_layers=1, ff_dim=8, head_dim=8,
-                              n_drug_heads=2).eval()
-    g, v, vec = torch.randint(1, 20, (3, 5)), torch.rand(3, 5), torch.rand(3, 4)
-    before = m(g, v, vec, torch.tensor([0, 1, 5]))
-    with torch.no_grad():
-        m.drug_heads.weight.fill_(1.0)
-    after = m(g, v, vec, torch.tensor([0, 1, 5]))
-    assert not torch.allclose(before[:2], after[:2]) and torch.allclose(before[2], after[2])
+NUMPY_1 = pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
+                             reason="formats 1 and 2 hold numpy 2 arrays, which numpy 1 cannot read")
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
-                    reason="the format-1 fixture holds numpy 2 arrays, which numpy 1 cannot unpickle")
-def test_a_checkpoint_saved_before_model_args_still_loads_and_predicts_the_same(tmp_path):
-    # format 1 (the whole run configuration), written by the code as it was before this format;
-    # the expected predictions break ties at the top_k boundary by gene id, as features do now
-    fixtures = ROOT / "tests" / "fixtures"
-    pq.write_table(merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5), tmp_path / "t.parquet")
-    assert main.main(["predict", "--checkpoint", str(fixtures / "format1_best.pt"), "--data",
+@pytest.mark.parametrize("name, kind", [pytest.param("format1", "counts", marks=NUMPY_1),
+                                        pytest.param("format2", "counts", marks=NUMPY_1),
+                                        ("format3", "counts"), ("format3_normalised", "normalised"),
+                                        ("format4_normalised", "normalised")])
+def test_checkpoints_of_every_earlier_format_still_predict_the_same(tmp_path, name, kind):
+    """Fixtures written by the versions of each format, and what those versions predicted with them
+    (format 1's with ties at the top_k boundary broken by gene id, as features do since)."""
+    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5)
+    pq.write_table(normalised(table) if kind == "normalised" else table, tmp_path / "t.parquet")
+    assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
                       str(tmp_path / "t.parquet"), "--out", str(tmp_path / "p.parquet")]) == 0
-    want = pd.read_csv(fixtures / "format1_predictions.csv")["prediction"]
+    want = pd.read_csv(FIXTURES / f"{name}_predictions.csv")["prediction"]
     assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prediction"], want, atol=1e-5)
+    if name == "format4_normalised":   # and single cells aligned as that version aligned them
+        assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
+                          str(FIXTURES / "format4_cells.h5ad"), "--groupby", "sample",
+                          "--out", str(tmp_path / "cells")]) == 0
+        got = pd.read_csv(tmp_path / "cells" / "ranking.csv")
+        want = pd.read_csv(FIXTURES / "format4_cells_ranking.csv")
+        assert got[["group", "rank", "drug"]].equals(want[["group", "rank", "drug"]])
+        assert np.allclose(got["ln_ic50"], want["ln_ic50"], atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target": "drug_zscore"}, "trained with target='drug_zscore', a setting this version no longer has"),
+    ({"pos_encoding": "rotary"}, "trained with pos_encoding='rotary', which this version no longer has"),
+    ({"format": 99}, "checkpoint of format 99, newer than this version reads")])
+def test_a_checkpoint_this_version_cannot_read_faithfully_is_refused_by_name(tmp_path, change, message):
+    state = torch.load(FIXTURES / "format4_normalised_best.pt", weights_only=True)
+    if "format" in change:
+        state.update(change)
+    else:
+        state["model_args"].update(change)
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(PipelineError, match=message):
+        train.Trained.load(tmp_path / "old.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"]
 
 
 @pytest.mark.e2e
@@ -283,7 +228,7 @@ def test_a_checkpoint_with_settings_this_version_lacks_loads_with_a_warning(tmp_
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
     state = torch.load(run / "best.pt", weights_only=True)     # tensors and plain types only
-    assert state["format"] == 4 and "cells_per_group" not in state["model_args"]
+    assert state["format"] == train.CHECKPOINT_FORMAT and "cells_per_group" not in state["model_args"]
     state["config"]["a_future_downsampling_knob"] = 3        # a pipeline setting added later
     state["model_args"]["a_future_model_knob"] = "x"          # and a model setting
     torch.save(state, tmp_path / "future.pt")
