@@ -27,6 +27,7 @@ from common import atomic_path, ragged_positions, write_json, write_parquet, wri
 from config import Config  # noqa: E402
 from data import gene_vocabulary, group_ids, plain, profiles_path, read_profiles, read_rows  # noqa: E402
 from model import count_parameters  # noqa: E402
+from stack import LEVEL, RidgePerDrug, Stack  # noqa: E402
 from tokens import normalised_values, vocab_index  # noqa: E402
 from train import Trained  # noqa: E402
 
@@ -92,13 +93,42 @@ def per_drug(pairs: pd.DataFrame, min_pairs: int = 3) -> dict:
             "scc": float(np.mean(scc)) if scc else float("nan"), "drugs": len(rows), "by_drug": rows}
 
 
-def score(test: pd.DataFrame, pred: np.ndarray) -> dict:
-    """Metrics over cells, over pairs, and per drug (test has drug, cell_line_id, LN_IC50)."""
+def score(test: pd.DataFrame, pred: np.ndarray, mean_effects: np.ndarray | None = None) -> dict:
+    """Metrics over cells, over pairs, and per drug (test has drug, cell_line_id, LN_IC50); with
+    the mean-effects prediction of the same rows, also DrEval's normalised Pearson."""
     df = test[["drug", "cell_line_id", "LN_IC50"]].assign(prediction=np.asarray(pred, float))
     pairs = pair_table(df)
-    return {**regression_metrics(df["LN_IC50"].to_numpy(), df["prediction"].to_numpy()),
-            "pairs": regression_metrics(pairs["LN_IC50"].to_numpy(), pairs["prediction"].to_numpy()),
-            "per_drug": per_drug(pairs)}
+    out = {**regression_metrics(df["LN_IC50"].to_numpy(), df["prediction"].to_numpy()),
+           "pairs": regression_metrics(pairs["LN_IC50"].to_numpy(), pairs["prediction"].to_numpy()),
+           "per_drug": per_drug(pairs)}
+    if mean_effects is not None:
+        me = pair_table(df.assign(prediction=np.asarray(mean_effects, float)))["prediction"].to_numpy()
+        out["normalised_pcc"] = normalised_pcc(pairs["LN_IC50"].to_numpy(), pairs["prediction"].to_numpy(),
+                                               me)
+    return out
+
+
+def normalised_pcc(y: np.ndarray, pred: np.ndarray, mean_effects: np.ndarray) -> float:
+    """DrEval's normalised Pearson: the naive mean-effects prediction (global + drug + cell-line
+    effect, from the training pairs) taken from the truth and from the prediction, then Pearson
+    over all test pairs, so that what drug and line averages explain counts for nothing."""
+    a, b = np.asarray(y, float) - mean_effects, np.asarray(pred, float) - mean_effects
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.pearsonr(a, b)[0])
+
+
+def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, widest: int = 10) -> dict:
+    """How many test pairs the intervals hold: overall, and for the `widest` drugs with the widest
+    intervals (on average), each named."""
+    df = test[["drug", "LN_IC50"]].assign(inside=(test["LN_IC50"].to_numpy() >= low)
+                                          & (test["LN_IC50"].to_numpy() <= high), width=high - low)
+    by = df.groupby("drug").agg(coverage=("inside", "mean"), width=("width", "mean"),
+                                pairs=("inside", "size"))
+    top = by.sort_values("width", ascending=False).head(widest)
+    return {"coverage": float(df["inside"].mean()), "mean_width": float(df["width"].mean()),
+            "coverage_widest": float(df[df["drug"].isin(top.index)]["inside"].mean()),
+            "widest_drugs": [{"drug": d, **{k: float(v) for k, v in r.items()}} for d, r in top.iterrows()]}
 
 
 # ----------------------------------------------------------------------------- classical baselines
@@ -144,7 +174,10 @@ class Design:
     profile is held once, however many drugs it was screened with."""
     train: pd.DataFrame     # one row per training pair: drug, cell_line_id, LN_IC50, profile
     test: pd.DataFrame      # one row per test pair: drug, cell_line_id, profile
-    x: np.ndarray           # [profiles, genes], the most variable gene first
+    x: np.ndarray           # [profiles, genes], the most variable gene first, standardised
+    genes: np.ndarray       # [genes] their token ids
+    mean: np.ndarray        # [genes] the training pairs' mean and sd they were standardised with
+    sd: np.ndarray
 
     def x_train(self, rows=slice(None)) -> np.ndarray:
         """[pairs, genes]: the profiles of (some of) the training pairs."""
@@ -153,8 +186,14 @@ class Design:
     def x_test(self, rows=slice(None)) -> np.ndarray:
         return self.x[self.test["profile"].to_numpy()[rows]]
 
+    def x_of(self, pairs: pd.DataFrame) -> np.ndarray:
+        """[pairs, genes]: the profiles of these test pairs (drug, cell_line_id)."""
+        at = pairs[["drug", "cell_line_id"]].merge(self.test[["drug", "cell_line_id"]].reset_index(),
+                                                   on=["drug", "cell_line_id"], how="left")["index"]
+        return self.x_test(at.to_numpy())
 
-def _design(x, train: pd.DataFrame, test: pd.DataFrame, n_genes: int) -> Design:
+
+def _design(x, train: pd.DataFrame, test: pd.DataFrame, n_genes: int, vocab: np.ndarray) -> Design:
     """The n_genes most variable genes of the profiles over the training pairs (a profile counts
     once per training pair that reads it), the most variable first, standardised with the
     training pairs' mean and sd."""
@@ -169,7 +208,8 @@ def _design(x, train: pd.DataFrame, test: pd.DataFrame, n_genes: int) -> Design:
     mu = w @ sub
     sd = np.sqrt(np.maximum(w @ (sub - mu) ** 2, 0))
     sd[sd == 0] = 1.0
-    return Design(train.reset_index(drop=True), test.reset_index(drop=True), (sub - mu) / sd)
+    return Design(train.reset_index(drop=True), test.reset_index(drop=True), (sub - mu) / sd, vocab[hvg],
+                  mu, sd)
 
 
 def expression_design(train: pa.Table, test: pa.Table, n_genes: int = 2000, seed: int = 0,
@@ -183,7 +223,7 @@ def expression_design(train: pa.Table, test: pa.Table, n_genes: int = 2000, seed
     tr_index = tr_index.merge(labels, on=["drug", "cell_line_id"], how="left")
     tr_index["profile"] = np.arange(len(tr_index))
     te_index["profile"] = len(tr_index) + np.arange(len(te_index))
-    return _design(sparse.vstack([tr_x, te_x]).tocsr(), tr_index, te_index, n_genes)
+    return _design(sparse.vstack([tr_x, te_x]).tocsr(), tr_index, te_index, n_genes, vocab)
 
 
 def reference_design(profiles: pa.Table, train: pd.DataFrame, test: pd.DataFrame, n_genes: int = 2000,
@@ -200,7 +240,7 @@ def reference_design(profiles: pa.Table, train: pd.DataFrame, test: pd.DataFrame
     x[rows[ok], col[ok]] = values[ok]
     train = train.assign(profile=train["cell_line_id"].map(position).to_numpy())
     test = test.assign(profile=test["cell_line_id"].map(position).to_numpy())
-    return _design(x, train, test, n_genes)
+    return _design(x, train, test, n_genes, vocab)
 
 
 def design_of(source: Path, keys: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray, *,
@@ -283,20 +323,11 @@ def ridge_baseline(design: Design, drug_vectors: dict[str, np.ndarray] | None = 
     return drug_offsets(design, drug_vectors) + per_profile[design.test["profile"].to_numpy()]
 
 
-def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray | None:
+def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray:
     """The classical GDSC approach: one ridge per drug on expression, alpha by leave-one-out over
-    the drug's training pairs. NaN for a drug with fewer than min_pairs training pairs; None when
-    no test drug has a model (unseen drugs)."""
-    from sklearn.linear_model import RidgeCV
-    out = np.full(len(design.test), np.nan)
-    train_rows = design.train.groupby("drug").indices
-    for drug, rows in design.test.groupby("drug").indices.items():
-        fit_rows = train_rows.get(drug, [])
-        if len(fit_rows) >= min_pairs:
-            fit = RidgeCV(alphas=np.logspace(-1, 6, 15)).fit(
-                design.x_train(fit_rows), design.train["LN_IC50"].to_numpy()[fit_rows])
-            out[rows] = fit.predict(design.x_test(rows))
-    return None if np.isnan(out).all() else out
+    the drug's training pairs (stack.RidgePerDrug, a member of the bulk predictor). NaN for a drug
+    with fewer than min_pairs training pairs (every test drug, when the drugs are unseen)."""
+    return RidgePerDrug.fit(design, min_pairs).predict(design.x_test(), design.test["drug"])
 
 
 def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = None,
@@ -331,7 +362,8 @@ def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = N
 
 
 def classical_baselines(design: Design, cells: pd.DataFrame, drug_vectors: dict[str, np.ndarray], *,
-                        fallback: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+                        fallback: np.ndarray, seed: int = 0, ridge: RidgePerDrug | None = None
+                        ) -> dict[str, np.ndarray]:
     """Per-cell predictions of the expression baselines for the test `cells` (drug,
     cell_line_id); `fallback` (per test cell) stands in where a per-drug model has too few
     training pairs."""
@@ -342,8 +374,9 @@ def classical_baselines(design: Design, cells: pd.DataFrame, drug_vectors: dict[
                            on=["drug", "cell_line_id"], how="left")["prediction"].to_numpy()
 
     out = {"ridge": per_cell(ridge_baseline(design, drug_vectors))}
-    per_drug_pred = ridge_per_drug(design)
-    if per_drug_pred is not None:
+    per_drug_pred = (ridge_per_drug(design) if ridge is None else
+                     ridge.predict(design.x_test(), design.test["drug"]))
+    if not np.isnan(per_drug_pred).all():
         p = per_cell(per_drug_pred)
         out["ridge_per_drug"] = np.where(np.isnan(p), fallback, p)
     out["boosted_trees"] = per_cell(boosted_trees(design, drug_vectors, seed))
@@ -352,18 +385,24 @@ def classical_baselines(design: Design, cells: pd.DataFrame, drug_vectors: dict[
 
 def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray,
              drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0,
-             design: Design | None = None) -> dict:
-    """metrics.json's test and baseline sections, every one scored the same three ways.
+             design: Design | None = None, ridge: RidgePerDrug | None = None,
+             members: dict[str, np.ndarray] | None = None) -> dict:
+    """metrics.json's test, member and baseline sections, every one scored the same ways.
     train/test: drug, cell_line_id and LN_IC50 of every row (train may be one row per pair with
     its mean label, as pair_labels gives: the fit is the same); `design`: the expression the
-    classical baselines read, which run when given."""
+    classical baselines read, which run when given (with `ridge`, one ridge per drug already
+    fitted on it); `members`: the predictor's parts, scored beside it."""
     tr = train[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     te = test[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     preds = predict_baselines(fit_baselines(tr), te)
     if drug_vectors is not None and design is not None:
         preds = {**classical_baselines(design, te, drug_vectors, fallback=preds["mean_effects"],
-                                       seed=seed), **preds}
-    return {"test": score(te, pred), "baselines": {k: score(te, p) for k, p in preds.items()}}
+                                       seed=seed, ridge=ridge), **preds}
+    me = preds["mean_effects"]
+    out = {"test": score(te, pred, me), "baselines": {k: score(te, p, me) for k, p in preds.items()}}
+    if members:
+        out["members"] = {k: score(te, p, me) for k, p in members.items()}
+    return out
 
 
 def plot_loss(history: list[dict], best_epoch: int, path: Path) -> None:
@@ -406,6 +445,8 @@ def plot_per_drug(metrics: dict, path: Path) -> None:
         if any(_finite((r or {}).get("pcc")) for r in by_drug.values()):
             shown.append((name.replace("_", " "), by_drug))
     drugs = sorted(model, key=lambda d: -(model[d]["pcc"] if _finite(model[d]["pcc"]) else -9))
+    if len(drugs) > MAX_BARS and len(shown) > 1:
+        return _plot_per_drug_scatter(shown[0][1], *shown[1], path)
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(drugs) * len(shown) / 2 + 1.5))
     y = np.arange(len(drugs))
     height = 0.8 / len(shown)
@@ -418,6 +459,26 @@ def plot_per_drug(metrics: dict, path: Path) -> None:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("Pearson r within the drug (test pairs)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+MAX_BARS = 40   # more drugs than this (a table of every GDSC drug) are drawn as one dot each
+
+
+def _plot_per_drug_scatter(model: dict, name: str, baseline: dict, path: Path) -> None:
+    """One dot per drug, the model's per-drug Pearson against the best baseline's: a few hundred
+    drugs stay readable, and the dots above the diagonal are the drugs the model wins."""
+    pairs = [(model[d]["pcc"], (baseline.get(d) or {}).get("pcc")) for d in model]
+    pairs = np.array([p for p in pairs if _finite(p[0]) and _finite(p[1])], dtype=float).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.scatter(pairs[:, 1], pairs[:, 0], s=10, alpha=0.6)
+    lo, hi = (float(pairs.min()), float(pairs.max())) if len(pairs) else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    wins = int((pairs[:, 0] > pairs[:, 1]).sum())
+    ax.set_xlabel(f"{name}: Pearson r within the drug")
+    ax.set_ylabel("model: Pearson r within the drug")
+    ax.set_title(f"{len(pairs)} drugs; the model is higher for {wins}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
@@ -477,20 +538,47 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
 
+def _rows(metrics: dict) -> list[tuple[str, dict]]:
+    """(name, metrics) of the model, its members and the baselines, in the report's order."""
+    return ([("model", metrics["test"])] + list(metrics.get("members", {}).items())
+            + [(k, metrics["baselines"][k]) for k in ROWS[1:] if k in metrics["baselines"]])
+
+
 def results_table(metrics: dict) -> str:
     """Markdown: one row per predictor, metrics over cells, pairs and per drug."""
     head = ("| predictor | MSE | RMSE | Pearson | Spearman | pairs: Pearson | pairs: Spearman | "
-            "per drug: Pearson | per drug: Spearman |\n|---|---|---|---|---|---|---|---|---|")
+            "per drug: Pearson | per drug: Spearman | normalised Pearson |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for name in ROWS:
-        m = metrics["test"] if name == "model" else metrics["baselines"].get(name)
-        if m is None:
-            continue
+    for name, m in _rows(metrics):
         cells = [m["mse"], m["rmse"], m["pcc"], m["scc"], m["pairs"]["pcc"], m["pairs"]["scc"],
-                 m["per_drug"]["pcc"], m["per_drug"]["scc"]]
-        label = f"**{name}**" if name == "model" else name
+                 m["per_drug"]["pcc"], m["per_drug"]["scc"], m.get("normalised_pcc")]
+        label = f"**{name}**" if name == "model" else (f"model: {name}" if name in metrics.get("members", {})
+                                                      else name)
         lines.append(f"| {label} | " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def interval_text(metrics: dict) -> list[str]:
+    """report.md's section on the intervals (a bulk reference's predictor has them)."""
+    iv = metrics.get("interval")
+    if not iv:
+        return []
+    lines = ["", "## Intervals", "",
+             f"{100 * LEVEL:.0f}% intervals (the spread of the network and one ridge per drug, scaled "
+             f"on the validation lines so that {100 * LEVEL:.0f}% of their pairs fall inside) hold "
+             f"**{_pct(iv['coverage'])}** of the test pairs, with a mean width of {_fmt(iv['mean_width'])} "
+             f"(ln IC50); in the 10 drugs with the widest intervals, {_pct(iv['coverage_widest'])}."]
+    if metrics.get("interval_drugs"):
+        lines += ["", "| drug | mean width | coverage | test pairs |", "|---|---|---|---|"]
+        lines += [f"| {d['drug']} | {d['width']:.2f} | {100 * d['coverage']:.0f}% | {d['pairs']:.0f} |"
+                  for d in metrics["interval_drugs"]]
+    return lines
+
+
+def _pct(v) -> str:
+    v = v.get("mean") if isinstance(v, dict) else v
+    return "–" if v is None else f"{100 * v:.1f}%"
 
 
 SPLIT_TEXT = {
@@ -527,7 +615,12 @@ def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) ->
               "pairs' 2,000 most variable genes: *ridge_per_drug*, one ridge per drug (the "
               "classical GDSC approach); *boosted_trees*, gradient-boosted trees on expression "
               "and drug identity; *ridge*, one ridge for all drugs on expression with a per-drug "
-              "intercept (the drug's training mean)."]
+              "intercept (the drug's training mean). *normalised Pearson* (DrEval's): Pearson over "
+              "all test pairs once the mean-effects prediction is taken from truth and prediction."
+              + (" The model of a bulk reference is the network blended with one ridge per drug "
+                 "(weights fitted on the validation lines); *model: network* is the network alone."
+                 if metrics.get("members") else "")]
+    lines += interval_text(metrics)
     if parts:
         lines += ["", "## Split", "", "| part | cells | pairs | drugs | cell lines |",
                   "|---|---|---|---|---|"]
@@ -546,49 +639,75 @@ def aggregate(results: dict[str, dict]) -> dict:
     def walk(parts: list[dict], template):
         if isinstance(template, dict):
             return {k: walk([p[k] for p in parts], v) for k, v in template.items()
-                    if k not in ("by_drug", "n")}
+                    if k not in ("by_drug", "n", "widest_drugs")}
         vals = [v for v in parts if isinstance(v, (int, float)) and v is not None and np.isfinite(v)]
         return {"mean": float(np.mean(vals)) if vals else None,
                 "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
 
-    return {"split": first["split"], "runs": list(results),
+    out = {}
+    for key in ("members", "interval"):
+        if key in first and all(key in r for r in results.values()):
+            out[key] = walk([r[key] for r in results.values()], first[key])
+    return {"split": first["split"], "runs": list(results), **out,
             "test": walk([r["test"] for r in results.values()], first["test"]),
             "baselines": {b: walk([r["baselines"][b] for r in results.values()], first["baselines"][b])
                           for b in first["baselines"] if all(b in r["baselines"] for r in results.values())}}
 
 
 def format_table(result: dict) -> str:
-    rows = [("model", result["test"])] + [(k, result["baselines"][k]) for k in ROWS[1:]
-                                          if k in result["baselines"]]
-    lines = [f"{'':16s}{'MSE':>8s}{'PCC':>8s}{'SCC':>8s}{'pair PCC':>10s}{'drug PCC':>10s}"]
+    lines = [f"{'':16s}{'MSE':>8s}{'PCC':>8s}{'SCC':>8s}{'pair PCC':>10s}{'drug PCC':>10s}{'norm PCC':>10s}"]
     val = lambda v: v["mean"] if isinstance(v, dict) else v  # noqa: E731
     num = lambda v: f"{val(v):8.3f}" if val(v) is not None and np.isfinite(val(v)) else f"{'-':>8s}"  # noqa: E731
-    for name, m in rows:
+    for name, m in _rows(result):
         lines.append(f"{name:16s}{num(m['mse'])}{num(m['pcc'])}{num(m['scc'])}  {num(m['pairs']['pcc'])}"
-                     f"  {num(m['per_drug']['pcc'])}")
+                     f"  {num(m['per_drug']['pcc'])}  {num(m.get('normalised_pcc'))}")
+    if result.get("interval"):
+        lines.append(f"90% intervals hold {_pct(result['interval']['coverage'])} of the test pairs")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the run's report
 
-def report(cfg: Config, trained: Trained, *, source: Path, keys: pa.Table, rows: dict[str, np.ndarray],
+def fit_stack(design: Design, keys: pa.Table, val_rows: np.ndarray, val_pred: np.ndarray) -> Stack:
+    """A bulk reference's predictor: one ridge per drug fitted on the design's training pairs, and
+    its blend with the network fitted on the validation rows (one per pair), never on test rows."""
+    ridge = RidgePerDrug.fit(design)
+    val = plain(keys.select(["drug", "cell_line_id", "LN_IC50"]).take(pa.array(val_rows))).to_pandas()
+    val = val.assign(network=val_pred, ridge=ridge.predict(design.x_of(val), val["drug"]))
+    return Stack.fit(ridge, design.train.groupby("drug")["LN_IC50"].mean().to_dict(), val)
+
+
+def report(cfg: Config, trained: Trained, *, design: Design, keys: pa.Table, rows: dict[str, np.ndarray],
            pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
     """A run's results, written by rank 0: predictions.parquet, the baselines fitted on the
-    training rows and scored on the same test rows, metrics.json, the plots and report.md."""
+    training rows and scored on the same test rows, metrics.json, the plots and report.md. `pred`
+    is the network's; with a stack (a bulk reference) the model is the stack, with intervals."""
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
     test_keys = plain(keys.select(cols).take(pa.array(rows["test"]))).to_pandas()
     preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
+    stack, members, interval = trained.stack, None, {}
+    if stack is not None:
+        ridge = stack.ridge.predict(design.x_of(test_keys), test_keys["drug"])
+        final, low, high = stack.blend(test_keys["drug"], pred, ridge)
+        preds = preds.assign(prediction=final, network=pred, ln_ic50_low=low, ln_ic50_high=high)
+        members = {"network": pred}
+        interval = interval_coverage(test_keys, low, high)
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
     vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in trained.rows_of(trained.drugs).items()}
     pair = group_ids(keys, ["drug", "cell_line_id"])
     train_pairs = pair_labels(keys, rows["train"], pair[rows["train"]])
     del pair
-    design = design_of(source, keys, rows["train"], rows["test"], value_kind=cfg.value_kind, seed=cfg.seed)
-    result = evaluate(train_pairs, test_keys, pred, drug_vectors=vectors, seed=cfg.seed, design=design)
+    result = evaluate(train_pairs, test_keys, preds["prediction"].to_numpy(), drug_vectors=vectors,
+                      seed=cfg.seed, design=design, ridge=None if stack is None else stack.ridge,
+                      members=members)
     metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
                "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
                "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
                "parameters": count_parameters(trained.model), "history": trained.history}
+    if interval:
+        metrics["interval"] = {"level": LEVEL, **{k: v for k, v in interval.items() if k != "widest_drugs"}}
+        metrics["interval_drugs"] = interval["widest_drugs"]
+        metrics["stack"] = {"weights": stack.weights.tolist(), "floor": stack.floor, "scale": stack.scale}
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
     plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
@@ -602,7 +721,8 @@ def report_runs(results: dict[str, dict], work: Path, *, seeds: list[int], folds
     """Several runs (seeds, folds): every metric's mean and sd, metrics.json and report.md."""
     first = next(iter(results.values()))
     metrics = {**aggregate(results), "seeds": seeds, "folds": folds, "drug_encoder": first["drug_encoder"],
-               "per_run": {k: {"test": v["test"], "baselines": v["baselines"]} for k, v in results.items()}}
+               "per_run": {k: {"test": v["test"], "baselines": v["baselines"], "members": v.get("members")}
+                           for k, v in results.items()}}
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, work / "metrics.json")
     write_report(work, metrics, runs=list(results))

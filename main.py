@@ -226,9 +226,17 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
     trained = train.train(cfg, prep.store, rows, drugs=prep.drugs, run_dir=run_dir, resume=act.resume,
                           gene_table=prep.genes)
     pred = trained.predict(trained.features(prep.store, rows["test"]))
+    reference = data.profiles_path(prep.source) is not None   # its predictor: the stack (stack.py)
+    val_pred = trained.predict(trained.features(prep.store, rows["val"])) if reference else None
     if not dist.is_main():
         return {}
-    metrics = evaluate.report(cfg, trained, source=prep.source, keys=prep.keys, rows=rows, pred=pred,
+    query = np.concatenate([rows["val"], rows["test"]]) if reference else rows["test"]
+    design = evaluate.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
+                                seed=cfg.seed)
+    if reference:
+        trained.stack = evaluate.fit_stack(design, prep.keys, rows["val"], val_pred)
+        train.save_stack(run_dir / "best.pt", trained.stack)
+    metrics = evaluate.report(cfg, trained, design=design, keys=prep.keys, rows=rows, pred=pred,
                               run_dir=run_dir, fold=fold, sizes=sizes)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     return metrics

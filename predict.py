@@ -80,11 +80,31 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     feats, keys = table_features(trained, Path(path))
     pred = trained.predict(feats)
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
-    result = data.plain(keys.select(cols)).append_column("prediction", pa.array(pred))
+    result = data.plain(keys.select(cols))
+    if trained.stack is not None:   # a bulk reference's predictor: blended, with intervals
+        profiles = dense_values(feats.table, trained.vocab)
+        drugs = result["drug"].to_pylist()
+        x = trained.stack.ridge.standardise(profiles[feats.table.profiles(feats.rows)], trained.vocab)
+        final, low, high = trained.stack.blend(drugs, pred, trained.stack.ridge.predict(x, drugs))
+        result = result.append_column("network", pa.array(pred))
+        pred = final
+        result = result.append_column("ln_ic50_low", pa.array(low))
+        result = result.append_column("ln_ic50_high", pa.array(high))
+    result = result.append_column("prediction", pa.array(pred))
     target = Path(out) if out else Path(path).with_name(Path(path).stem + "_predictions.parquet")
     write_parquet(result, target)
     log.info("%d predictions written to %s (drug encoder %s)", len(pred), target, trained.drug_encoder)
     return target
+
+
+def dense_values(table: TokenTable, vocab: np.ndarray) -> np.ndarray:
+    """[profiles, vocabulary genes] values of every profile of a token table (0 where a profile
+    lists no value)."""
+    index, values = table.indexed(vocab)
+    out = np.zeros((index.shape[0], len(vocab)))
+    rows, cols = np.nonzero(index >= 2)
+    out[rows, index[rows, cols] - 2] = values[rows, cols]
+    return out
 
 
 def table_features(trained: Trained, path: Path) -> tuple[Features, pa.Table]:
@@ -311,9 +331,18 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
     table = pd.DataFrame({"group": np.repeat(names, len(drug_names)),
                           "drug": np.tile(drug_names, len(names)), "ln_ic50": pred.ravel(),
                           "cells": np.repeat(cells, len(drug_names))})
+    columns = ["group", "rank", "drug", "ln_ic50", "cells"]
+    if trained.stack is not None:   # blended with one ridge per drug, with intervals
+        x = trained.stack.ridge.standardise(aligned, trained.vocab)[np.repeat(np.arange(len(names)),
+                                                                              len(drug_names))]
+        ridge = trained.stack.ridge.predict(x, table["drug"])
+        final, low, high = trained.stack.blend(table["drug"], table["ln_ic50"].to_numpy(), ridge)
+        table = table.assign(ln_ic50=final, ln_ic50_low=low, ln_ic50_high=high)
+        pred = final.reshape(len(names), len(drug_names))
+        columns = ["group", "rank", "drug", "ln_ic50", "ln_ic50_low", "ln_ic50_high", "cells"]
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")
     ranking = table.assign(rank=table.groupby("group")["ln_ic50"].rank(method="first").astype(int))
-    ranking = ranking.sort_values(["group", "rank"])[["group", "rank", "drug", "ln_ic50", "cells"]]
+    ranking = ranking.sort_values(["group", "rank"])[columns]
     group_of = {g: i for i, g in enumerate(names)}
     per_cell = pred[[group_of[g] for g in q.groups.astype(str)]].astype(np.float32)
     return per_cell, ranking.reset_index(drop=True)

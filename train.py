@@ -36,6 +36,7 @@ from config import Config, from_dict
 from data import gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
+from stack import Stack
 from tokens import Features, TokenTable, drug_lookup, epoch_plan, loader
 
 log = logging.getLogger("ic50.train")
@@ -46,7 +47,7 @@ MODEL_SETTINGS = ("value_kind", "gene_tokens", "top_k", "expr_embedding", "gene_
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
                   "ensemble", "pos_encoding", "drug_encoder", "smiles_model", "smiles_pooling",
                   "morgan_bits", "batch_size")
-CHECKPOINT_FORMAT = 5
+CHECKPOINT_FORMAT = 6
 
 
 def autocast(device: torch.device):
@@ -76,6 +77,9 @@ class Trained:
     # training profiles, which prediction aligns another platform's profiles to (predict.py)
     reference: dict | None = None
     tower: DrugTower | None = None    # a fine-tuned ChemBERTa
+    # a bulk reference's default predictor: the network blended with one ridge per drug, and the
+    # interval's calibration (stack.py); None for single-cell models
+    stack: Stack | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
 
@@ -176,7 +180,8 @@ class Trained:
                 "reference": None if self.reference is None else
                 {"mean": tensor(self.reference["mean"]), "sd": tensor(self.reference["sd"]),
                  "profiles": int(self.reference["profiles"])},
-                "tower": self.tower.state_dict() if self.tower is not None else None}
+                "tower": self.tower.state_dict() if self.tower is not None else None,
+                "stack": stack_state(self.stack)}
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Trained":
@@ -206,7 +211,22 @@ class Trained:
         return cls(model.to(device), cfg, np.asarray(state["vocab"]), list(state["smiles"]),
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"], state["y_std"],
                    drugs=dict(state.get("drugs") or {}), genes=state.get("genes"), reference=reference,
-                   tower=tower)
+                   tower=tower, stack=Stack.from_state(state["stack"]) if state.get("stack") else None)
+
+
+def stack_state(stack: Stack | None) -> dict | None:
+    """A stack for the checkpoint: its arrays as tensors."""
+    if stack is None:
+        return None
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in stack.state().items()}
+
+
+def save_stack(path: Path, stack: Stack) -> None:
+    """A checkpoint with its stack added (fitted once training has ended)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["stack"] = stack_state(stack)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def label_scale(label: np.ndarray, rows: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
@@ -243,7 +263,9 @@ def upgrade(state: dict, source: str) -> dict:
     2: `model_args`, the model's settings alone. 3: tensors and lists only; drug names, gene table.
     4: per-gene statistics of the training profiles. 5: `sizes` (vocabulary, drug vector, per-drug
     heads) recorded instead of read off the weights; `gene_tokens` instead of `tokens`; ensembles
-    without their first member's layers repeated at the top; the target transforms removed."""
+    without their first member's layers repeated at the top; the target transforms removed.
+    6: a bulk reference's stack (the network blended with one ridge per drug, and its interval);
+    earlier formats have none and predict with the network alone."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "

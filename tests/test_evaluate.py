@@ -176,8 +176,8 @@ def test_one_ridge_per_drug_matches_a_hand_computation(designs, split_table):
     assert got == pytest.approx(want, rel=1e-6, abs=1e-8)
     # no test drug seen in training (unseen drugs): no per-drug model at all
     by_drug = ~df["drug"].eq("drug0")
-    assert evaluate.ridge_per_drug(evaluate.expression_design(
-        t.filter(pa.array(by_drug)), t.filter(pa.array(~by_drug)), n_genes=5)) is None
+    assert np.isnan(evaluate.ridge_per_drug(evaluate.expression_design(
+        t.filter(pa.array(by_drug)), t.filter(pa.array(~by_drug)), n_genes=5))).all()
 
 
 def test_boosted_trees_fit_the_residual_from_the_drug_mean_on_expression_and_drug(designs):
@@ -250,3 +250,37 @@ def test_the_per_drug_plot_shows_the_best_baseline_and_no_empty_mean_effects(tmp
     evaluate.plot_per_drug(m, tmp_path / "p.png")
     assert labels == ["model", "ridge per drug"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_gdsc_drug_is_plotted_as_one_dot_against_the_best_baseline(tmp_path, monkeypatch):
+    m = metrics_with(0.39, 2.21)
+    drugs = [f"d{i}" for i in range(evaluate.MAX_BARS + 1)]
+    m["test"]["per_drug"]["by_drug"] = {d: {"pcc": 0.5} for d in drugs}
+    m["baselines"]["ridge_per_drug"]["per_drug"]["by_drug"] = {d: {"pcc": 0.4 + 0.2 * (i % 2)}
+                                                               for i, d in enumerate(drugs)}
+    m["verdict"] = evaluate.verdict(m)
+    titles, set_title = [], evaluate.plt.Axes.set_title
+    monkeypatch.setattr(evaluate.plt.Axes, "barh", lambda *a, **k: pytest.fail("one bar per drug"))
+    monkeypatch.setattr(evaluate.plt.Axes, "set_title",
+                        lambda self, t, **k: titles.append(t) or set_title(self, t, **k))
+    evaluate.plot_per_drug(m, tmp_path / "p.png")
+    assert titles == [f"{len(drugs)} drugs; the model is higher for {(len(drugs) + 1) // 2}"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_drevals_normalised_pearson_matches_a_hand_computation():
+    train = pd.DataFrame({"drug": ["a", "a", "b", "b"], "cell_line_id": ["x", "y", "x", "y"],
+                          "LN_IC50": [1.0, 3.0, 5.0, 9.0]})
+    test = pd.DataFrame({"drug": ["a", "b", "a", "b"], "cell_line_id": ["x", "x", "z", "z"],
+                         "LN_IC50": [2.0, 4.0, 1.5, 8.0]})
+    pred = np.array([1.5, 6.0, 2.0, 7.5])
+    result = evaluate.evaluate(train, test, pred)
+    mu = 4.5                                              # by hand: global + drug + line effects
+    drug = {"a": 2.0, "b": 7.0}
+    line = {"x": 3.0, "y": 6.0, "z": mu}                  # z is unseen: no effect
+    me = np.array([mu + (drug[d] - mu) + (line[c] - mu) for d, c in zip(test["drug"], test["cell_line_id"])])
+    a, b = test["LN_IC50"].to_numpy() - me, pred - me
+    a, b = a - a.mean(), b - b.mean()
+    want = (a * b).sum() / np.sqrt((a ** 2).sum() * (b ** 2).sum())
+    assert result["test"]["normalised_pcc"] == pytest.approx(want)
+    assert np.isnan(result["baselines"]["mean_effects"]["normalised_pcc"])   # it is the reference itself

@@ -84,7 +84,10 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     assert "36 of the model's 40 genes found (90.0%)" in caplog.text
     assert "counts values, averaged per group and aligned" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv")
-    assert list(ranking.columns) == ["group", "rank", "drug", "ln_ic50", "cells"]
+    assert list(ranking.columns) == ["group", "rank", "drug", "ln_ic50", "ln_ic50_low", "ln_ic50_high",
+                                     "cells"]
+    low, mid, high = ranking["ln_ic50_low"], ranking["ln_ic50"], ranking["ln_ic50_high"]
+    assert ((low < mid) & (mid < high)).all()
     assert set(ranking["group"]) == {LINES[0], LINES[3], LINES[7]} and (ranking["cells"] == 6).all()
     # the profile each group was predicted from: its cells' mean log1p CP10k, aligned
     trained = Trained.load(d / "run" / "best.pt")
@@ -96,9 +99,13 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     values[:, :36] = means[:, :36]
     aligned = predict.align(values, np.arange(40) < 36, trained.reference)
     drugs = ["Erlotinib", "Vorinostat", "olaparib"]
-    want = predict.predict_profiles(trained, aligned, [trained.rows_of(trained.drugs)[k] for k in drugs])
+    network = predict.predict_profiles(trained, aligned, [trained.rows_of(trained.drugs)[k] for k in drugs])
+    names = np.tile(drugs, 3)                                   # the stack: network and ridge, blended
+    ridge = trained.stack.ridge.predict(trained.stack.ridge.standardise(np.repeat(aligned, 3, axis=0),
+                                                                        trained.vocab), names)
+    want = trained.stack.blend(names, network.ravel(), ridge)[0].reshape(3, 3)
     got = ranking.pivot(index="group", columns="drug", values="ln_ic50").loc[:, drugs]
-    assert np.allclose(got.to_numpy(), want, atol=1e-5)
+    assert np.allclose(got.to_numpy(), want, atol=1e-5) and not np.allclose(want, network, atol=1e-3)
     result = anndata.read_h5ad(out / "cells.h5ad")             # each cell carries its group's prediction
     first = result.obsm["ln_ic50"][(result.obs["sample"] == LINES[0]).to_numpy()]
     assert np.allclose(first, first[0]) and result.obsm["ln_ic50"].shape == (18, 3)

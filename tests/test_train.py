@@ -187,7 +187,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 @pytest.mark.parametrize("name, kind", [pytest.param("format1", "counts", marks=NUMPY_1),
                                         pytest.param("format2", "counts", marks=NUMPY_1),
                                         ("format3", "counts"), ("format3_normalised", "normalised"),
-                                        ("format4_normalised", "normalised")])
+                                        ("format4_normalised", "normalised"),
+                                        ("format5_normalised", "normalised")])
 def test_checkpoints_of_every_earlier_format_still_predict_the_same(tmp_path, name, kind):
     """Fixtures written by the versions of each format, and what those versions predicted with them
     (format 1's with ties at the top_k boundary broken by gene id, as features do since)."""

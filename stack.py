@@ -1,0 +1,131 @@
+"""The default predictor for bulk references: the network and one ridge per drug, blended, with an
+interval on every prediction.
+
+On real GDSC the network and one ridge per drug (the classical GDSC approach) are at parity and
+make partly different errors, so the predictor a bulk reference trains is their blend. Both are
+fitted on the training lines; the blend's two weights, on each prediction's distance from its
+drug's training mean, are fitted on the validation lines (least squares), never on test lines.
+Boosted trees were measured as a third member and added nothing (docs/search.md).
+
+The interval: the members' disagreement |network - ridge| is the spread of this two-member
+ensemble; a prediction's interval is +- q (spread + floor), the floor being the validation pairs'
+median spread (so that agreeing members still get a width), and q the split-conformal quantile
+of |error| / (spread + floor) over the validation pairs: 90% of them fall inside, and so, on
+average, do 90% of new pairs from the same distribution. Everything here is a few arrays, stored
+in the checkpoint, so that `main.py predict` blends and bounds every prediction the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.9   # the interval's nominal coverage
+
+
+@dataclass
+class RidgePerDrug:
+    """One ridge per drug on standardised expression of a fixed set of genes (alpha by
+    leave-one-out over the drug's training pairs): its coefficients, and how to standardise."""
+    genes: np.ndarray        # [G] token ids of the columns
+    mean: np.ndarray         # [G] training mean and sd of each column
+    sd: np.ndarray
+    drugs: list[str]         # the drugs with a model (enough training pairs)
+    coef: np.ndarray         # [drugs, G]
+    intercept: np.ndarray    # [drugs]
+
+    @classmethod
+    def fit(cls, design, min_pairs: int = 5, alphas: np.ndarray = np.logspace(-1, 6, 15)
+            ) -> "RidgePerDrug":
+        """Fitted on a design's training pairs (evaluate.Design): a model for every drug with at
+        least min_pairs of them."""
+        from sklearn.linear_model import RidgeCV
+        drugs, coefs, intercepts = [], [], []
+        y = design.train["LN_IC50"].to_numpy()
+        for drug, rows in design.train.groupby("drug").indices.items():
+            if len(rows) >= min_pairs:
+                fit = RidgeCV(alphas=alphas).fit(design.x_train(rows), y[rows])
+                drugs.append(drug)
+                coefs.append(fit.coef_)
+                intercepts.append(float(fit.intercept_))
+        width = design.x.shape[1]
+        return cls(np.asarray(design.genes), np.asarray(design.mean), np.asarray(design.sd), drugs,
+                   np.asarray(coefs).reshape(len(drugs), width), np.asarray(intercepts, dtype=np.float64))
+
+    def predict(self, x: np.ndarray, drugs) -> np.ndarray:
+        """x: [N, G] standardised columns; NaN for a drug without a model."""
+        row = {d: i for i, d in enumerate(self.drugs)}
+        idx = np.array([row.get(d, -1) for d in drugs], dtype=np.int64)
+        out = np.full(len(idx), np.nan)
+        ok = idx >= 0
+        out[ok] = np.einsum("ij,ij->i", x[ok], self.coef[idx[ok]]) + self.intercept[idx[ok]]
+        return out
+
+    def standardise(self, values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+        """[N, vocabulary genes] profiles -> their standardised columns."""
+        pos = np.searchsorted(vocab, self.genes)
+        return (values[:, pos] - self.mean) / self.sd
+
+
+@dataclass
+class Stack:
+    """The blend of the network and one ridge per drug, and its conformal interval."""
+    ridge: RidgePerDrug
+    drug_mean: dict[str, float]   # each training drug's mean ln IC50: what the weights act around
+    weights: np.ndarray           # [2]: the network's and the ridge's
+    floor: float                  # the validation pairs' median spread
+    scale: float                  # the conformal quantile q
+
+    @classmethod
+    def fit(cls, ridge: RidgePerDrug, drug_mean: dict[str, float], val: pd.DataFrame) -> "Stack":
+        """val: the validation pairs' drug, LN_IC50, network and ridge predictions."""
+        val = val.dropna(subset=["ridge"])
+        m = val["drug"].map(drug_mean).to_numpy()
+        x = np.column_stack([val["network"].to_numpy() - m, val["ridge"].to_numpy() - m])
+        weights = np.linalg.lstsq(x, val["LN_IC50"].to_numpy() - m, rcond=None)[0]
+        spread = np.abs(val["network"] - val["ridge"]).to_numpy()
+        floor = float(np.median(spread)) if len(spread) else 1.0
+        stack = cls(ridge, dict(drug_mean), weights, floor, 1.0)
+        pred, _, _ = stack.blend(val["drug"], val["network"].to_numpy(), val["ridge"].to_numpy())
+        stack.scale = conformal_quantile(np.abs(val["LN_IC50"].to_numpy() - pred) / (spread + floor))
+        return stack
+
+    def blend(self, drugs, network: np.ndarray, ridge: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prediction, low, high) of each pair. A drug without a ridge model (too few training
+        pairs, or new to the model) has the network's prediction, with the floor for its spread."""
+        m = pd.Series(list(drugs)).map(self.drug_mean).to_numpy(dtype=np.float64)
+        both = ~np.isnan(ridge) & ~np.isnan(m)
+        pred = np.asarray(network, dtype=np.float64).copy()
+        pred[both] = (m[both] + self.weights[0] * (network[both] - m[both])
+                      + self.weights[1] * (ridge[both] - m[both]))
+        spread = np.where(both, np.abs(network - np.where(both, ridge, network)), 0.0)
+        half = self.scale * (spread + self.floor)
+        return pred, pred - half, pred + half
+
+    def state(self) -> dict:
+        """Arrays, numbers and names, for the checkpoint."""
+        r = self.ridge
+        return {"genes": r.genes, "mean": r.mean, "sd": r.sd, "drugs": list(r.drugs), "coef": r.coef,
+                "intercept": r.intercept, "drug_mean": dict(self.drug_mean), "weights": self.weights,
+                "floor": self.floor, "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "Stack":
+        coef = np.asarray(s["coef"], dtype=np.float64).reshape(len(s["drugs"]), len(s["genes"]))
+        ridge = RidgePerDrug(np.asarray(s["genes"], dtype=np.int64), np.asarray(s["mean"]),
+                             np.asarray(s["sd"]), list(s["drugs"]), coef,
+                             np.asarray(s["intercept"], dtype=np.float64))
+        return cls(ridge, dict(s["drug_mean"]), np.asarray(s["weights"]), float(s["floor"]),
+                   float(s["scale"]))
+
+
+def conformal_quantile(scores: np.ndarray, level: float = LEVEL) -> float:
+    """The split-conformal quantile: the ceil((n + 1) level)-th smallest score, so that a new
+    score from the same distribution falls at or below it with probability >= level."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(scores) == 0:
+        return float("inf")
+    k = int(np.ceil((len(scores) + 1) * level))
+    return float(scores[min(k, len(scores)) - 1])
