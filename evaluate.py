@@ -186,11 +186,10 @@ class Design:
     def x_test(self, rows=slice(None)) -> np.ndarray:
         return self.x[self.test["profile"].to_numpy()[rows]]
 
-    def x_of(self, pairs: pd.DataFrame) -> np.ndarray:
-        """[pairs, genes]: the profiles of these test pairs (drug, cell_line_id)."""
-        at = pairs[["drug", "cell_line_id"]].merge(self.test[["drug", "cell_line_id"]].reset_index(),
-                                                   on=["drug", "cell_line_id"], how="left")["index"]
-        return self.x_test(at.to_numpy())
+    def profile_of(self, pairs: pd.DataFrame) -> np.ndarray:
+        """The row of x that each of these test pairs (drug, cell_line_id) reads."""
+        keys = ["drug", "cell_line_id"]
+        return pairs[keys].merge(self.test[[*keys, "profile"]], on=keys, how="left")["profile"].to_numpy()
 
 
 def _design(x, train: pd.DataFrame, test: pd.DataFrame, n_genes: int, vocab: np.ndarray) -> Design:
@@ -327,7 +326,8 @@ def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray:
     """The classical GDSC approach: one ridge per drug on expression, alpha by leave-one-out over
     the drug's training pairs (stack.RidgePerDrug, a member of the bulk predictor). NaN for a drug
     with fewer than min_pairs training pairs (every test drug, when the drugs are unseen)."""
-    return RidgePerDrug.fit(design, min_pairs).predict(design.x_test(), design.test["drug"])
+    return RidgePerDrug.fit(design, min_pairs).predict(design.x, design.test["drug"],
+                                                       design.test["profile"].to_numpy())
 
 
 def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = None,
@@ -375,7 +375,7 @@ def classical_baselines(design: Design, cells: pd.DataFrame, drug_vectors: dict[
 
     out = {"ridge": per_cell(ridge_baseline(design, drug_vectors))}
     per_drug_pred = (ridge_per_drug(design) if ridge is None else
-                     ridge.predict(design.x_test(), design.test["drug"]))
+                     ridge.predict(design.x, design.test["drug"], design.test["profile"].to_numpy()))
     if not np.isnan(per_drug_pred).all():
         p = per_cell(per_drug_pred)
         out["ridge_per_drug"] = np.where(np.isnan(p), fallback, p)
@@ -673,7 +673,7 @@ def fit_stack(design: Design, keys: pa.Table, val_rows: np.ndarray, val_pred: np
     its blend with the network fitted on the validation rows (one per pair), never on test rows."""
     ridge = RidgePerDrug.fit(design)
     val = plain(keys.select(["drug", "cell_line_id", "LN_IC50"]).take(pa.array(val_rows))).to_pandas()
-    val = val.assign(network=val_pred, ridge=ridge.predict(design.x_of(val), val["drug"]))
+    val = val.assign(network=val_pred, ridge=ridge.predict(design.x, val["drug"], design.profile_of(val)))
     return Stack.fit(ridge, design.train.groupby("drug")["LN_IC50"].mean().to_dict(), val)
 
 
@@ -687,7 +687,7 @@ def report(cfg: Config, trained: Trained, *, design: Design, keys: pa.Table, row
     preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
     stack, members, interval = trained.stack, None, {}
     if stack is not None:
-        ridge = stack.ridge.predict(design.x_of(test_keys), test_keys["drug"])
+        ridge = stack.ridge.predict(design.x, test_keys["drug"], design.profile_of(test_keys))
         final, low, high = stack.blend(test_keys["drug"], pred, ridge)
         preds = preds.assign(prediction=final, network=pred, ln_ic50_low=low, ln_ic50_high=high)
         members = {"network": pred}

@@ -82,10 +82,9 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
     result = data.plain(keys.select(cols))
     if trained.stack is not None:   # a bulk reference's predictor: blended, with intervals
-        profiles = dense_values(feats.table, trained.vocab)
-        drugs = result["drug"].to_pylist()
-        x = trained.stack.ridge.standardise(profiles[feats.table.profiles(feats.rows)], trained.vocab)
-        final, low, high = trained.stack.blend(drugs, pred, trained.stack.ridge.predict(x, drugs))
+        final, low, high = trained.stack.predict(result["drug"].to_pylist(), pred,
+                                                 dense_values(feats.table, trained.vocab), trained.vocab,
+                                                 feats.table.profiles(feats.rows))
         result = result.append_column("network", pa.array(pred))
         pred = final
         result = result.append_column("ln_ic50_low", pa.array(low))
@@ -333,10 +332,9 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
                           "cells": np.repeat(cells, len(drug_names))})
     columns = ["group", "rank", "drug", "ln_ic50", "cells"]
     if trained.stack is not None:   # blended with one ridge per drug, with intervals
-        x = trained.stack.ridge.standardise(aligned, trained.vocab)[np.repeat(np.arange(len(names)),
-                                                                              len(drug_names))]
-        ridge = trained.stack.ridge.predict(x, table["drug"])
-        final, low, high = trained.stack.blend(table["drug"], table["ln_ic50"].to_numpy(), ridge)
+        group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
+        final, low, high = trained.stack.predict(table["drug"], table["ln_ic50"].to_numpy(), aligned,
+                                                 trained.vocab, group)
         table = table.assign(ln_ic50=final, ln_ic50_low=low, ln_ic50_high=high)
         pred = final.reshape(len(names), len(drug_names))
         columns = ["group", "rank", "drug", "ln_ic50", "ln_ic50_low", "ln_ic50_high", "cells"]

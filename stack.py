@@ -53,13 +53,17 @@ class RidgePerDrug:
         return cls(np.asarray(design.genes), np.asarray(design.mean), np.asarray(design.sd), drugs,
                    np.asarray(coefs).reshape(len(drugs), width), np.asarray(intercepts, dtype=np.float64))
 
-    def predict(self, x: np.ndarray, drugs) -> np.ndarray:
-        """x: [N, G] standardised columns; NaN for a drug without a model."""
+    def predict(self, x: np.ndarray, drugs, rows: np.ndarray | None = None) -> np.ndarray:
+        """x: [N, G] standardised columns, one row per pair, or one per profile with `rows` the
+        profile of each pair (a reference's pairs share their line's profile: no copy per pair).
+        NaN for a drug without a model."""
         row = {d: i for i, d in enumerate(self.drugs)}
         idx = np.array([row.get(d, -1) for d in drugs], dtype=np.int64)
+        rows = np.arange(len(idx)) if rows is None else np.asarray(rows)
         out = np.full(len(idx), np.nan)
-        ok = idx >= 0
-        out[ok] = np.einsum("ij,ij->i", x[ok], self.coef[idx[ok]]) + self.intercept[idx[ok]]
+        for i in np.unique(idx[idx >= 0]):
+            pairs = np.flatnonzero(idx == i)
+            out[pairs] = x[rows[pairs]] @ self.coef[i] + self.intercept[i]
         return out
 
     def standardise(self, values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
@@ -100,9 +104,18 @@ class Stack:
         pred = np.asarray(network, dtype=np.float64).copy()
         pred[both] = (m[both] + self.weights[0] * (network[both] - m[both])
                       + self.weights[1] * (ridge[both] - m[both]))
-        spread = np.where(both, np.abs(network - np.where(both, ridge, network)), 0.0)
+        spread = np.zeros(len(pred))
+        spread[both] = np.abs(network[both] - ridge[both])
         half = self.scale * (spread + self.floor)
         return pred, pred - half, pred + half
+
+    def predict(self, drugs, network: np.ndarray, profiles: np.ndarray, vocab: np.ndarray,
+                rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """blend() for pairs read off [profiles, vocabulary genes], `rows` the profile of each
+        pair (main.py predict)."""
+        drugs = list(drugs)
+        ridge = self.ridge.predict(self.ridge.standardise(profiles, vocab), drugs, rows)
+        return self.blend(drugs, np.asarray(network, dtype=np.float64), ridge)
 
     def state(self) -> dict:
         """Arrays, numbers and names, for the checkpoint."""
