@@ -45,6 +45,7 @@ import gdsc
 import h5ad
 import merge
 import predict
+import relative
 import tokens
 import train
 from common import PipelineError, atomic_path, report_error, setup_logging, write_json, write_parquet
@@ -197,9 +198,10 @@ def _from_sources(cfg: Config, act: Actions, run_dir: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- the runs
 
-def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> dict:
+def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> tuple[dict, relative.DrugSpread]:
     """Rank 0's part of a split: split.parquet, and every part's rows laid end to end in
-    split_rows.npy, which every rank maps instead of holding the row lists."""
+    split_rows.npy, which every rank maps instead of holding the row lists; the part sizes, and
+    each drug's spread over its training pairs (what predictions are set against)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     split = data.make_split(prep.keys, cfg.split, cfg.seed, val_frac=cfg.val_frac,
                             test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds)
@@ -208,12 +210,14 @@ def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> dict:
     del split
     with atomic_path(run_dir / "split_rows.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.concatenate([rows[p] for p in data.PARTS]))
-    return data.summarise_split(prep.keys, rows)
+    pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])[rows["train"]]
+    spread = relative.DrugSpread.fit(evaluate.pair_labels(prep.keys, rows["train"], pair))
+    return data.summarise_split(prep.keys, rows), spread
 
 
 def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
     """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
-    sizes = dist.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
+    sizes, spread = dist.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
     mapped = np.load(run_dir / "split_rows.npy", mmap_mode="r")
     ends = np.cumsum([sizes[p]["cells"] for p in data.PARTS])
     rows = {p: mapped[end - sizes[p]["cells"]:end] for p, end in zip(data.PARTS, ends)}
@@ -224,7 +228,7 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
     trained = train.train(cfg, prep.store, rows, drugs=prep.drugs, run_dir=run_dir, resume=act.resume,
-                          gene_table=prep.genes)
+                          gene_table=prep.genes, spread=spread)
     pred = trained.predict(trained.features(prep.store, rows["test"]))
     reference = data.profiles_path(prep.source) is not None   # its predictor: the stack (stack.py)
     val_pred = trained.predict(trained.features(prep.store, rows["val"])) if reference else None
@@ -403,6 +407,10 @@ def predict_command(argv: list[str]) -> int:
     p.add_argument("--groupby", metavar="OBS_COLUMN", help=".h5ad: rank the drugs per group of this obs "
                    "column (sample, patient, cluster); default: all cells together. A bulk model "
                    "predicts each group's mean profile and ranks groups against each other")
+    p.add_argument("--rank-by", choices=predict.RANK_BY, default="z", help=".h5ad: order each group's "
+                   "drugs by z, the prediction against the drug's training lines, most specifically "
+                   "sensitive first (default); or by predicted ln IC50, which puts the drugs potent "
+                   "against every line first for every group")
     p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
                    "time; memory grows with it, not with the file (default: 8192)")
     config_mod.add_arguments(p, ANNDATA_FLAGS)
@@ -421,10 +429,10 @@ def predict_command(argv: list[str]) -> int:
                 drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
                 gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
                 gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-                block_cells=max(1, args.block_cells))
+                block_cells=max(1, args.block_cells), rank_by=args.rank_by)
             return 0
         h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
-                                    ("--groupby", args.groupby)) if v]
+                                    ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
         if h5ad_only:
             raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
                                 f"predicted for each row's own drug.")

@@ -5,7 +5,9 @@
 
 A merged table (or a reference's pairs) gets one prediction per row, for the row's own drug. An
 .h5ad gets every drug the checkpoint knows (or those asked for; new ones from their SMILES),
-ranked per --groupby group. How depends on what the model was trained on:
+ranked per --groupby group by relative sensitivity: each drug's prediction as a z-score against
+the drug's training lines (relative.py), most specifically sensitive first, so that drugs potent
+against every line do not head every list. How depends on what the model was trained on:
 
 - single cells (counts): every cell is predicted; a group's ranking is its cells' median;
 - bulk profiles (normalised values, one profile per cell line): each group's cells are averaged
@@ -44,11 +46,24 @@ from train import Trained
 log = logging.getLogger("ic50.predict")
 
 OUTPUT_KEY = "ln_ic50"   # obsm[OUTPUT_KEY]: cells x drugs; uns[OUTPUT_KEY + "_drugs"]: the drugs
+RANK_BY = ("z", "ln_ic50")   # relative sensitivity (default), or potency
+HEATMAP_DRUGS = 50       # more drugs than this: the heatmap shows those ranked highest in any group
 
 
 def is_bulk(trained: Trained) -> bool:
     """A model of normalised profiles (bulk expression), which reads groups, not single cells."""
     return trained.cfg.value_kind == "normalised"
+
+
+def has_spread(trained: Trained) -> bool:
+    """Whether the checkpoint can set predictions against its training lines (z, percentile);
+    says why not where it cannot."""
+    if trained.spread is None:
+        log.warning("this checkpoint predates the per-drug statistics of its training lines "
+                    "(checkpoint format 7), so its predictions come as ln IC50 alone, without z or "
+                    "percentile, and drugs are ranked by ln IC50 (potency); retrain it for relative "
+                    "sensitivity.")
+    return trained.spread is not None
 
 
 # ----------------------------------------------------------------------------- drugs
@@ -81,6 +96,7 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     pred = trained.predict(feats)
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
     result = data.plain(keys.select(cols))
+    low = high = None
     if trained.stack is not None:   # a bulk reference's predictor: blended, with intervals
         final, low, high = trained.stack.predict(result["drug"].to_pylist(), pred,
                                                  dense_values(feats.table, trained.vocab), trained.vocab,
@@ -90,6 +106,9 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
         result = result.append_column("ln_ic50_low", pa.array(low))
         result = result.append_column("ln_ic50_high", pa.array(high))
     result = result.append_column("prediction", pa.array(pred))
+    if has_spread(trained):
+        for name, column in trained.spread.columns(result["drug"].to_pylist(), pred, low, high).items():
+            result = result.append_column(name, pa.array(column))
     target = Path(out) if out else Path(path).with_name(Path(path).stem + "_predictions.parquet")
     write_parquet(result, target)
     log.info("%d predictions written to %s (drug encoder %s)", len(pred), target, trained.drug_encoder)
@@ -195,39 +214,58 @@ class Query:
 def predict_h5ad(trained: Trained, path: str | Path, out: Path, *, drugs: list[str] | None = None,
                  smiles_csv: str | None = None, groupby: str | None = None, layer: str | None = None,
                  gene_column: str | None = None, gene_table: pd.DataFrame | None = None,
-                 min_fraction: float = 0.5, block_cells: int = 8192) -> dict:
+                 min_fraction: float = 0.5, block_cells: int = 8192, rank_by: str = "z") -> dict:
     """Predicted ln IC50 for every cell x drug of an .h5ad, written into `out` (a new directory,
-    which appears only once everything is written): a copy of the file with obsm['ln_ic50'],
-    predictions.parquet, ranking.csv and ranking_heatmap.png."""
+    which appears only once everything is written): a copy of the file with obsm['ln_ic50'] (and
+    obsm['ln_ic50_z']), predictions.parquet, ranking.csv (each group's drugs by z, or by ln IC50
+    with rank_by='ln_ic50'), general_sensitivity.csv (each group's mean z, apart from the
+    ranking) and ranking_heatmap.png."""
     t0 = time.perf_counter()
+    if rank_by not in RANK_BY:
+        raise PipelineError(f"--rank-by {rank_by!r}: expected one of {list(RANK_BY)}.")
     table = h5ad.checkpoint_gene_table(trained.genes) if gene_table is None else gene_table
     if out.exists():
         raise PipelineError(f"output directory '{out}' already exists; pass another --out.")
     with h5ad.H5ad(path, layer, gene_column) as h:
         q = _query(trained, h, table, drugs=drugs, smiles_csv=smiles_csv, groupby=groupby,
                    min_fraction=min_fraction)
+        rank_by = rank_by if has_spread(trained) else "ln_ic50"
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             if is_bulk(trained):
-                preds, ranking = _predict_groups(trained, q, work, block_cells)
+                preds, ranking = _predict_groups(trained, q, work, block_cells, rank_by)
             else:
-                preds, ranking = _predict_cells(trained, q, work, block_cells)
+                preds, ranking = _predict_cells(trained, q, work, block_cells, rank_by)
             shutil.copyfile(h.path, work / h.path.name)
-            _annotate(work / h.path.name, preds, list(q.drugs))
+            _annotate(work / h.path.name, preds, list(q.drugs), trained.spread)
             with atomic_path(work / "ranking.csv") as tmp:
                 ranking.to_csv(tmp, index=False)
+            general = general_sensitivity(ranking, bulk=is_bulk(trained))
+            if general is not None:
+                with atomic_path(work / "general_sensitivity.csv") as tmp:
+                    general.to_csv(tmp, index=False)
             plot_ranking(ranking, work / "ranking_heatmap.png", groupby or "all cells")
             work.rename(out)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
     seconds = time.perf_counter() - t0
-    best = ranking[ranking["rank"] == 1].head(5)
-    log.info("%d cells x %d drugs in %.1fs; most sensitive: %s. Outputs in %s", len(preds), len(q.drugs),
-             seconds, "; ".join(f"{g}: {d} ({m:.2f})" for g, d, m in
-                                zip(best["group"], best["drug"], best[value_column(ranking)])), out)
+    _summary(ranking, rank_by, len(preds), len(q.drugs), seconds, out)
     return {"cells": len(preds), "drugs": list(q.drugs), "seconds": seconds, "genes": q.gmap.counts}
+
+
+def _summary(ranking: pd.DataFrame, rank_by: str, cells: int, drugs: int, seconds: float, out: Path) -> None:
+    """The log's last word: each group's first drugs, and how they were ordered."""
+    value = value_column(ranking, rank_by)
+    first = ranking[ranking["rank"] <= 3].head(15)
+    listed = "; ".join(f"{g}: " + ", ".join(f"{d} ({v:+.2f})" if rank_by == "z" else f"{d} ({v:.2f})"
+                                           for d, v in zip(part["drug"], part[value]))
+                       for g, part in first.groupby("group", sort=False))
+    what = ("z against the training lines, most specifically sensitive first" if rank_by == "z"
+            else "predicted ln IC50, most potent first")
+    log.info("%d cells x %d drugs in %.1fs; ranked by %s: %s. Outputs in %s", cells, drugs, seconds,
+             what, listed, out)
 
 
 def _query(trained: Trained, h: h5ad.H5ad, table: pd.DataFrame | None, *, drugs, smiles_csv, groupby,
@@ -262,7 +300,7 @@ def _query(trained: Trained, h: h5ad.H5ad, table: pd.DataFrame | None, *, drugs,
     return Query(h, kind, gmap, groups, wanted, rows)
 
 
-def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int
+def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, rank_by: str
                    ) -> tuple[np.ndarray, pd.DataFrame]:
     """A single-cell model: [cells, drugs] predictions, block by block, the long table streamed
     into predictions.parquet; each group's ranking by its cells' median."""
@@ -270,8 +308,9 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int
     names = list(q.drugs)
     preds = np.empty((h.n_cells, len(names)), dtype=np.float32)
     cells = h.obs.index.astype(str).to_numpy()
-    schema = pa.schema([("cell", pa.string()), ("group", pa.string()), ("drug", pa.string()),
-                        ("ln_ic50", pa.float32())])
+    spread = trained.spread
+    fields = [("cell", pa.string()), ("group", pa.string()), ("drug", pa.string()), ("ln_ic50", pa.float32())]
+    schema = pa.schema(fields + ([("z", pa.float32()), ("percentile", pa.float32())] if spread else []))
     bar = tqdm(total=h.n_cells, desc="predict", unit=" cells", leave=False)
     with pq.ParquetWriter(work / "predictions.parquet", schema, compression="zstd") as writer:
         for start, block in h.blocks(block_cells):
@@ -283,14 +322,16 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int
             for j, name in enumerate(names):   # every cell with drug j: one drug-table row for all
                 feats = Features(toks, np.arange(n), np.array([q.rows[name]], dtype=np.int64))
                 preds[start:start + n, j] = trained.predict(feats)
-            writer.write_table(pa.table({
-                "cell": np.repeat(cells[start:start + n], len(names)),
-                "group": np.repeat(q.groups[start:start + n], len(names)),
-                "drug": np.tile(np.array(names, dtype=object), n), "ln_ic50": preds[start:start + n].ravel()},
-                schema=schema))
+            long = {"cell": np.repeat(cells[start:start + n], len(names)),
+                    "group": np.repeat(q.groups[start:start + n], len(names)),
+                    "drug": np.tile(np.array(names, dtype=object), n),
+                    "ln_ic50": preds[start:start + n].ravel()}
+            if spread:
+                long.update(spread.columns(long["drug"], long["ln_ic50"]))
+            writer.write_table(pa.table(long, schema=schema))
             bar.update(n)
     bar.close()
-    return preds, rank_cells(preds, q.groups, names)
+    return preds, rank_cells(preds, q.groups, names, spread, rank_by)
 
 
 def group_means(q: Query, block_cells: int, kind: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -314,7 +355,7 @@ def group_means(q: Query, block_cells: int, kind: str) -> tuple[list[str], np.nd
     return names.tolist(), sums / np.maximum(cells, 1)[:, None], cells
 
 
-def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
+def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, rank_by: str
                     ) -> tuple[np.ndarray, pd.DataFrame]:
     """A bulk model: one aligned profile per group, predicted for every drug; each cell carries
     its group's prediction."""
@@ -328,73 +369,121 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int
     drug_names = list(q.drugs)
     pred = predict_profiles(trained, aligned, [q.rows[d] for d in drug_names])
     table = pd.DataFrame({"group": np.repeat(names, len(drug_names)),
-                          "drug": np.tile(drug_names, len(names)), "ln_ic50": pred.ravel(),
-                          "cells": np.repeat(cells, len(drug_names))})
-    columns = ["group", "rank", "drug", "ln_ic50", "cells"]
+                          "drug": np.tile(drug_names, len(names)), "ln_ic50": pred.ravel()})
+    low = high = None
     if trained.stack is not None:   # blended with one ridge per drug, with intervals
         group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
         final, low, high = trained.stack.predict(table["drug"], table["ln_ic50"].to_numpy(), aligned,
                                                  trained.vocab, group)
         table = table.assign(ln_ic50=final, ln_ic50_low=low, ln_ic50_high=high)
         pred = final.reshape(len(names), len(drug_names))
-        columns = ["group", "rank", "drug", "ln_ic50", "ln_ic50_low", "ln_ic50_high", "cells"]
+    if trained.spread is not None:
+        table = table.assign(**trained.spread.columns(table["drug"], table["ln_ic50"], low, high))
+    table["cells"] = np.repeat(cells, len(drug_names))
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")
-    ranking = table.assign(rank=table.groupby("group")["ln_ic50"].rank(method="first").astype(int))
-    ranking = ranking.sort_values(["group", "rank"])[columns]
     group_of = {g: i for i, g in enumerate(names)}
     per_cell = pred[[group_of[g] for g in q.groups.astype(str)]].astype(np.float32)
-    return per_cell, ranking.reset_index(drop=True)
+    return per_cell, ranked(table, rank_by)
 
 
-def _annotate(path: Path, preds: np.ndarray, names: list[str]) -> None:
-    """obsm['ln_ic50'] (cells x drugs) and uns['ln_ic50_drugs'] written into the copy in place."""
+def ranked(table: pd.DataFrame, rank_by: str) -> pd.DataFrame:
+    """ranking.csv: each group's drugs from the lowest z (or ln IC50) up, the most specifically
+    sensitive (or the most potent) first; a drug without a z (new to the model) comes last."""
+    value = value_column(table, rank_by)
+    rank = table.groupby("group")[value].rank(method="first", na_option="bottom").astype(int)
+    order = ["z", "z_low", "z_high", "percentile", "ln_ic50", "ln_ic50_low", "ln_ic50_high",
+             "median_ln_ic50", "q25", "q75", "iqr", "cells"]
+    columns = ["group", "rank", "drug"] + [c for c in order if c in table.columns]
+    return table.assign(rank=rank).sort_values(["group", "rank"])[columns].reset_index(drop=True)
+
+
+def general_sensitivity(ranking: pd.DataFrame, bulk: bool) -> pd.DataFrame | None:
+    """Each group's mean z over its drugs: how sensitive it is to drugs in general, apart from the
+    ranking, which it never orders. It does not carry across platforms (README): a bulk model's
+    groups are aligned to the training profiles, so their levels compare the groups of this file
+    with each other, never with the training lines."""
+    if "z" not in ranking.columns:
+        return None
+    note = ("aligned from another platform: compare the groups of this file with each other, not "
+            "with the training lines" if bulk else
+            "comparable with the training lines only for cells profiled as the training cells were")
+    general = ranking.groupby("group", sort=True).agg(mean_z=("z", "mean"), drugs=("z", "count"),
+                                                      cells=("cells", "first")).reset_index()
+    log.info("general sensitivity (each group's mean z over the drugs; %s): %s", note,
+             "; ".join(f"{g} {z:+.2f}" for g, z in zip(general["group"], general["mean_z"])))
+    return general.assign(note=note)
+
+
+def _annotate(path: Path, preds: np.ndarray, names: list[str], spread) -> None:
+    """obsm['ln_ic50'] (cells x drugs; with the checkpoint's spread also obsm['ln_ic50_z']) and
+    uns['ln_ic50_drugs'] written into the copy in place."""
     io = anndata.io
+    items = [("obsm", OUTPUT_KEY, preds), ("uns", OUTPUT_KEY + "_drugs", np.array(names, dtype=object))]
+    if spread is not None:
+        mean, sd = spread.of(names)
+        items.append(("obsm", OUTPUT_KEY + "_z", ((preds - mean) / sd).astype(np.float32)))
     with h5py.File(path, "r+") as f:
         for group in ("obsm", "uns"):
             if group not in f:
                 io.write_elem(f, group, {})
-        for group, key, value in (("obsm", OUTPUT_KEY, preds),
-                                  ("uns", OUTPUT_KEY + "_drugs", np.array(names, dtype=object))):
+        for group, key, value in items:
             if key in f[group]:
                 del f[group][key]
             io.write_elem(f[group], key, value)
 
 
-def rank_cells(preds: np.ndarray, groups: np.ndarray, names: list[str]) -> pd.DataFrame:
-    """Per group, the drugs from the lowest median predicted ln IC50 (most sensitive) up, with the
-    spread over the group's cells."""
+def rank_cells(preds: np.ndarray, groups: np.ndarray, names: list[str], spread, rank_by: str
+               ) -> pd.DataFrame:
+    """Per group, each drug's median predicted ln IC50 over the group's cells with its spread
+    over them, and the median's z and percentile; ranked (see `ranked`)."""
     rows = []
     for group, idx in sorted(pd.Series(groups).groupby(groups).indices.items()):
-        p = preds[idx]
-        q25, median, q75 = np.percentile(p, [25, 50, 75], axis=0)
-        order = np.argsort(median, kind="stable")
-        for rank, j in enumerate(order, start=1):
-            rows.append({"group": group, "rank": rank, "drug": names[j], "median_ln_ic50": median[j],
-                         "q25": q25[j], "q75": q75[j], "iqr": q75[j] - q25[j], "cells": len(p)})
-    return pd.DataFrame(rows)
+        q25, median, q75 = np.percentile(preds[idx], [25, 50, 75], axis=0)
+        rows.append(pd.DataFrame({"group": group, "drug": names, "median_ln_ic50": median, "q25": q25,
+                                  "q75": q75, "iqr": q75 - q25, "cells": len(idx)}))
+    table = pd.concat(rows, ignore_index=True)
+    if spread is not None:
+        table = table.assign(**spread.columns(table["drug"], table["median_ln_ic50"]))
+    return ranked(table, rank_by)
 
 
-def value_column(ranking: pd.DataFrame) -> str:
-    """ranking.csv's prediction: each group's median over its cells, or its profile's prediction."""
+def value_column(ranking: pd.DataFrame, rank_by: str = "ln_ic50") -> str:
+    """The column a ranking orders by: z, or the prediction (each group's median over its cells,
+    or its profile's)."""
+    if rank_by == "z":
+        return "z"
     return "median_ln_ic50" if "median_ln_ic50" in ranking.columns else "ln_ic50"
 
 
 def plot_ranking(ranking: pd.DataFrame, path: Path, groupby: str) -> None:
-    """Heatmap of predicted ln IC50 (a group's median over its cells, or its profile's), groups x
-    drugs, drugs from the most sensitive overall."""
+    """Heatmap of groups x drugs: z against the training lines (red: more sensitive than they
+    are), or predicted ln IC50 where the checkpoint has no z; drugs from the most sensitive
+    overall, and with many drugs only those ranked highest in any group."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    grid = ranking.pivot(index="group", columns="drug", values=value_column(ranking))
+    relative = "z" in ranking.columns
+    value = "z" if relative else value_column(ranking)
+    shown = ranking
+    if ranking["drug"].nunique() > HEATMAP_DRUGS:
+        best = ranking.groupby("drug")["rank"].min().sort_values(kind="stable")
+        shown = ranking[ranking["drug"].isin(best.index[:HEATMAP_DRUGS])]
+    grid = shown.pivot(index="group", columns="drug", values=value)
     grid = grid[grid.median(axis=0).sort_values().index]
     fig, ax = plt.subplots(figsize=(min(2 + 0.35 * grid.shape[1], 30), min(1.5 + 0.3 * grid.shape[0], 30)))
-    im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis_r")
+    if relative:
+        top = float(np.nanmax(np.abs(grid.to_numpy()))) if np.isfinite(grid.to_numpy()).any() else 1.0
+        im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="RdBu", vmin=-top, vmax=top)
+    else:
+        im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis_r")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=90, fontsize=7)
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
-    ax.set_xlabel("drug (most sensitive overall on the left)")
+    ax.set_xlabel("drug (most sensitive overall on the left)"
+                  + (f"; the {grid.shape[1]} ranked highest in any group" if shown is not ranking else ""))
     ax.set_ylabel(groupby)
-    fig.colorbar(im, ax=ax, label="predicted ln IC50 (uM)")
-    ax.set_title("Predicted drug sensitivity per group")
+    fig.colorbar(im, ax=ax, label="z against the training lines (negative: more sensitive)" if relative
+                 else "predicted ln IC50 (uM)")
+    ax.set_title("Relative sensitivity per group" if relative else "Predicted drug sensitivity per group")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

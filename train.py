@@ -36,6 +36,7 @@ from config import Config, from_dict
 from data import gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
+from relative import DrugSpread
 from stack import Stack
 from tokens import Features, TokenTable, drug_lookup, epoch_plan, loader
 
@@ -47,7 +48,7 @@ MODEL_SETTINGS = ("value_kind", "gene_tokens", "top_k", "expr_embedding", "gene_
                   "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
                   "ensemble", "pos_encoding", "drug_encoder", "smiles_model", "smiles_pooling",
                   "morgan_bits", "batch_size")
-CHECKPOINT_FORMAT = 6
+CHECKPOINT_FORMAT = 7
 
 
 def autocast(device: torch.device):
@@ -77,18 +78,23 @@ class Trained:
     # training profiles, which prediction aligns another platform's profiles to (predict.py)
     reference: dict | None = None
     tower: DrugTower | None = None    # a fine-tuned ChemBERTa
-    # a bulk reference's default predictor: the network blended with one ridge per drug, and the
+    # a bulk reference's default predictor: the network blended with a ridge member, and the
     # interval's calibration (stack.py); None for single-cell models
     stack: Stack | None = None
+    # each training drug's ln IC50 over its training lines, against which every prediction is
+    # also given as a z-score and a percentile (relative.py); None in checkpoints before format 7
+    spread: DrugSpread | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
 
     @classmethod
     def create(cls, cfg: Config, table: TokenTable, rows: dict[str, np.ndarray], *, drugs: dict[str, str],
-               gene_table: pd.DataFrame | None, device: torch.device) -> "Trained":
+               gene_table: pd.DataFrame | None, device: torch.device, spread: DrugSpread | None = None
+               ) -> "Trained":
         """A fresh model for these training rows: their vocabulary, every drug's vector (test drugs
         included: the encoder is frozen and never sees a label, so this leaks nothing), the
-        network, the label scale and, for normalised values, the training profiles' statistics."""
+        network, the label scale, the training pairs' spread per drug and, for normalised values,
+        the training profiles' statistics."""
         dist.seed_everything(cfg.seed)
         vocab = table.vocabulary(rows["train"])
         smiles = sorted(set(drugs.values()))
@@ -111,7 +117,7 @@ class Trained:
                    drugs=dict(drugs), genes=gene_table_lists(gene_table, vocab) if gene_table is not None
                    else None,
                    reference=table.statistics(rows["train"], vocab) if cfg.value_kind == "normalised"
-                   else None, tower=tower)
+                   else None, tower=tower, spread=spread)
 
     def features(self, table: TokenTable, rows: np.ndarray | None = None,
                  drugs: dict[str, str] | None = None) -> Features:
@@ -181,7 +187,7 @@ class Trained:
                 {"mean": tensor(self.reference["mean"]), "sd": tensor(self.reference["sd"]),
                  "profiles": int(self.reference["profiles"])},
                 "tower": self.tower.state_dict() if self.tower is not None else None,
-                "stack": stack_state(self.stack)}
+                "stack": arrays_state(self.stack), "spread": arrays_state(self.spread)}
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Trained":
@@ -211,20 +217,21 @@ class Trained:
         return cls(model.to(device), cfg, np.asarray(state["vocab"]), list(state["smiles"]),
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"], state["y_std"],
                    drugs=dict(state.get("drugs") or {}), genes=state.get("genes"), reference=reference,
-                   tower=tower, stack=Stack.from_state(state["stack"]) if state.get("stack") else None)
+                   tower=tower, stack=Stack.from_state(state["stack"]) if state.get("stack") else None,
+                   spread=DrugSpread.from_state(state["spread"]) if state.get("spread") else None)
 
 
-def stack_state(stack: Stack | None) -> dict | None:
-    """A stack for the checkpoint: its arrays as tensors."""
-    if stack is None:
+def arrays_state(part: Stack | DrugSpread | None) -> dict | None:
+    """A part of the predictor for the checkpoint: its arrays as tensors."""
+    if part is None:
         return None
-    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in stack.state().items()}
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in part.state().items()}
 
 
 def save_stack(path: Path, stack: Stack) -> None:
     """A checkpoint with its stack added (fitted once training has ended)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    state["stack"] = stack_state(stack)
+    state["stack"] = arrays_state(stack)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -265,7 +272,9 @@ def upgrade(state: dict, source: str) -> dict:
     heads) recorded instead of read off the weights; `gene_tokens` instead of `tokens`; ensembles
     without their first member's layers repeated at the top; the target transforms removed.
     6: a bulk reference's stack (the network blended with one ridge per drug, and its interval);
-    earlier formats have none and predict with the network alone."""
+    earlier formats have none and predict with the network alone. 7: each drug's ln IC50 over its
+    training lines (`spread`), for relative sensitivity; earlier formats have none and give ln IC50
+    alone."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "
@@ -493,8 +502,10 @@ def compiled(net: torch.nn.Module) -> Callable:
 
 
 def train(cfg: Config, table: TokenTable, rows: dict[str, np.ndarray], *, drugs: dict[str, str],
-          run_dir: Path, resume: bool = False, gene_table: pd.DataFrame | None = None) -> Trained:
+          run_dir: Path, resume: bool = False, gene_table: pd.DataFrame | None = None,
+          spread: DrugSpread | None = None) -> Trained:
     """Fit a model on the training rows, early-stopped on the validation rows (see Trainer)."""
     device = dist.pick_device(cfg.device)
-    trained = Trained.create(cfg, table, rows, drugs=drugs, gene_table=gene_table, device=device)
+    trained = Trained.create(cfg, table, rows, drugs=drugs, gene_table=gene_table, device=device,
+                             spread=spread)
     return Trainer(trained, table, rows, run_dir=run_dir, device=device).fit(resume)

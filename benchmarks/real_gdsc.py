@@ -235,12 +235,15 @@ def summarise(results: list[dict]) -> str:
         m = r["metrics"]
         lines += ["", f"**{r['dataset']}, {r['split']} split** ({len(m['runs'])} folds; "
                   f"{r['pairs']:,} pairs, {r['drugs']} drugs; {r['seconds'] / 60:.1f} min wall)", "",
-                  "| predictor | per-drug PCC | MSE | PCC | normalised PCC |", "|---|---|---|---|---|"]
+                  "| predictor | per-drug PCC | MSE | PCC | normalised PCC | per line: z Spearman | "
+                  "per line: top-10 |", "|---|---|---|---|---|---|---|"]
         rows = [("**model**", m["test"])] + [(f"model: {k}", v) for k, v in (m.get("members") or {}).items()]
         rows += [(k, m["baselines"][k]) for k in ROWS[1:] if k in m["baselines"]]
         for label, s in rows:
+            line = s.get("per_line", {})
             lines.append(f"| {label} | {_ms(s['per_drug']['pcc'])} | {_ms(s['mse'])} | {_ms(s['pcc'])} | "
-                         f"{_ms(s.get('normalised_pcc'))} |")
+                         f"{_ms(s.get('normalised_pcc'))} | {_ms(line.get('z_spearman'))} | "
+                         f"{_ms(line.get('top_precision'))} |")
         if m.get("interval"):
             iv = m["interval"]
             lines += ["", f"90% intervals hold {_ms(iv['coverage'])} of the test pairs (mean width "

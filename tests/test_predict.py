@@ -84,8 +84,8 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     assert "36 of the model's 40 genes found (90.0%)" in caplog.text
     assert "counts values, averaged per group and aligned" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv")
-    assert list(ranking.columns) == ["group", "rank", "drug", "ln_ic50", "ln_ic50_low", "ln_ic50_high",
-                                     "cells"]
+    assert list(ranking.columns) == ["group", "rank", "drug", "z", "z_low", "z_high", "percentile", "ln_ic50",
+                                     "ln_ic50_low", "ln_ic50_high", "cells"]
     low, mid, high = ranking["ln_ic50_low"], ranking["ln_ic50"], ranking["ln_ic50_high"]
     assert ((low < mid) & (mid < high)).all()
     assert set(ranking["group"]) == {LINES[0], LINES[3], LINES[7]} and (ranking["cells"] == 6).all()
@@ -228,7 +228,11 @@ def test_an_h5ad_of_gene_symbols_predicts_as_the_equivalent_merged_table(model_r
         assert first.loc[d, "median_ln_ic50"] == pytest.approx(np.median(result.obsm["ln_ic50"][cells, j]),
                                                                abs=1e-5)
     assert sorted(first["rank"]) == [1, 2, 3]
-    assert first.sort_values("rank")["median_ln_ic50"].is_monotonic_increasing
+    spread = Trained.load(model_run / "run" / "best.pt").spread   # each group's median set against it
+    assert np.allclose(first["z"], spread.z(first.index, first["median_ln_ic50"]), atol=1e-5)
+    assert first.sort_values("rank")["z"].is_monotonic_increasing
+    mean, sd = spread.of(drugs)
+    assert np.allclose(result.obsm["ln_ic50_z"], (result.obsm["ln_ic50"] - mean) / sd, atol=1e-5)
     assert (out / "ranking_heatmap.png").stat().st_size > 1000
 
 

@@ -81,3 +81,26 @@ def test_a_stack_survives_the_checkpoint_and_new_drugs_fall_back_to_the_network(
     assert np.isnan(ridge[2]) and np.allclose(ridge[:2], fit.ridge.predict(x, drugs)[:2])
     pred, low, high = again.blend(drugs, np.array([1.0, 2.0, 3.0]), ridge)
     assert pred[2] == pytest.approx(3.0) and high[2] - low[2] == pytest.approx(2 * again.scale * again.floor)
+
+
+def test_the_ridge_member_is_a_shared_level_plus_each_drugs_own_part_in_one_linear_model_per_drug():
+    from sklearn.linear_model import RidgeCV
+    keys, profiles, part = reference_design()
+    design = evaluate.reference_design(profiles, keys[part == "train"],
+                                       keys[part != "train"][["drug", "cell_line_id"]], n_genes=20)
+    member = stack.RidgePerDrug.fit_with_level(design)
+    t = design.train
+    stats = t.groupby("drug")["LN_IC50"].agg(["mean", "std"])
+    z = (t["LN_IC50"] - t["drug"].map(stats["mean"])) / t["drug"].map(stats["std"])
+    level = z.groupby(t["profile"]).mean()                      # each line's mean z over its drugs
+    shared = RidgeCV(alphas=stack.ALPHAS).fit(design.x[level.index.to_numpy()], level.to_numpy())
+    own_target = z - t["profile"].map(level)
+    query = design.test["profile"].unique()
+    for drug in ("d0", "d3"):
+        rows = (t["drug"] == drug).to_numpy()
+        own = RidgeCV(alphas=stack.ALPHAS).fit(design.x[t["profile"].to_numpy()[rows]], own_target[rows])
+        x = design.x[query]
+        want = stats.loc[drug, "mean"] + stats.loc[drug, "std"] * (shared.predict(x) + own.predict(x))
+        assert np.allclose(member.predict(design.x, [drug] * len(query), query), want)
+    classical = stack.RidgePerDrug.fit(design)                    # the baseline stays the classical one
+    assert not np.allclose(classical.coef, member.coef)
