@@ -43,7 +43,7 @@ import pyarrow as pa
 import config as config_mod
 import drugs
 import gdsc
-from common import PipelineError, atomic_path, report_error, require_file, setup_logging, write_parquet
+from common import PipelineError, atomic_path, command, require_file, setup_logging, write_parquet
 from data import FIRST_TOKEN, PROFILES_KEY, VALUE_KIND_KEY
 from merge import load_model_list, normalise_drug
 
@@ -395,41 +395,42 @@ def write(ref: Reference, out: Path) -> Path:
     return out / "pairs.parquet"
 
 
-def prepare(cfg, gdsc: pd.DataFrame, out: Path) -> Path:
+def value_kind(setting: str) -> str:
+    """What a bulk matrix's values are: normalised (log-TPM, RMA), unless the setting says."""
+    return "normalised" if setting == "auto" else setting
+
+
+def prepare(expression: str, smiles_table: str | None, kind: str, model_list: str | None,
+            gdsc: pd.DataFrame, out: Path) -> Path:
     """Rank 0's data preparation from --expression: the reference written into `out`."""
-    if not cfg.smiles_table:
+    if not smiles_table:
         raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
                             "drug's structure (GDSC's own files hold none).")
-    _, models = cfg.identifier_tables()
-    kind = "normalised" if cfg.value_kind == "auto" else cfg.value_kind
-    ref = build(read_matrix(cfg.expression), gdsc, drugs.read_smiles_table(cfg.smiles_table), kind,
-                load_model_list(models) if models else None)
+    ref = build(read_matrix(expression), gdsc, drugs.read_smiles_table(smiles_table), value_kind(kind),
+                load_model_list(model_list) if model_list else None)
     return write(ref, out)
 
 
-# the settings this stage reads, with the flags, help and defaults main.py has for them
-SETTINGS = ("expression", "gdsc1", "gdsc2", "ic50_average", "smiles_table", "cell_model_list", "value_kind")
 
 
+@command(log)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--out", default="reference", help="output directory (default: reference/)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
-    config_mod.add_arguments(p, SETTINGS)
+    config_mod.add_arguments(p, "bulk")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        cfg = config_mod.resolve(args)
-        if not cfg.expression:
-            raise PipelineError("pass the expression matrix with --expression.")
-        combined, _ = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
-        path = prepare(cfg, combined, Path(args.out))
-        log.info("wrote the reference %s (and its profiles beside it)", path)
-        return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    cfg = config_mod.resolve(args)
+    if not cfg.expression:
+        raise PipelineError("pass the expression matrix with --expression.")
+    combined, _ = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
+    path = prepare(cfg.expression, cfg.smiles_table, cfg.value_kind, cfg.identifier_tables()[1], combined,
+                   Path(args.out))
+    log.info("wrote the reference %s (and its profiles beside it)", path)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -78,14 +79,27 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def report_error(logger: logging.Logger, error: PipelineError) -> int:
-    """The error as one paragraph; with -v (debug logging) also the traceback of its cause.
-    Returns the exit status, 2."""
-    logger.error("%s", error)
-    cause = error.__cause__
-    if cause is not None:
-        logger.debug("caused by %s", type(cause).__name__, exc_info=(type(cause), cause, cause.__traceback__))
-    return 2
+def command(logger: logging.Logger) -> Callable:
+    """Every entry point's error handling: a PipelineError (bad input, named) is logged as one
+    paragraph, with -v (debug logging) also the traceback of its cause, and exits with status 2;
+    Ctrl-C exits with 130. Any other exception is a bug and keeps its traceback."""
+    def wrap(entry: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(entry)
+        def run(*args, **kwargs) -> int:
+            try:
+                return entry(*args, **kwargs)
+            except PipelineError as e:
+                logger.error("%s", e)
+                cause = e.__cause__
+                if cause is not None:
+                    logger.debug("caused by %s", type(cause).__name__,
+                                 exc_info=(type(cause), cause, cause.__traceback__))
+                return 2
+            except KeyboardInterrupt:
+                logger.error("interrupted")
+                return 130
+        return run
+    return wrap
 
 
 def setup_logging(level: int = logging.INFO, logfile: Path | None = None) -> None:

@@ -306,6 +306,28 @@ def distinct(keys: pa.Table, cols: list[str]) -> pd.DataFrame:
     return plain(keys.select(cols).take(pa.array(np.sort(first)))).to_pandas()
 
 
+def key_rows(keys: pa.Table, rows: np.ndarray) -> pd.DataFrame:
+    """Some rows of the keys as a frame: drug, cell_line_id, dose_uM (where there is one), LN_IC50."""
+    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
+    return plain(keys.select(cols).take(pa.array(rows))).to_pandas()
+
+
+def pair_labels(keys: pa.Table, rows: np.ndarray, pair: np.ndarray | None = None) -> pd.DataFrame:
+    """The mean label of each (drug, cell line) pair over some rows of the keys, pairs in sorted
+    order, given each row's pair id (group_ids; computed when not given): what the naive
+    baselines and each drug's spread are fitted on, without a frame of every row."""
+    if pair is None:
+        pair = group_ids(keys, ["drug", "cell_line_id"])[rows]
+    count = np.bincount(pair)
+    seen = np.flatnonzero(count)
+    label = keys["LN_IC50"].take(pa.array(rows)).to_numpy().astype(float)
+    means = np.bincount(pair, weights=label)[seen] / count[seen]
+    some = np.empty(len(count), dtype=np.int64)
+    some[pair] = rows                       # a row of each pair, for its names
+    frame = plain(keys.select(["drug", "cell_line_id"]).take(pa.array(some[seen]))).to_pandas()
+    return frame.assign(LN_IC50=means)
+
+
 def plain(table: pa.Table) -> pa.Table:
     """The table with dictionary-encoded columns decoded (for a few rows: outputs, reports)."""
     for i, f in enumerate(table.schema):

@@ -43,8 +43,8 @@ from common import (
     CONTROL,
     PipelineError,
     atomic_path,
+    command,
     flat_list,
-    report_error,
     require_file,
     setup_logging,
     write_json,
@@ -433,11 +433,9 @@ def downsample(source: TahoeSource, pairs: Iterable[tuple[str, str]], *, cells_p
     return summary
 
 
-# the settings this stage reads, with the flags, help and defaults main.py has for them
-SETTINGS = ("tahoe", "cells_per_group", "fraction", "seed", "parts_dir", "num_workers", "num_shards",
-            "on_bad_shard")
 
 
+@command(log)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -448,29 +446,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-index", type=int, default=0, metavar="INT", help="this SLURM array task's "
                    "slice of the shards, with --num-shards (e.g. $SLURM_ARRAY_TASK_ID)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
-    config_mod.add_arguments(p, SETTINGS)
+    config_mod.add_arguments(p, "downsample")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        if args.parts_dir is None:   # array tasks and the combining run share <out>.parts
-            args.parts_dir = str(Path(args.out).with_suffix(".parts"))
-        cfg = config_mod.resolve(args)
-        pairs = pd.read_csv(require_file(args.pairs, "pairs file"))
-        missing = {"drug", "cell_line_id"} - set(pairs.columns)
-        if missing:
-            raise PipelineError(f"pairs file '{args.pairs}' lacks column(s) {sorted(missing)}.")
-        out = Path(args.out)
-        summary = downsample(TahoeSource(cfg.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
-                             cells_per_group=cfg.cells_per_group, fraction=cfg.fraction,
-                             seed=cfg.seed, out=out, parts_dir=Path(cfg.parts_dir),
-                             num_workers=cfg.num_workers, shard_index=args.shard_index,
-                             num_shards=cfg.num_shards, on_bad_shard=cfg.on_bad_shard)
-        if summary["complete"]:
-            write_json(summary, out.with_suffix(".summary.json"))
-            log.info("wrote %s and %s", out, out.with_suffix(".summary.json"))
-        return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    if args.parts_dir is None:   # array tasks and the combining run share <out>.parts
+        args.parts_dir = str(Path(args.out).with_suffix(".parts"))
+    cfg = config_mod.resolve(args)
+    pairs = pd.read_csv(require_file(args.pairs, "pairs file"))
+    missing = {"drug", "cell_line_id"} - set(pairs.columns)
+    if missing:
+        raise PipelineError(f"pairs file '{args.pairs}' lacks column(s) {sorted(missing)}.")
+    out = Path(args.out)
+    summary = downsample(TahoeSource(cfg.tahoe), zip(pairs["drug"], pairs["cell_line_id"]),
+                         cells_per_group=cfg.cells_per_group, fraction=cfg.fraction,
+                         seed=cfg.seed, out=out, parts_dir=Path(cfg.parts_dir),
+                         num_workers=cfg.num_workers, shard_index=args.shard_index,
+                         num_shards=cfg.num_shards, on_bad_shard=cfg.on_bad_shard)
+    if summary["complete"]:
+        write_json(summary, out.with_suffix(".summary.json"))
+        log.info("wrote %s and %s", out, out.with_suffix(".summary.json"))
+    return 0
 
 
 if __name__ == "__main__":

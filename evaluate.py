@@ -1,17 +1,18 @@
-"""Test metrics for the model and for naive baselines fitted on the same training split.
+"""Scores and reports: the model's test metrics beside naive and classical baselines fitted on the
+same training split, the plots, report.md, and the mean over runs. Nothing here fits a model but
+the naive baselines; the classical ones (baselines.py) arrive as predictions.
 
 A model is only worth its complexity if it beats predicting each drug's mean: on GDSC the drug
 mean alone already gives a high global Pearson. Every run therefore scores, on the same test rows:
 global mean, drug mean, cell-line mean and mean effects (global + drug + cell-line effect), each
 fitted on the training PAIRS (one value per pair, so pairs with more cells do not weigh more),
-and a classical model (ridge on pseudobulk expression of highly variable genes + drug vector).
-Each is scored over cells, over pairs (a pair's mean prediction against its label: IC50 is a
-property of the pair), and per drug (correlation within each drug, averaged over drugs with at
-least 3 test pairs, so differences between drugs cannot carry the score).
+and the classical predictors on expression. Each is scored over cells, over pairs (a pair's mean
+prediction against its label: IC50 is a property of the pair), and per drug (correlation within
+each drug, averaged over drugs with at least 3 test pairs, so differences between drugs cannot
+carry the score).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,16 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from scipy import sparse, stats  # noqa: E402
+from scipy import stats  # noqa: E402
 
-from common import atomic_path, ragged_positions, write_json, write_parquet, write_text  # noqa: E402
-from config import Config  # noqa: E402
-from data import gene_vocabulary, group_ids, plain, profiles_path, read_profiles, read_rows  # noqa: E402
-from model import count_parameters  # noqa: E402
+from common import atomic_path, write_json, write_parquet, write_text  # noqa: E402
 from relative import DrugSpread, line_scores  # noqa: E402
-from stack import LEVEL, RidgePerDrug, Stack  # noqa: E402
-from tokens import normalised_values, vocab_index  # noqa: E402
-from train import Trained  # noqa: E402
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -49,20 +44,6 @@ def fit_baselines(train: pd.DataFrame) -> dict[str, object]:
     return {"global": mu,
             "drug": pairs.groupby("drug")["LN_IC50"].mean(),
             "cell_line": pairs.groupby("cell_line_id")["LN_IC50"].mean()}
-
-
-def pair_labels(keys: pa.Table, rows: np.ndarray, pair: np.ndarray) -> pd.DataFrame:
-    """The mean label of each (drug, cell line) pair over some rows of the keys, pairs in sorted
-    order, given each row's pair id (group_ids): what fit_baselines reads, without a frame of
-    every row."""
-    count = np.bincount(pair)
-    seen = np.flatnonzero(count)
-    label = keys["LN_IC50"].take(pa.array(rows)).to_numpy().astype(float)
-    means = np.bincount(pair, weights=label)[seen] / count[seen]
-    some = np.empty(len(count), dtype=np.int64)
-    some[pair] = rows                       # a row of each pair, for its names
-    frame = plain(keys.select(["drug", "cell_line_id"]).take(pa.array(some[seen]))).to_pandas()
-    return frame.assign(LN_IC50=means)
 
 
 def predict_baselines(fit: dict, test: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -136,275 +117,21 @@ def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, wid
             "widest_drugs": [{"drug": d, **{k: float(v) for k, v in r.items()}} for d, r in top.iterrows()]}
 
 
-# ----------------------------------------------------------------------------- classical baselines
-
-def sample_rows(pair: np.ndarray, max_cells: int = 50, seed: int = 0) -> np.ndarray:
-    """Positions of up to max_cells random cells of each (drug, cell line) pair, given each row's
-    pair id (group_ids): the cells a pair's pseudobulk is the mean of (main.py reads only these
-    rows' expression)."""
-    order = np.lexsort((np.random.default_rng(seed).random(len(pair)), pair))  # by pair, then draw
-    counts = np.bincount(pair)
-    starts, kept = np.cumsum(counts) - counts, np.minimum(counts, max_cells)
-    return np.sort(order[np.repeat(starts, kept) + ragged_positions(kept)[1]])
-
-
-def pseudobulk(table: pa.Table, vocab: np.ndarray, max_cells: int = 50, seed: int = 0,
-               value_kind: str = "counts", chunk: int = 4096) -> tuple[pd.DataFrame, sparse.csr_matrix]:
-    """Mean expression (log1p CP10k for counts) of each (drug, cell line) pair over up to
-    max_cells of its cells, summed chunk by chunk of cells (memory: one chunk's values)."""
-    keys = plain(table.select(["drug", "cell_line_id"])).to_pandas()
-    keep = sample_rows(group_ids(keys, ["drug", "cell_line_id"]), max_cells, seed)
-    pair_keys = keys.iloc[keep].reset_index(drop=True)
-    pair_id = pair_keys.groupby(["drug", "cell_line_id"], sort=True).ngroup().to_numpy()
-    n_pairs = int(pair_id.max()) + 1 if len(pair_id) else 0
-    weight = 1.0 / np.bincount(pair_id, minlength=n_pairs)[pair_id]
-    total = sparse.csr_matrix((n_pairs, len(vocab)))
-    for start in range(0, len(keep), chunk):
-        part = slice(start, start + chunk)
-        rows, genes, values, _ = normalised_values(table.take(pa.array(keep[part])), value_kind)
-        col, ok = vocab_index(vocab, genes)
-        x = sparse.csr_matrix((values[ok], (rows[ok], col[ok])), shape=(len(keep[part]), len(vocab)))
-        agg = sparse.csr_matrix((weight[part], (pair_id[part], np.arange(len(keep[part])))),
-                                shape=(n_pairs, len(keep[part])))
-        total = total + agg @ x
-    index = pair_keys.drop_duplicates().sort_values(["drug", "cell_line_id"]).reset_index(drop=True)
-    return index, total.tocsr()
-
-
-@dataclass
-class Design:
-    """What every classical baseline reads: a matrix of expression profiles (the pseudobulk of
-    each pair's cells, or each cell line's bulk profile in a reference), their most variable
-    genes standardised over the training pairs, and which profile each pair reads. A line's
-    profile is held once, however many drugs it was screened with."""
-    train: pd.DataFrame     # one row per training pair: drug, cell_line_id, LN_IC50, profile
-    test: pd.DataFrame      # one row per test pair: drug, cell_line_id, profile
-    x: np.ndarray           # [profiles, genes], the most variable gene first, standardised
-    genes: np.ndarray       # [genes] their token ids
-    mean: np.ndarray        # [genes] the training pairs' mean and sd they were standardised with
-    sd: np.ndarray
-
-    def x_train(self, rows=slice(None)) -> np.ndarray:
-        """[pairs, genes]: the profiles of (some of) the training pairs."""
-        return self.x[self.train["profile"].to_numpy()[rows]]
-
-    def x_test(self, rows=slice(None)) -> np.ndarray:
-        return self.x[self.test["profile"].to_numpy()[rows]]
-
-    def profile_of(self, pairs: pd.DataFrame) -> np.ndarray:
-        """The row of x that each of these test pairs (drug, cell_line_id) reads."""
-        keys = ["drug", "cell_line_id"]
-        return pairs[keys].merge(self.test[[*keys, "profile"]], on=keys, how="left")["profile"].to_numpy()
-
-
-def _design(x, train: pd.DataFrame, test: pd.DataFrame, n_genes: int | None, vocab: np.ndarray) -> Design:
-    """The n_genes most variable genes of the profiles over the training pairs (None: every gene;
-    a profile counts once per training pair that reads it), the most variable first, standardised
-    with the training pairs' mean and sd."""
-    w = np.bincount(train["profile"].to_numpy(), minlength=x.shape[0]).astype(np.float64)
-    w /= w.sum()
-    mean = np.asarray(x.T @ w).ravel()
-    sq = x.multiply(x) if sparse.issparse(x) else x * x
-    var = np.asarray(sq.T @ w).ravel() - mean ** 2
-    hvg = np.argsort(-var, kind="stable")[:n_genes]
-    sub = x[:, hvg]
-    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=np.float64)
-    mu = w @ sub
-    sd = np.sqrt(np.maximum(w @ (sub - mu) ** 2, 0))
-    sd[sd == 0] = 1.0
-    return Design(train.reset_index(drop=True), test.reset_index(drop=True), (sub - mu) / sd, vocab[hvg],
-                  mu, sd)
-
-
-def expression_design(train: pa.Table, test: pa.Table, n_genes: int = 2000, seed: int = 0,
-                      value_kind: str = "counts") -> Design:
-    """The design of per-cell tables: each pair's profile is the pseudobulk of its cells."""
-    vocab = gene_vocabulary(train["genes"])
-    tr_index, tr_x = pseudobulk(train, vocab, seed=seed, value_kind=value_kind)
-    te_index, te_x = pseudobulk(test, vocab, seed=seed, value_kind=value_kind)
-    labels = train.select(["drug", "cell_line_id", "LN_IC50"]).to_pandas().groupby(
-        ["drug", "cell_line_id"], as_index=False)["LN_IC50"].mean()
-    tr_index = tr_index.merge(labels, on=["drug", "cell_line_id"], how="left")
-    tr_index["profile"] = np.arange(len(tr_index))
-    te_index["profile"] = len(tr_index) + np.arange(len(te_index))
-    return _design(sparse.vstack([tr_x, te_x]).tocsr(), tr_index, te_index, n_genes, vocab)
-
-
-def reference_design(profiles: pa.Table, train: pd.DataFrame, test: pd.DataFrame, n_genes: int | None = None,
-                     value_kind: str = "normalised") -> Design:
-    """The design of a reference: each pair reads its cell line's profile, every gene of it (one
-    ridge per drug on all 6,163 genes of real GDSC2 scores per-drug Pearson 0.566 over 5 folds of
-    unseen lines, against 0.560 on the 2,000 most variable; docs/search.md). train: one row per
-    training pair (drug, cell_line_id, LN_IC50); test: one row per test pair."""
-    lines = profiles["cell_line_id"].to_pylist()
-    position = {line: i for i, line in enumerate(lines)}
-    train_lines = profiles.filter(pa.array(np.isin(lines, train["cell_line_id"].unique())))
-    vocab = gene_vocabulary(train_lines["genes"])
-    rows, genes, values, _ = normalised_values(profiles, value_kind)
-    col, ok = vocab_index(vocab, genes)
-    x = np.zeros((len(lines), len(vocab)), dtype=np.float64)
-    x[rows[ok], col[ok]] = values[ok]
-    train = train.assign(profile=train["cell_line_id"].map(position).to_numpy())
-    test = test.assign(profile=test["cell_line_id"].map(position).to_numpy())
-    return _design(x, train, test, n_genes, vocab)
-
-
-def design_of(source: Path, keys: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray, *,
-              value_kind: str, seed: int = 0) -> Design:
-    """The classical baselines' design for the training and test rows of a table: a reference's
-    pairs read their cell lines' profiles; a per-cell table gives each pair the pseudobulk of up
-    to 50 of its cells, sampled with the seed (only those rows' expression is read)."""
-    pair = group_ids(keys, ["drug", "cell_line_id"])
-    profiles = profiles_path(source)
-    if profiles is not None:
-        train = pair_labels(keys, train_rows, pair[train_rows])
-        test = pair_labels(keys, test_rows, pair[test_rows])[["drug", "cell_line_id"]]
-        return reference_design(read_profiles(profiles, value_kind), train, test, value_kind=value_kind)
-    cells = [read_rows(source, r[sample_rows(pair[r], seed=seed)],
-                       ["genes", "expressions", "drug", "cell_line_id", "LN_IC50"])
-             for r in (train_rows, test_rows)]
-    return expression_design(*cells, seed=seed, value_kind=value_kind)
-
-
-def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu, sd = train.mean(0), train.std(0)
-    sd[sd == 0] = 1.0
-    return (train - mu) / sd, (test - mu) / sd
-
-
-def drug_offsets(design: Design, drug_vectors: dict[str, np.ndarray] | None) -> np.ndarray:
-    """Each test pair's drug mean over the training pairs; a drug not in training gets a ridge
-    regression of the training drugs' means on their drug vectors (the global mean without)."""
-    from sklearn.linear_model import RidgeCV
-    means = design.train.groupby("drug")["LN_IC50"].mean()
-    out = np.array(design.test["drug"].map(means), dtype=float)
-    unseen = np.isnan(out)
-    if unseen.any():
-        out[unseen] = float(design.train["LN_IC50"].mean())
-        if drug_vectors is not None and len(means) >= 2:
-            v_tr, v_te = _standardise(np.stack([drug_vectors[d] for d in means.index]),
-                                      np.stack([drug_vectors[d] for d in design.test["drug"][unseen]]))
-            fit = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(v_tr, means.to_numpy())
-            out[unseen] = fit.predict(v_te)
-    return out
-
-
-def drug_residuals(design: Design) -> np.ndarray:
-    """Each training pair's ln IC50 less its drug's training mean."""
-    y = design.train["LN_IC50"].to_numpy()
-    return y - design.train["drug"].map(design.train.groupby("drug")["LN_IC50"].mean()).to_numpy()
-
-
-def ridge_baseline(design: Design, drug_vectors: dict[str, np.ndarray] | None = None,
-                   alphas: np.ndarray = np.logspace(-2, 6, 17)) -> np.ndarray:
-    """One ridge for all drugs with a per-drug intercept: the drug's training mean (see
-    drug_offsets) plus a ridge of the residuals on expression (with an intercept), alpha by
-    leave-one-pair-out. As alpha grows it becomes the drug mean, so it cannot do much worse.
-
-    Pairs that read one profile (a cell line's, for every drug it was screened with) share one
-    design row, so the fit, each pair's leverage and the leave-one-out error come from one SVD
-    of the distinct profiles weighted by their pairs: memory in profiles x genes, not pairs."""
-    resid = drug_residuals(design)
-    used, inv = np.unique(design.train["profile"].to_numpy(), return_inverse=True)
-    inv = inv.reshape(-1)
-    w = np.bincount(inv).astype(np.float64)                        # pairs per profile
-    total, squares = np.bincount(inv, weights=resid), np.bincount(inv, weights=resid ** 2)
-    n = len(resid)
-    x = design.x[used].astype(np.float64)
-    x_mean, r_mean = w @ x / n, resid.mean()
-    xc = x - x_mean
-    _, sv, vt = np.linalg.svd(np.sqrt(w)[:, None] * xc, full_matrices=False)
-    ev = sv ** 2                                                    # eigenvalues of X'WX
-    coords = xc @ vt.T                                              # [profiles, k]
-    xty = vt @ (xc.T @ (total - w * r_mean))
-    best = None
-    for a in alphas:
-        fitted = coords @ (xty / (ev + a)) + r_mean                 # per profile
-        lev = np.minimum((coords ** 2) @ (1.0 / (ev + a)) + 1.0 / n, 1 - 1e-9)   # each of its pairs' leverage
-        sse = squares - 2 * fitted * total + w * fitted ** 2        # its pairs' squared residuals
-        loo = float((sse / (1.0 - lev) ** 2).sum())
-        if best is None or loo < best[0]:
-            best = (loo, a)
-    per_profile = (design.x - x_mean) @ (vt.T @ (xty / (ev + best[1]))) + r_mean
-    return drug_offsets(design, drug_vectors) + per_profile[design.test["profile"].to_numpy()]
-
-
-def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray:
-    """The classical GDSC approach: one ridge per drug on expression, alpha by leave-one-out over
-    the drug's training pairs (stack.RidgePerDrug, a member of the bulk predictor). NaN for a drug
-    with fewer than min_pairs training pairs (every test drug, when the drugs are unseen)."""
-    return RidgePerDrug.fit(design, min_pairs).predict(design.x, design.test["drug"],
-                                                       design.test["profile"].to_numpy())
-
-
-def boosted_trees(design: Design, drug_vectors: dict[str, np.ndarray] | None = None,
-                  seed: int = 0, n_genes: int = 512) -> np.ndarray:
-    """Gradient-boosted trees (scikit-learn's histogram GBM) on the n_genes most variable genes
-    + drug identity (one-hot; a drug not in training has none), early-stopped on a tenth of the
-    training pairs. Like the shared ridge they fit the residual from the drug's training mean
-    (drug_offsets): stopped early on a small table, trees fitted to ln IC50 itself fall below the
-    drug mean. 512 genes score as 2,000 do (GDSC2, 30 drugs: per-drug Pearson 0.499 and 0.499,
-    MSE 1.645 and 1.641) in a quarter of the time and memory, which every training pair's row
-    costs: 150,000 pairs of all GDSC2 drugs took 7 GB with 2,000."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    drugs = {d: i for i, d in enumerate(sorted(design.train["drug"].unique()))}
-
-    genes = design.x[:, :n_genes]
-
-    def inputs(frame: pd.DataFrame) -> np.ndarray:   # filled a slice at a time: one copy of the rows
-        m = np.zeros((len(frame), genes.shape[1] + len(drugs)), dtype=np.float64)
-        profile = frame["profile"].to_numpy()
-        for i in range(0, len(frame), 1 << 14):
-            m[i:i + (1 << 14), :genes.shape[1]] = genes[profile[i:i + (1 << 14)]]
-        idx = frame["drug"].map(drugs)
-        seen = idx.notna().to_numpy()
-        m[np.flatnonzero(seen), genes.shape[1] + idx[seen].astype(int).to_numpy()] = 1.0
-        return m
-
-    fit = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.1, early_stopping=True,
-                                        validation_fraction=0.1, n_iter_no_change=20,
-                                        random_state=seed)
-    fit.fit(inputs(design.train), drug_residuals(design))
-    return drug_offsets(design, drug_vectors) + fit.predict(inputs(design.test))
-
-
-def classical_baselines(design: Design, cells: pd.DataFrame, drug_vectors: dict[str, np.ndarray], *,
-                        fallback: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per-cell predictions of the expression baselines for the test `cells` (drug,
-    cell_line_id); `fallback` (per test cell) stands in where a per-drug model has too few
-    training pairs."""
-    cells = cells[["drug", "cell_line_id"]]
-
-    def per_cell(pair_pred: np.ndarray) -> np.ndarray:
-        return cells.merge(design.test[["drug", "cell_line_id"]].assign(prediction=pair_pred),
-                           on=["drug", "cell_line_id"], how="left")["prediction"].to_numpy()
-
-    out = {"ridge": per_cell(ridge_baseline(design, drug_vectors))}
-    per_drug_pred = ridge_per_drug(design)
-    if not np.isnan(per_drug_pred).all():
-        p = per_cell(per_drug_pred)
-        out["ridge_per_drug"] = np.where(np.isnan(p), fallback, p)
-    out["boosted_trees"] = per_cell(boosted_trees(design, drug_vectors, seed))
-    return out
-
-
-def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray,
-             drug_vectors: dict[str, np.ndarray] | None = None, seed: int = 0,
-             design: Design | None = None, members: dict[str, np.ndarray] | None = None,
+def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray, *,
+             baselines: dict[str, np.ndarray] | None = None, members: dict[str, np.ndarray] | None = None,
              spread: DrugSpread | None = None) -> dict:
     """metrics.json's test, member and baseline sections, every one scored the same ways.
     train/test: drug, cell_line_id and LN_IC50 of every row (train may be one row per pair with
-    its mean label, as pair_labels gives: the fit is the same); `design`: the expression the
-    classical baselines read, which run when given; `members`: the predictor's parts, scored
-    beside it; `spread`: each training drug's spread, for the per-line scores (when the test
-    lines are unseen)."""
+    its mean label, as pair_labels gives: the fit is the same); `baselines`: the classical
+    predictors' predictions of the test rows (baselines.py), scored beside the naive ones, mean
+    effects standing in where one has no model for a drug; `members`: the predictor's parts,
+    scored beside it; `spread`: each training drug's spread, for the per-line scores (when the
+    test lines are unseen)."""
     tr = train[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     te = test[["drug", "cell_line_id", "LN_IC50"]].reset_index(drop=True)
     preds = predict_baselines(fit_baselines(tr), te)
-    if drug_vectors is not None and design is not None:
-        preds = {**classical_baselines(design, te, drug_vectors, fallback=preds["mean_effects"],
-                                       seed=seed), **preds}
     me = preds["mean_effects"]
+    preds = {**{k: np.where(np.isnan(p), me, p) for k, p in (baselines or {}).items()}, **preds}
     out = {"test": score(te, pred, me, spread),
            "baselines": {k: score(te, p, me, spread) for k, p in preds.items()}}
     if members:
@@ -594,8 +321,8 @@ def interval_text(metrics: dict) -> list[str]:
     if not iv:
         return []
     lines = ["", "## Intervals", "",
-             f"{100 * LEVEL:.0f}% intervals (the spread of the network and the ridge member, scaled "
-             f"on the validation lines so that {100 * LEVEL:.0f}% of their pairs fall inside) hold "
+             f"{100 * iv['level']:.0f}% intervals (the spread of the network and the ridge member, scaled "
+             f"on the validation lines so that {100 * iv['level']:.0f}% of their pairs fall inside) hold "
              f"**{_pct(iv['coverage'])}** of the test pairs, with a mean width of {_fmt(iv['mean_width'])} "
              f"(ln IC50); in the 10 drugs with the widest intervals, {_pct(iv['coverage_widest'])}."]
     if metrics.get("interval_drugs"):
@@ -704,55 +431,36 @@ def format_table(result: dict) -> str:
 
 # ----------------------------------------------------------------------------- the run's report
 
-def fit_stack(design: Design, keys: pa.Table, val_rows: np.ndarray, val_pred: np.ndarray) -> Stack:
-    """A bulk reference's predictor: one ridge per drug beside a shared level (stack.py), fitted on
-    the design's training pairs, and its blend with the network fitted on the validation rows (one
-    per pair), never on test rows."""
-    ridge = RidgePerDrug.fit_with_level(design)
-    val = plain(keys.select(["drug", "cell_line_id", "LN_IC50"]).take(pa.array(val_rows))).to_pandas()
-    val = val.assign(network=val_pred, ridge=ridge.predict(design.x, val["drug"], design.profile_of(val)))
-    return Stack.fit(ridge, design.train.groupby("drug")["LN_IC50"].mean().to_dict(), val)
-
-
-def report(cfg: Config, trained: Trained, *, design: Design, keys: pa.Table, rows: dict[str, np.ndarray],
-           pred: np.ndarray, run_dir: Path, fold: int, sizes: dict) -> dict:
-    """A run's results, written by rank 0: predictions.parquet, the baselines fitted on the
-    training rows and scored on the same test rows, metrics.json, the plots and report.md. `pred`
-    is the network's; with a stack (a bulk reference) the model is the stack, with intervals.
-    Every prediction is also set against its drug's training lines (z, percentile); where the
-    test lines are unseen, the per-line scores of that relative sensitivity are reported."""
-    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
-    test_keys = plain(keys.select(cols).take(pa.array(rows["test"]))).to_pandas()
-    preds = test_keys.assign(row=rows["test"], prediction=pred)[["row", *cols, "prediction"]]
-    stack, spread, members, interval, low, high = trained.stack, trained.spread, None, {}, None, None
-    if stack is not None:
-        ridge = stack.ridge.predict(design.x, test_keys["drug"], design.profile_of(test_keys))
-        final, low, high = stack.blend(test_keys["drug"], pred, ridge)
-        preds = preds.assign(prediction=final, network=pred, ln_ic50_low=low, ln_ic50_high=high)
-        members = {"network": pred, **({"ridge_with_level": ridge} if not np.isnan(ridge).any() else {})}
-        interval = interval_coverage(test_keys, low, high)
-    if spread is not None:
-        preds = preds.assign(**spread.columns(preds["drug"], preds["prediction"], low, high))
+def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run: dict,
+           baselines: dict[str, np.ndarray], spread: DrugSpread | None = None) -> dict:
+    """A run's results, written by rank 0: predictions.parquet, metrics.json, the plots and
+    report.md. `preds`: the test rows (row, drug, cell_line_id, LN_IC50, prediction; from a stack
+    also its members' predictions, network and ridge, and the interval's bounds; z ...);
+    `train_pairs`: each training pair's mean label (data.pair_labels), which the naive baselines
+    are fitted on; `run`: what the report records of the run (split, seed, fold, parts, and the
+    model's record, Trained.record); `baselines`: the classical predictors' predictions of the
+    same rows; `spread`: the training drugs' spread, for the per-line scores where the test lines
+    are unseen (the cell_line split)."""
+    members = None
+    if "network" in preds:   # a stack, scored beside its members
+        members = {"network": preds["network"].to_numpy()}
+        if not preds["ridge"].isna().any():
+            members["ridge_with_level"] = preds["ridge"].to_numpy()
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
-    vectors = {d: trained.drug_table[i].cpu().numpy() for d, i in trained.rows_of(trained.drugs).items()}
-    pair = group_ids(keys, ["drug", "cell_line_id"])
-    train_pairs = pair_labels(keys, rows["train"], pair[rows["train"]])
-    del pair
-    result = evaluate(train_pairs, test_keys, preds["prediction"].to_numpy(), drug_vectors=vectors,
-                      seed=cfg.seed, design=design, members=members,
-                      spread=spread if cfg.split == "cell_line" else None)
-    metrics = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None,
-               "parts": sizes, **result, "drug_encoder": trained.drug_encoder,
-               "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
-               "parameters": count_parameters(trained.model), "history": trained.history}
-    if interval:
-        metrics["interval"] = {"level": LEVEL, **{k: v for k, v in interval.items() if k != "widest_drugs"}}
+    result = evaluate(train_pairs, preds, preds["prediction"].to_numpy(), baselines=baselines,
+                      members=members, spread=spread if run["split"] == "cell_line" else None)
+    metrics = {**{k: v for k, v in run.items() if k not in ("history", "stack")}, **result,
+               "history": run["history"]}
+    if "ln_ic50_low" in preds:
+        interval = interval_coverage(preds, preds["ln_ic50_low"].to_numpy(), preds["ln_ic50_high"].to_numpy())
+        metrics["interval"] = {"level": run["stack"]["level"],
+                               **{k: v for k, v in interval.items() if k != "widest_drugs"}}
         metrics["interval_drugs"] = interval["widest_drugs"]
-        metrics["stack"] = {"weights": stack.weights.tolist(), "floor": stack.floor, "scale": stack.scale}
+        metrics["stack"] = {k: v for k, v in run["stack"].items() if k != "level"}
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
-    plot_loss(trained.history, trained.best_epoch, run_dir / "loss_curve.png")
-    plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {cfg.split} split")
+    plot_loss(run["history"], run["best_epoch"], run_dir / "loss_curve.png")
+    plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {run['split']} split")
     plot_per_drug(metrics, run_dir / "per_drug_pearson.png")
     write_report(run_dir, metrics)
     return metrics

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 import config as config_mod
-from common import PipelineError, report_error, require_file, setup_logging, write_parquet
+from common import PipelineError, command, require_file, setup_logging, write_parquet
 
 log = logging.getLogger("ic50.gdsc")
 
@@ -125,10 +125,9 @@ def save(combined: pd.DataFrame, path: str | Path) -> None:
     write_parquet(pa.Table.from_pandas(combined, preserve_index=False), path)
 
 
-# the settings this stage reads, with the flags, help and defaults main.py has for them
-SETTINGS = ("gdsc1", "gdsc2", "ic50_average")
 
 
+@command(log)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Combine GDSC1 and GDSC2 fitted dose response tables.")
     p.add_argument("files", nargs="*", metavar="FILE", help="GDSC1 and GDSC2 files: a shorthand "
@@ -136,21 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="gdsc_combined.parquet", help="output parquet (default: "
                    "gdsc_combined.parquet)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
-    config_mod.add_arguments(p, SETTINGS)
+    config_mod.add_arguments(p, "gdsc")
     args = p.parse_args(argv)
     if args.files:
         if len(args.files) != 2 or args.gdsc1 or args.gdsc2:
             p.error("give the two GDSC files either as FILE FILE or as --gdsc1/--gdsc2.")
         args.gdsc1, args.gdsc2 = args.files
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        cfg = config_mod.resolve(args)
-        combined, _ = combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
-        save(combined, args.out)
-        log.info("wrote %s", args.out)
-        return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    cfg = config_mod.resolve(args)
+    combined, _ = combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
+    save(combined, args.out)
+    log.info("wrote %s", args.out)
+    return 0
 
 
 if __name__ == "__main__":

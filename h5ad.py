@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator, Sequence
 
 import anndata
@@ -291,7 +292,7 @@ def report_coverage(gmap: GeneMap, path: Path, total: int, whose: str, min_fract
                             f"or lower the threshold if the panel is known to be partial.")
 
 
-def read_merged(path: str | Path, cfg, labelled: bool = True, block_cells: int = 8192
+def read_merged(path: str | Path, cfg: SimpleNamespace, labelled: bool = True, block_cells: int = 8192
                 ) -> tuple[pa.Table, pd.DataFrame]:
     """An .h5ad of labelled cells as a merged table (the training contract), and the gene table
     naming its tokens. obs column names come from the settings (drug_column, ...)."""
@@ -371,12 +372,14 @@ def merged_to_h5ad(table: pa.Table, path: str | Path, value_kind: str,
     log.info("wrote %s: %d cells x %d genes (%s values)", path, adata.n_obs, adata.n_vars, value_kind)
 
 
-def convert(src: str | Path, dst: str | Path, cfg) -> None:
-    """merged.parquet -> .h5ad, or .h5ad -> merged.parquet."""
+def convert(src: str | Path, dst: str | Path, cfg: SimpleNamespace) -> None:
+    """merged.parquet -> .h5ad, or .h5ad -> merged.parquet. cfg: the convert stage's settings
+    (config.of_stage)."""
     if Path(dst).exists():
         raise PipelineError(f"'{dst}' already exists; choose another output path.")
     if is_h5ad(src) and str(dst).endswith(".parquet"):
-        cfg = replace(cfg, value_kind=resolve_value_kind(cfg.value_kind, value_kind_of(src), src))
+        cfg = SimpleNamespace(**{**vars(cfg), "value_kind": resolve_value_kind(cfg.value_kind,
+                                                                                value_kind_of(src), src)})
         table, _ = read_merged(src, cfg, labelled=False)
         write_parquet(table, dst)
         log.info("wrote %s: %d rows (%s values)", dst, table.num_rows, cfg.value_kind)

@@ -10,10 +10,12 @@
     python main.py convert merged.parquet cells.h5ad   # and back; --data cells.h5ad trains on it
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
-Stages, each one call into one module: gdsc.combine -> merge.match -> downsample.downsample ->
-merge.attach_labels (or, from bulk profiles, bulk.prepare) -> tokens.build -> data.make_split ->
-train.train -> evaluate.report; predict.py for `main.py predict`. Everything a run writes goes to
-one run directory, which is named <out>.incomplete until the run succeeds.
+Stages, each one call into one module: prepare.prepare (gdsc.combine -> merge.match ->
+downsample.downsample -> merge.attach_labels, or from bulk profiles bulk.prepare; then
+tokens.build) -> data.make_split -> train.train -> stack.fit_stack (bulk references) ->
+Trained.save -> baselines.classical_baselines -> evaluate.report; predict.py for `main.py
+predict`. Everything a run writes goes to one run directory, which is named <out>.incomplete
+until the run succeeds.
 """
 from __future__ import annotations
 
@@ -25,42 +27,29 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-import bulk
+import baselines
 import config as config_mod
 import data
 import dist
-import downsample
 import evaluate
-import gdsc
 import h5ad
-import merge
 import predict
+import prepare
 import relative
-import tokens
+import stack
 import train
-from common import PipelineError, atomic_path, report_error, setup_logging, write_json, write_parquet
+from common import PipelineError, atomic_path, command, setup_logging
 from config import Config
+from prepare import Actions, Prepared
 
 log = logging.getLogger("ic50")
-STAGES = ("gdsc", "downsample", "merge", "train")
-
-
-@dataclass(frozen=True)
-class Actions:
-    """What this invocation does, beside the settings (never saved in config.yaml)."""
-    resume: bool = False          # continue the interrupted run in <out>.incomplete
-    stop_after: str = "train"     # the last stage to run
-    shard_index: int = 0          # this SLURM array task's slice of the Tahoe shards
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,124 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     act.add_argument("--resume", action="store_true", help="Continue the interrupted run in "
                      "<out>.incomplete: shards already scanned are not scanned again, training goes on "
                      "from its last epoch.")
-    act.add_argument("--stop-after", choices=STAGES, default="train", help="Last stage to run "
+    act.add_argument("--stop-after", choices=prepare.STAGES, default="train", help="Last stage to run "
                      "(default: train).")
     act.add_argument("--shard-index", type=int, default=0, metavar="INT", help="This SLURM array "
                      "task's slice of the shards, with --num-shards (e.g. $SLURM_ARRAY_TASK_ID).")
     config_mod.add_arguments(p)
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------- the data
-
-@dataclass
-class Prepared:
-    """What training reads: the table (a merged table or a reference's pairs, as a parquet path);
-    every row's tokens, drug and label in the token store; drug name -> SMILES; the gene table
-    that names its token ids; and, on rank 0 only, the table's key columns in memory (for the
-    split and the report)."""
-    source: Path
-    store: tokens.TokenStore
-    drugs: dict[str, str]
-    genes: pd.DataFrame | None = None
-    keys: pa.Table | None = None
-
-
-def prepare(cfg: Config, act: Actions, work: Path) -> Prepared | None:
-    """Rank 0 readies the training table, its gene table and its token store while the other
-    ranks wait, then reads the table's key columns (never its expression); every rank maps the
-    store. None when the run stops before training."""
-    built = dist.on_main(lambda: _build(cfg, act, work))
-    if built is None:
-        return None
-    source, genes, store = built
-    held = {}
-
-    def read_keys() -> dict[str, str]:   # a bad table stops every rank, not only rank 0
-        keys = data.read_keys(source)
-        drugs = data.drug_smiles(keys)
-        held["keys"] = keys.drop_columns(["canonical_smiles"])   # the split and report need no SMILES
-        return drugs
-    drugs = dist.on_main(read_keys)
-    return Prepared(source, tokens.TokenStore(store), drugs, genes, held.get("keys"))
-
-
-def _build(cfg: Config, act: Actions, work: Path) -> tuple[Path, pd.DataFrame | None, Path] | None:
-    """Rank 0: the training table (given with --data, left by an interrupted run, converted from
-    an .h5ad, or prepared from the sources), its gene table (--gene-table, the .h5ad's var, a
-    reference's, or the Tahoe source's) and its token store (beside the table when a preparation
-    run left one there, else built in this run's directory)."""
-    genes = data.load_gene_table(cfg.gene_table) if cfg.gene_table else None
-    merged = work / "merged.parquet"
-    prepared = merged if not cfg.expression else work / "pairs.parquet"
-    if h5ad.is_h5ad(cfg.data):
-        if not merged.exists():   # a resumed run has it already
-            table, from_var = h5ad.read_merged(cfg.data, cfg)
-            write_parquet(pa.Table.from_pandas(from_var, preserve_index=False), work / "gene_table.parquet")
-            write_parquet(table, merged, row_group_size=data.ROW_GROUP)
-        source = merged
-        genes = genes if genes is not None else data.load_gene_table(work / "gene_table.parquet")
-    elif cfg.data:
-        data.merged_columns(cfg.data)
-        source = Path(cfg.data)
-    elif act.resume and prepared.exists():
-        log.info("resuming: data preparation is done, reading %s", prepared)
-        source = prepared
-    else:
-        source = _from_sources(cfg, act, work)
-    if source is None:
-        return None
-    beside = source.parent / "gene_table.parquet"   # a reference's, written with it
-    if genes is None and data.profiles_path(source) and beside.exists():
-        genes = data.load_gene_table(beside)
-    if genes is None and not cfg.data and not cfg.expression:
-        try:
-            genes = data.check_gene_table(downsample.TahoeSource(cfg.tahoe).metadata("gene"), cfg.tahoe)
-        except PipelineError as e:
-            log.warning("%s The checkpoint will not name its genes; pass --gene-table to predict on "
-                        ".h5ad files.", e)
-    store = tokens.build(source, work / "tokens", value_kind=cfg.value_kind, top_k=cfg.top_k,
-                         also=(source.parent / "tokens",))
-    return None if act.stop_after == "merge" else (source, genes, store)
-
-
-def _from_sources(cfg: Config, act: Actions, run_dir: Path) -> Path | None:
-    """GDSC combine -> match Tahoe metadata to GDSC -> downsample labelled cells -> merge; or, with
-    --expression, GDSC combine -> the bulk reference. The table's path (None when the run stops
-    before it)."""
-    combined, counts = gdsc.combine(*cfg.gdsc_files(), cfg.ic50_average)
-    gdsc.save(combined, run_dir / "gdsc_combined.parquet")
-    write_json(counts, run_dir / "gdsc_counts.json")
-    if act.stop_after == "gdsc":
-        return None
-    if cfg.expression:   # bulk profiles: a reference of one profile per line, pairs apart
-        return bulk.prepare(cfg, combined, run_dir)
-    source = downsample.TahoeSource(cfg.tahoe)
-    compounds, models = cfg.identifier_tables()
-    matches = merge.match(
-        source.metadata("drug"), source.metadata("cell_line"), combined,
-        compounds=merge.load_compounds(compounds) if compounds else None,
-        models=merge.load_model_list(models) if models else None,
-        overrides=merge.load_overrides(cfg.match_overrides) if cfg.match_overrides else None)
-    matches.report.to_csv(run_dir / "match_report.csv", index=False)
-    pairs = merge.labelled_pairs(matches, combined)
-    pairs.to_csv(run_dir / "labelled_pairs.csv", index=False)
-    cells_path = run_dir / "cells.parquet"
-    parts_dir = Path(cfg.parts_dir) if cfg.parts_dir else run_dir / "downsample_parts"
-    summary = downsample.downsample(
-        source, zip(pairs["drug"], pairs["cell_line_id"]), cells_per_group=cfg.cells_per_group,
-        fraction=cfg.fraction, seed=cfg.seed, out=cells_path, parts_dir=parts_dir,
-        num_workers=cfg.num_workers, shard_index=act.shard_index, num_shards=cfg.num_shards,
-        on_bad_shard=cfg.on_bad_shard)
-    write_json(summary, run_dir / "downsample_summary.json")
-    if not summary["complete"] or act.stop_after == "downsample":
-        return None
-    merged = data.with_value_kind(merge.attach_labels(pq.read_table(cells_path), pairs), "counts")
-    write_parquet(merged, run_dir / "merged.parquet", row_group_size=data.ROW_GROUP)
-    cells_path.unlink()  # merged.parquet holds the same cells, labelled
-    if not cfg.parts_dir:
-        shutil.rmtree(parts_dir)  # only needed to resume an interrupted scan
-    return run_dir / "merged.parquet"
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -210,13 +87,13 @@ def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> tuple[d
     del split
     with atomic_path(run_dir / "split_rows.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.concatenate([rows[p] for p in data.PARTS]))
-    pair = data.group_ids(prep.keys, ["drug", "cell_line_id"])[rows["train"]]
-    spread = relative.DrugSpread.fit(evaluate.pair_labels(prep.keys, rows["train"], pair))
+    spread = relative.DrugSpread.fit(data.pair_labels(prep.keys, rows["train"]))
     return data.summarise_split(prep.keys, rows), spread
 
 
 def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
-    """One split, one model: split -> train -> test predictions -> metrics, plots, report."""
+    """One split, one model: split -> train -> the predictor completed (a reference's stack) and
+    saved -> test predictions -> the classical baselines -> metrics, plots, report."""
     sizes, spread = dist.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
     mapped = np.load(run_dir / "split_rows.npy", mmap_mode="r")
     ends = np.cumsum([sizes[p]["cells"] for p in data.PARTS])
@@ -235,13 +112,19 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
     if not dist.is_main():
         return {}
     query = np.concatenate([rows["val"], rows["test"]]) if reference else rows["test"]
-    design = evaluate.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
-                                seed=cfg.seed)
+    design = baselines.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
+                                 seed=cfg.seed)
     if reference:
-        trained.stack = evaluate.fit_stack(design, prep.keys, rows["val"], val_pred)
-        train.save_stack(run_dir / "best.pt", trained.stack)
-    metrics = evaluate.report(cfg, trained, design=design, keys=prep.keys, rows=rows, pred=pred,
-                              run_dir=run_dir, fold=fold, sizes=sizes)
+        trained.stack = stack.fit_stack(design, data.key_rows(prep.keys, rows["val"]), val_pred)
+    trained.save(run_dir / "best.pt")
+    test = data.key_rows(prep.keys, rows["test"])
+    preds = pd.DataFrame({"row": rows["test"], **test, **trained.answer(
+        test["drug"], pred, design.x, design.profile_of(test), column="prediction")})
+    run = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None, "parts": sizes,
+           **trained.record()}
+    metrics = evaluate.report(run_dir, preds, data.pair_labels(prep.keys, rows["train"]), run=run,
+                              baselines=baselines.classical_baselines(design, test, trained.vectors(),
+                                                                      seed=cfg.seed), spread=spread)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     return metrics
 
@@ -302,32 +185,6 @@ def resumable(work: Path) -> bool:
             or any((work / "downsample_parts").rglob("*.part.parquet")))
 
 
-def check_inputs(cfg: Config, act: Actions) -> None:
-    """Fail before any work on paths that do not exist."""
-    for flag, path in (("--gene-table", cfg.gene_table), ("--smiles-table", cfg.smiles_table)):
-        if path and not Path(path).exists():
-            raise PipelineError(f"input file not found: '{path}' ({flag}).")
-    if cfg.data:
-        if not Path(cfg.data).exists():
-            raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
-        if cfg.expression:
-            raise PipelineError("--data and --expression are two sources of training data; give one.")
-        return
-    if cfg.expression and not cfg.smiles_table:
-        raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
-                            "drug's structure (GDSC's own files hold none).")
-    if cfg.expression and act.stop_after == "downsample":
-        raise PipelineError("--stop-after downsample does not apply to --expression (nothing is "
-                            "downsampled); stop after gdsc or merge.")
-    compounds, models = cfg.identifier_tables()
-    gdsc1, gdsc2 = cfg.gdsc_files()
-    for flag, path in (("--gdsc1", gdsc1), ("--gdsc2", gdsc2), ("--expression", cfg.expression),
-                       ("--gdsc-compounds", compounds), ("--cell-model-list", models),
-                       ("--match-overrides", cfg.match_overrides)):
-        if path and not Path(path).exists():
-            raise PipelineError(f"input file not found: '{path}' ({flag}).")
-
-
 @contextlib.contextmanager
 def run_directory(cfg: Config, resume: bool) -> Iterator[tuple[Path, Path]]:
     """(final, work): the run works in <out>.incomplete, logged into, and renamed to <out> when
@@ -354,19 +211,16 @@ def run_directory(cfg: Config, resume: bool) -> Iterator[tuple[Path, Path]]:
 
 def run(cfg: Config, act: Actions = Actions()) -> Path:
     t0 = time.perf_counter()
-    dist.init(cfg.device, cfg.dist_timeout_min)
+    dist.init(cfg.device)
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
     if not 0 <= act.shard_index < cfg.num_shards:
         raise PipelineError(f"--shard-index must be in [0, {cfg.num_shards}) (--num-shards), got "
                             f"{act.shard_index}.")
-    check_inputs(cfg, act)
-    kind = ("normalised" if cfg.expression and cfg.value_kind == "auto"   # bulk matrices: log-TPM, RMA
-            else data.resolve_value_kind(cfg.value_kind, h5ad.value_kind_of(cfg.data) if cfg.data else None,
-                                         cfg.data))
-    cfg = dataclasses.replace(cfg, value_kind=kind)
+    prepare.check_inputs(cfg, act)
+    cfg = prepare.resolved(cfg)
     with run_directory(cfg, act.resume) as (final, work):
-        prep = prepare(cfg, act, work)
+        prep = prepare.prepare(cfg, act, work)
         metrics = train_runs(cfg, act, prep, work) if prep is not None else None
     minutes = (time.perf_counter() - t0) / 60
     if prep is None:
@@ -383,9 +237,7 @@ def run(cfg: Config, act: Actions = Actions()) -> Path:
     return final
 
 
-ANNDATA_FLAGS = ("layer", "gene_column", "gene_table", "min_gene_fraction")
-
-
+@command(log)
 def predict_command(argv: list[str]) -> int:
     """python main.py predict --checkpoint RUN/best.pt --data TABLE_OR_H5AD [...]"""
     p = argparse.ArgumentParser(
@@ -413,35 +265,33 @@ def predict_command(argv: list[str]) -> int:
                    "against every line first for every group")
     p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
                    "time; memory grows with it, not with the file (default: 8192)")
-    config_mod.add_arguments(p, ANNDATA_FLAGS)
+    config_mod.add_arguments(p, "predict")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        trained = train.Trained.load(args.checkpoint, dist.pick_device(args.device))
-        if h5ad.is_h5ad(args.data):
-            cfg = config_mod.resolve(args)
-            data_path = Path(args.data)
-            out = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50")
-            predict.predict_h5ad(
-                trained, args.data, out,
-                drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
-                gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
-                gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-                block_cells=max(1, args.block_cells), rank_by=args.rank_by)
-            return 0
-        h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
-                                    ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
-        if h5ad_only:
-            raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
-                                f"predicted for each row's own drug.")
-        predict.predict_table(trained, args.data, args.out)
+    trained = train.Trained.load(args.checkpoint, dist.pick_device(args.device))
+    if h5ad.is_h5ad(args.data):
+        cfg = config_mod.resolve(args)
+        data_path = Path(args.data)
+        out = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50")
+        predict.predict_h5ad(
+            trained, args.data, out,
+            drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
+            gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
+            gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
+            block_cells=max(1, args.block_cells), rank_by=args.rank_by)
         return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
+                                ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
+    if h5ad_only:
+        raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
+                            f"predicted for each row's own drug.")
+    predict.predict_table(trained, args.data, args.out)
+    return 0
 
 
+@command(log)
 def convert_command(argv: list[str]) -> int:
     """python main.py convert SRC DST: a merged table (.parquet) to AnnData (.h5ad), or back."""
     p = argparse.ArgumentParser(
@@ -451,16 +301,12 @@ def convert_command(argv: list[str]) -> int:
         "From .h5ad: obs columns and genes are read as for training (--drug-column, ...).")
     p.add_argument("src", help="merged.parquet or cells.h5ad")
     p.add_argument("dst", help="cells.h5ad or merged.parquet (must not exist)")
-    config_mod.add_arguments(p, ANNDATA_FLAGS + ("value_kind", "drug_column", "cell_line_column",
-                                                 "label_column", "smiles_column", "smiles_table"))
+    config_mod.add_arguments(p, "convert")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        h5ad.convert(args.src, args.dst, config_mod.resolve(args))
-        return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    h5ad.convert(args.src, args.dst, config_mod.of_stage(config_mod.resolve(args), "convert"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,17 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         return predict_command(argv[1:])
     if argv[:1] == ["convert"]:
         return convert_command(argv[1:])
+    return train_command(argv)
+
+
+@command(log)
+def train_command(argv: list[str]) -> int:
+    """python main.py [settings]: the study, from the sources or a table to the report."""
     args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         run(config_mod.resolve(args), Actions(args.resume, args.stop_after, args.shard_index))
         dist.barrier()   # leave together: tearing down a group in use can abort
         return 0
-    except PipelineError as e:
-        return report_error(log, e)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
     finally:
         dist.close()
 

@@ -72,7 +72,7 @@ def wanted_drugs(trained: Trained, names: list[str] | None, smiles_csv: str | No
     """Drug name -> SMILES for every drug asked for: the named ones, or every drug the checkpoint
     knows plus those of the SMILES table."""
     given = drugs_mod.read_smiles_table(smiles_csv) if smiles_csv else {}
-    known = dict(trained.drugs) or {s: s for s in trained.smiles}   # checkpoints before names: SMILES
+    known = dict(trained.drugs)
     if not names:
         return {**known, **given}
     unknown = [n for n in names if n not in given and n not in known]
@@ -96,19 +96,12 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     pred = trained.predict(feats)
     cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
     result = data.plain(keys.select(cols))
-    low = high = None
-    if trained.stack is not None:   # a bulk reference's predictor: blended, with intervals
-        final, low, high = trained.stack.predict(result["drug"].to_pylist(), pred,
-                                                 dense_values(feats.table, trained.vocab), trained.vocab,
-                                                 feats.table.profiles(feats.rows))
-        result = result.append_column("network", pa.array(pred))
-        pred = final
-        result = result.append_column("ln_ic50_low", pa.array(low))
-        result = result.append_column("ln_ic50_high", pa.array(high))
-    result = result.append_column("prediction", pa.array(pred))
-    if has_spread(trained):
-        for name, column in trained.spread.columns(result["drug"].to_pylist(), pred, low, high).items():
-            result = result.append_column(name, pa.array(column))
+    has_spread(trained)
+    x = (trained.stack.inputs(dense_values(feats.table, trained.vocab), trained.vocab)
+         if trained.stack is not None else None)   # a bulk reference's predictor: blended, with intervals
+    for name, column in trained.answer(result["drug"].to_pylist(), pred, x, feats.table.profiles(feats.rows),
+                                       column="prediction").items():
+        result = result.append_column(name, pa.array(column))
     target = Path(out) if out else Path(path).with_name(Path(path).stem + "_predictions.parquet")
     write_parquet(result, target)
     log.info("%d predictions written to %s (drug encoder %s)", len(pred), target, trained.drug_encoder)
@@ -326,8 +319,7 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, ran
                     "group": np.repeat(q.groups[start:start + n], len(names)),
                     "drug": np.tile(np.array(names, dtype=object), n),
                     "ln_ic50": preds[start:start + n].ravel()}
-            if spread:
-                long.update(spread.columns(long["drug"], long["ln_ic50"]))
+            long.update(trained.answer(long["drug"], long["ln_ic50"]))
             writer.write_table(pa.table(long, schema=schema))
             bar.update(n)
     bar.close()
@@ -370,15 +362,10 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
     pred = predict_profiles(trained, aligned, [q.rows[d] for d in drug_names])
     table = pd.DataFrame({"group": np.repeat(names, len(drug_names)),
                           "drug": np.tile(drug_names, len(names)), "ln_ic50": pred.ravel()})
-    low = high = None
-    if trained.stack is not None:   # blended with one ridge per drug, with intervals
-        group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
-        final, low, high = trained.stack.predict(table["drug"], table["ln_ic50"].to_numpy(), aligned,
-                                                 trained.vocab, group)
-        table = table.assign(ln_ic50=final, ln_ic50_low=low, ln_ic50_high=high)
-        pred = final.reshape(len(names), len(drug_names))
-    if trained.spread is not None:
-        table = table.assign(**trained.spread.columns(table["drug"], table["ln_ic50"], low, high))
+    x = trained.stack.inputs(aligned, trained.vocab) if trained.stack is not None else None
+    group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
+    table = table.assign(**trained.answer(table["drug"], table["ln_ic50"].to_numpy(), x, group))
+    pred = table["ln_ic50"].to_numpy().reshape(len(names), len(drug_names))
     table["cells"] = np.repeat(cells, len(drug_names))
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")
     group_of = {g: i for i, g in enumerate(names)}

@@ -28,91 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from baselines import Design, RidgePerDrug
+
 LEVEL = 0.9   # the interval's nominal coverage
-ALPHAS = np.logspace(-1, 6, 15)   # ridge penalties tried (leave-one-out); all genes choose ~1e4
-
-
-def _ridge(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, float]:
-    """(coefficients, intercept) of a ridge with alpha by leave-one-out (scikit-learn's RidgeCV)."""
-    from sklearn.linear_model import RidgeCV
-    fit = RidgeCV(alphas=alphas).fit(x, y)
-    return fit.coef_, float(fit.intercept_)
-
-
-@dataclass
-class RidgePerDrug:
-    """One ridge per drug on standardised expression of a fixed set of genes (alpha by
-    leave-one-out over the drug's training pairs): its coefficients, and how to standardise."""
-    genes: np.ndarray        # [G] token ids of the columns
-    mean: np.ndarray         # [G] training mean and sd of each column
-    sd: np.ndarray
-    drugs: list[str]         # the drugs with a model (enough training pairs)
-    coef: np.ndarray         # [drugs, G]
-    intercept: np.ndarray    # [drugs]
-
-    @classmethod
-    def fit(cls, design, min_pairs: int = 5, alphas: np.ndarray = ALPHAS) -> "RidgePerDrug":
-        """The classical GDSC approach, fitted on a design's training pairs (evaluate.Design): a
-        model for every drug with at least min_pairs of them."""
-        drugs, coefs, intercepts = [], [], []
-        y = design.train["LN_IC50"].to_numpy()
-        for drug, rows in design.train.groupby("drug").indices.items():
-            if len(rows) >= min_pairs:
-                coef, intercept = _ridge(design.x_train(rows), y[rows], alphas)
-                drugs.append(drug)
-                coefs.append(coef)
-                intercepts.append(intercept)
-        return cls._of(design, drugs, coefs, intercepts)
-
-    @classmethod
-    def fit_with_level(cls, design, min_pairs: int = 5, alphas: np.ndarray = ALPHAS) -> "RidgePerDrug":
-        """One ridge for each line's general level (its mean z over its training drugs) from every
-        drug's pairs, and one ridge per drug for the drug's own part (z less the level), folded
-        into one model per drug: ln IC50 = mean + sd (level + own part)."""
-        train = design.train
-        stats = train.groupby("drug")["LN_IC50"].agg(["mean", "std", "size"])
-        stats = stats[(stats["size"] >= min_pairs) & (stats["std"] > 0)]
-        train = train[train["drug"].isin(stats.index)]
-        mean = train["drug"].map(stats["mean"]).to_numpy()
-        sd = train["drug"].map(stats["std"]).to_numpy()
-        z = (train["LN_IC50"].to_numpy() - mean) / sd
-        profile = train["profile"].to_numpy()
-        lines, of_line = np.unique(profile, return_inverse=True)
-        level = np.bincount(of_line, weights=z) / np.bincount(of_line)
-        level_coef, level_icpt = _ridge(design.x[lines], level, alphas)
-        own = z - level[of_line]
-        drugs, coefs, intercepts = [], [], []
-        for drug, rows in train.groupby("drug").indices.items():
-            coef, intercept = _ridge(design.x[profile[rows]], own[rows], alphas)
-            m, s = stats.loc[drug, "mean"], stats.loc[drug, "std"]
-            drugs.append(drug)
-            coefs.append(s * (level_coef + coef))
-            intercepts.append(m + s * (level_icpt + intercept))
-        return cls._of(design, drugs, coefs, intercepts)
-
-    @classmethod
-    def _of(cls, design, drugs: list[str], coefs: list, intercepts: list) -> "RidgePerDrug":
-        return cls(np.asarray(design.genes), np.asarray(design.mean), np.asarray(design.sd), list(drugs),
-                   np.asarray(coefs).reshape(len(drugs), design.x.shape[1]),
-                   np.asarray(intercepts, dtype=np.float64))
-
-    def predict(self, x: np.ndarray, drugs, rows: np.ndarray | None = None) -> np.ndarray:
-        """x: [N, G] standardised columns, one row per pair, or one per profile with `rows` the
-        profile of each pair (a reference's pairs share their line's profile: no copy per pair).
-        NaN for a drug without a model."""
-        row = {d: i for i, d in enumerate(self.drugs)}
-        idx = np.array([row.get(d, -1) for d in drugs], dtype=np.int64)
-        rows = np.arange(len(idx)) if rows is None else np.asarray(rows)
-        out = np.full(len(idx), np.nan)
-        for i in np.unique(idx[idx >= 0]):
-            pairs = np.flatnonzero(idx == i)
-            out[pairs] = x[rows[pairs]] @ self.coef[i] + self.intercept[i]
-        return out
-
-    def standardise(self, values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-        """[N, vocabulary genes] profiles -> their standardised columns."""
-        pos = np.searchsorted(vocab, self.genes)
-        return (values[:, pos] - self.mean) / self.sd
 
 
 @dataclass
@@ -152,13 +70,21 @@ class Stack:
         half = self.scale * (spread + self.floor)
         return pred, pred - half, pred + half
 
-    def predict(self, drugs, network: np.ndarray, profiles: np.ndarray, vocab: np.ndarray,
-                rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """blend() for pairs read off [profiles, vocabulary genes], `rows` the profile of each
-        pair (main.py predict)."""
+    def inputs(self, profiles: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+        """[profiles, vocabulary genes] values -> the ridge member's standardised columns."""
+        return self.ridge.standardise(profiles, vocab)
+
+    def columns(self, drugs, network: np.ndarray, x: np.ndarray, rows: np.ndarray,
+                column: str = "ln_ic50") -> dict[str, np.ndarray]:
+        """The predictor's columns for pairs whose profiles are rows of x (standardised: a
+        Design's x, or inputs()), `rows` the profile of each pair: the blend (named `column`),
+        its members' own predictions (network, ridge: NaN for a drug without a ridge model), and
+        the interval's bounds."""
         drugs = list(drugs)
-        ridge = self.ridge.predict(self.ridge.standardise(profiles, vocab), drugs, rows)
-        return self.blend(drugs, np.asarray(network, dtype=np.float64), ridge)
+        network = np.asarray(network, dtype=np.float64)
+        ridge = self.ridge.predict(x, drugs, rows)
+        final, low, high = self.blend(drugs, network, ridge)
+        return {column: final, "network": network, "ridge": ridge, "ln_ic50_low": low, "ln_ic50_high": high}
 
     def state(self) -> dict:
         """Arrays, numbers and names, for the checkpoint."""
@@ -185,3 +111,15 @@ def conformal_quantile(scores: np.ndarray, level: float = LEVEL) -> float:
         return float("inf")
     k = int(np.ceil((len(scores) + 1) * level))
     return float(scores[min(k, len(scores)) - 1])
+
+
+def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray) -> Stack:
+    """A bulk reference's predictor: the ridge member (one ridge per drug beside a shared level)
+    fitted on the design's training pairs, and its blend with the network fitted on the validation
+    pairs `val` (drug, cell_line_id, LN_IC50; `network`: their predictions), never on test pairs."""
+    ridge = RidgePerDrug.fit_with_level(design)
+    val = val[["drug", "cell_line_id", "LN_IC50"]].assign(
+        network=np.asarray(network, dtype=np.float64),
+        ridge=ridge.predict(design.x, val["drug"], design.profile_of(val)))
+    return Stack.fit(ridge, design.train.groupby("drug")["LN_IC50"].mean().to_dict(), val)
+

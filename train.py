@@ -1,14 +1,15 @@
-"""Fit the regressor: Adam, early stopping on validation loss, best weights restored and saved.
+"""Fit the regressor: Adam, early stopping on validation loss, best weights restored.
 
 Targets are standardised with the training mean and sd (the loss is computed on that scale);
 reported losses are MSE in ln IC50 units. On CUDA the forward pass runs under bf16 autocast.
 
-A checkpoint is written every epoch (`last.pt`: model, optimiser, RNG states, epoch,
-early-stopping state) and `best.pt` whenever validation improves; `--resume` continues an
-interrupted run to the same result. Under `torchrun` the run is data-parallel
-(DistributedDataParallel; NCCL on GPUs, Gloo on CPUs): every rank draws the same shuffled global
-batch and takes its share, so N processes compute the same gradient as one; validation and test
-rows are split over the ranks and gathered; only rank 0 writes files (dist.py).
+Every epoch writes `last.pt` (model, optimiser, RNG states, epoch, early-stopping state and the
+best epoch's weights), from which `--resume` continues an interrupted run to the same result; the
+checkpoint `best.pt` is written once, when the predictor is complete (`Trained.save`). Under
+`torchrun` the run is data-parallel (DistributedDataParallel; NCCL on GPUs, Gloo on CPUs): every
+rank draws the same shuffled global batch and takes its share, so N processes compute the same
+gradient as one; validation and test rows are split over the ranks and gathered; only rank 0
+writes files (dist.py).
 
 The checkpoint (`Trained.state`, read back by `Trained.load`) holds what rebuilds the network
 and featurises new rows the same way: the model settings (nanoGPT's model_args) and the sizes the
@@ -32,22 +33,19 @@ from tqdm import tqdm
 
 import dist
 from common import PipelineError, atomic_path
-from config import Config, from_dict
+from config import Config, from_dict, stage_settings
 from data import gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
 from relative import DrugSpread
-from stack import Stack
+from stack import LEVEL, Stack
 from tokens import Features, TokenTable, drug_lookup, epoch_plan, loader
 
 log = logging.getLogger("ic50.train")
 
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way. Other settings may come and go without breaking it.
-MODEL_SETTINGS = ("value_kind", "gene_tokens", "top_k", "expr_embedding", "gene_dim", "d_model", "n_heads",
-                  "n_layers", "ff_dim", "head_dim", "dropout", "attn_dropout", "gene_dropout", "head",
-                  "ensemble", "pos_encoding", "drug_encoder", "smiles_model", "smiles_pooling",
-                  "morgan_bits", "batch_size")
+MODEL_SETTINGS = stage_settings("checkpoint")
 CHECKPOINT_FORMAT = 7
 
 
@@ -98,8 +96,7 @@ class Trained:
         dist.seed_everything(cfg.seed)
         vocab = table.vocabulary(rows["train"])
         smiles = sorted(set(drugs.values()))
-        vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, cfg.smiles_pooling,
-                                     cfg.morgan_bits)
+        vecs, encoder = encode_drugs(smiles, cfg.drug_encoder, cfg.smiles_model, n_bits=cfg.morgan_bits)
         tower = None
         if cfg.finetune_drug_encoder:
             if dist.world()[1] > 1:
@@ -110,7 +107,7 @@ class Trained:
                 raise PipelineError("--finetune-drug-encoder needs ChemBERTa, but it could not be "
                                     "loaded (see the warning above); fingerprints have nothing to "
                                     "fine-tune.")
-            tower = DrugTower(cfg.smiles_model, smiles, cfg.smiles_pooling).to(device)
+            tower = DrugTower(cfg.smiles_model, smiles).to(device)
         model = build_model(cfg, len(vocab) + 2, vecs.shape[1], len(smiles)).to(device)
         y_mean, y_std = label_scale(table.label, rows["train"])
         return cls(model, cfg, vocab, smiles, torch.from_numpy(vecs).to(device), encoder, y_mean, y_std,
@@ -142,8 +139,7 @@ class Trained:
             raise PipelineError(f"{len(new)} SMILES are new to this fine-tuned checkpoint; a "
                                 f"fine-tuned drug encoder predicts only the drugs it was trained with.")
         kind = self.drug_encoder.split(":")[0]
-        vecs, name = encode_drugs(new, kind, self.cfg.smiles_model, self.cfg.smiles_pooling,
-                                  self.cfg.morgan_bits)
+        vecs, name = encode_drugs(new, kind, self.cfg.smiles_model, n_bits=self.cfg.morgan_bits)
         if name != self.drug_encoder:
             raise PipelineError(f"new SMILES were encoded with {name}, but the model was trained on "
                                 f"{self.drug_encoder}; make that encoder available (--smiles-model).")
@@ -169,6 +165,46 @@ class Trained:
                 out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
         local = (np.concatenate(out) if out else np.zeros(0)) * self.y_std + self.y_mean
         return dist.gather(local, mine, len(feats))
+
+    def answer(self, drugs, network: np.ndarray, x: np.ndarray | None = None, rows: np.ndarray | None = None,
+               column: str = "ln_ic50") -> dict[str, np.ndarray]:
+        """The columns of every prediction, alike for a run's test pairs, a table and .h5ad groups:
+        ln IC50 (named `column`; with a stack, the blend, with the network's own prediction and
+        the interval beside it, where the ridge member's inputs x are given: standardised profiles,
+        `rows` the profile of each pair), then z, percentile and the interval in z against the
+        drug's training lines (where the checkpoint has them)."""
+        drugs = list(drugs)
+        out = {column: np.asarray(network, dtype=np.float64)}
+        if self.stack is not None and x is not None:
+            out = self.stack.columns(drugs, network, x, rows, column)
+        if self.spread is not None:
+            out.update(self.spread.columns(drugs, out[column], out.get("ln_ic50_low"),
+                                           out.get("ln_ic50_high")))
+        return out
+
+    def vectors(self) -> dict[str, np.ndarray]:
+        """Each known drug's vector, by name (what the classical baselines read of a drug)."""
+        return {d: self.drug_table[i].cpu().numpy() for d, i in self.rows_of(self.drugs).items()}
+
+    def record(self) -> dict:
+        """What a run's metrics.json keeps of the model: its drug encoder, size and training
+        history, and a stack's weights and interval calibration."""
+        out = {"drug_encoder": self.drug_encoder, "best_epoch": self.best_epoch,
+               "epochs_run": len(self.history), "parameters": count_parameters(self.model),
+               "history": self.history}
+        if self.stack is not None:
+            out["stack"] = {"weights": self.stack.weights.tolist(), "floor": self.stack.floor,
+                            "scale": self.stack.scale, "level": LEVEL}
+        return out
+
+    def save(self, path: Path) -> None:
+        """The checkpoint, written once and atomically by rank 0 when the predictor is complete,
+        with the best epoch and its validation MSE for the reader."""
+        if dist.is_main():
+            best = [h["val_mse"] for h in self.history if h["epoch"] == self.best_epoch]
+            with atomic_path(path) as tmp:
+                torch.save({**self.state(), "epoch": self.best_epoch,
+                            "val_mse": best[0] if best else None}, tmp)
 
     def state(self) -> dict:
         """What best.pt holds: tensors, numbers, strings and lists only, so that a checkpoint
@@ -205,20 +241,20 @@ class Trained:
         model = build_model(cfg, **state["sizes"])
         model.load_state_dict(state["model"])
         tower = None
-        if state.get("tower") is not None:
-            tower = DrugTower(cfg.smiles_model, state["smiles"], cfg.smiles_pooling)
+        if state["tower"] is not None:
+            tower = DrugTower(cfg.smiles_model, state["smiles"])
             tower.load_state_dict(state["tower"])
             tower.to(device)
-        reference = state.get("reference")
+        reference = state["reference"]
         if reference is not None:
             reference = {"mean": np.asarray(reference["mean"], dtype=np.float64),
                          "sd": np.asarray(reference["sd"], dtype=np.float64),
                          "profiles": int(reference["profiles"])}
         return cls(model.to(device), cfg, np.asarray(state["vocab"]), list(state["smiles"]),
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"], state["y_std"],
-                   drugs=dict(state.get("drugs") or {}), genes=state.get("genes"), reference=reference,
-                   tower=tower, stack=Stack.from_state(state["stack"]) if state.get("stack") else None,
-                   spread=DrugSpread.from_state(state["spread"]) if state.get("spread") else None)
+                   drugs=dict(state["drugs"]), genes=state["genes"], reference=reference, tower=tower,
+                   stack=Stack.from_state(state["stack"]) if state["stack"] else None,
+                   spread=DrugSpread.from_state(state["spread"]) if state["spread"] else None)
 
 
 def arrays_state(part: Stack | DrugSpread | None) -> dict | None:
@@ -226,14 +262,6 @@ def arrays_state(part: Stack | DrugSpread | None) -> dict | None:
     if part is None:
         return None
     return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in part.state().items()}
-
-
-def save_stack(path: Path, stack: Stack) -> None:
-    """A checkpoint with its stack added (fitted once training has ended)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state["stack"] = arrays_state(stack)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def label_scale(label: np.ndarray, rows: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
@@ -257,9 +285,9 @@ def label_scale(label: np.ndarray, rows: np.ndarray, chunk: int = 1 << 20) -> tu
 RECORDED_LATER = {"value_kind": "counts", "tokens": "top_k", "top_k": 64, "expr_embedding": "linear",
                   "pos_encoding": "sinusoidal", "dropout": 0.1, "head": "shared"}
 # The model settings formats 2-4 kept (format 1 kept every setting, under `config`)
-FORMAT_4_SETTINGS = {*MODEL_SETTINGS, "tokens", "target"} - {"gene_tokens"}
+FORMAT_4_SETTINGS = {*MODEL_SETTINGS, "tokens", "target", "smiles_pooling"} - {"gene_tokens"}
 # Settings since removed, with the one value a checkpoint may have used them at
-REMOVED = {"target": "ln_ic50"}
+REMOVED = {"target": "ln_ic50", "smiles_pooling": "mean"}
 
 
 def upgrade(state: dict, source: str) -> dict:
@@ -274,7 +302,8 @@ def upgrade(state: dict, source: str) -> dict:
     6: a bulk reference's stack (the network blended with one ridge per drug, and its interval);
     earlier formats have none and predict with the network alone. 7: each drug's ln IC50 over its
     training lines (`spread`), for relative sensitivity; earlier formats have none and give ln IC50
-    alone."""
+    alone. Any format: settings since removed are dropped where they held the one value that
+    remains, and refused by name where not."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "
@@ -284,11 +313,6 @@ def upgrade(state: dict, source: str) -> dict:
         state["model_args"] = {k: v for k, v in state["config"].items() if k in FORMAT_4_SETTINGS}
     if fmt < 5:
         args = {**RECORDED_LATER, **state["model_args"]}
-        for name, allowed in REMOVED.items():
-            value = args.pop(name, allowed)
-            if value != allowed:
-                raise PipelineError(f"'{source}' was trained with {name}={value!r}, a setting this version "
-                                    f"no longer has (only {name}={allowed!r} remains); retrain it.")
         if args.get("pos_encoding") == "rotary":
             raise PipelineError(f"'{source}' was trained with pos_encoding='rotary', which this version no "
                                 f"longer has; retrain it.")
@@ -304,6 +328,19 @@ def upgrade(state: dict, source: str) -> dict:
         state["model"] = model
         state["sizes"] = {"n_tokens": state["n_tokens"], "drug_dim": state["drug_dim"],
                           "n_drug_heads": 0 if heads is None else int(heads.shape[0])}
+    args = dict(state["model_args"])
+    for name, allowed in REMOVED.items():
+        value = args.pop(name, allowed)
+        if value != allowed:
+            raise PipelineError(f"'{source}' was trained with {name}={value!r}, a setting this version "
+                                f"no longer has (only {name}={allowed!r} remains); retrain it.")
+    state["model_args"] = args
+    if state["model_args"].get("value_kind") == "auto":   # saved before the run resolved it
+        state["model_args"] = {**state["model_args"], "value_kind": "counts"}
+    if not state.get("drugs"):   # before format 3: no names; a drug is asked for by its SMILES
+        state["drugs"] = {s: s for s in state["smiles"]}
+    for part in ("genes", "reference", "tower", "stack", "spread"):   # parts later formats added
+        state.setdefault(part, None)
     return state
 
 
@@ -314,10 +351,7 @@ def model_config(args: dict, source: str) -> Config:
     unknown = sorted(set(args) - known)
     if unknown:
         log.warning("checkpoint %s: setting(s) %s unknown to this version, ignored", source, unknown)
-    cfg = from_dict({k: v for k, v in args.items() if k in known}, source)
-    if cfg.value_kind == "auto":
-        cfg.value_kind = "counts"
-    return cfg
+    return from_dict({k: v for k, v in args.items() if k in known}, source)
 
 
 # ----------------------------------------------------------------------------- training
@@ -364,6 +398,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = np.random.default_rng(cfg.seed)
         self.epoch, self.best, self.best_epoch, self.waited = 0, float("inf"), 0, 0
+        self.best_weights: dict | None = None   # the best epoch's model (and tower), on the CPU
 
     # -- resumable state
 
@@ -374,7 +409,8 @@ class Trainer:
         rng = dist.all_gather(rng_state(self.gen)) if self.size > 1 else rng_state(self.gen)
         return {"model": t.model.state_dict(), "tower": t.tower.state_dict() if t.tower else None,
                 "optimizer": self.opt.state_dict(), "rng": rng, "epoch": self.epoch, "best": self.best,
-                "best_epoch": self.best_epoch, "waited": self.waited, "history": t.history}
+                "best_epoch": self.best_epoch, "waited": self.waited, "history": t.history,
+                "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict) -> None:
         t = self.trained
@@ -386,12 +422,14 @@ class Trainer:
         set_rng_state(self.gen, rng[self.rank] if isinstance(rng, list) else rng)
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.waited, t.history = state["waited"], state["history"]
+        self.best_weights = state.get("best_weights")
 
     # -- the loop
 
     def fit(self, resume: bool = False) -> Trained:
-        """Epochs until early stopping; best.pt whenever validation improves, last.pt every epoch;
-        the best weights restored at the end."""
+        """Epochs until early stopping, last.pt every epoch (with the best epoch's weights); the
+        best weights restored at the end. The checkpoint itself is the caller's to write
+        (Trained.save), once the predictor is complete."""
         t0 = time.perf_counter()
         last = self.run_dir / "last.pt"
         if resume and last.exists():
@@ -457,18 +495,20 @@ class Trainer:
         self.epoch = epoch
         if val_mse < self.best:
             self.best, self.best_epoch, self.waited = val_mse, epoch, 0
-            self._save("best.pt", {**self.trained.state(), "epoch": epoch, "val_mse": val_mse})
+            t = self.trained
+            cpu = lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}  # noqa: E731
+            self.best_weights = {"model": cpu(t.model), "tower": cpu(t.tower) if t.tower else None}
         else:
             self.waited += 1
         state = self.state_dict()
         self._save("last.pt", {**self.trained.state(), **state})
 
     def _restore_best(self) -> None:
-        dist.barrier()   # rank 0 has written best.pt
-        state = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
-        self.trained.model.load_state_dict(state["model"])
-        if self.trained.tower is not None:
-            self.trained.tower.load_state_dict(state["tower"])
+        """Every rank holds the same best weights: validation is gathered, so all saw one best."""
+        if self.best_weights is not None:
+            self.trained.model.load_state_dict(self.best_weights["model"])
+            if self.trained.tower is not None:
+                self.trained.tower.load_state_dict(self.best_weights["tower"])
         self.trained.best_epoch = self.best_epoch
 
     def _save(self, name: str, state: dict) -> None:

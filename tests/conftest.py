@@ -210,3 +210,20 @@ def groups_path(tmp_path: Path) -> Path:
     path = tmp_path / "merged.parquet"
     pq.write_table(merged_table(n_drugs=6, n_lines=8, cells_per_pair=3), path)
     return path
+
+
+def reference_lines(seed: int = 0):
+    """Profiles of 60 lines x 30 genes and labels of 4 drugs that read two of the genes; lines
+    0-39 train, 40-49 validate, 50-59 test."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(60, 30))
+    lines = [f"L{i}" for i in range(60)]
+    rows = [(f"d{k}", lines[i], float(k + x[i, k] - 0.5 * x[i, k + 1] + 0.3 * rng.normal()))
+            for k in range(4) for i in range(60)]
+    keys = pd.DataFrame(rows, columns=["drug", "cell_line_id", "LN_IC50"])
+    profiles = pa.table({"cell_line_id": lines,
+                         "genes": pa.array([list(range(3, 33))] * 60, pa.list_(pa.int32())),
+                         "expressions": pa.array(x.astype(np.float32).tolist(), pa.list_(pa.float32()))})
+    part = np.where(keys["cell_line_id"].str[1:].astype(int) < 40, "train",
+                    np.where(keys["cell_line_id"].str[1:].astype(int) < 50, "val", "test"))
+    return keys, profiles, part

@@ -61,7 +61,15 @@ def test_data_flag_trains_on_a_hand_built_merged_table(tmp_path):
     pq.write_table(merged_table(n_drugs=4, n_lines=6), path)
     assert main.main(["--data", str(path), "--out", str(tmp_path / "run"), *FAST]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["parts"]["test"]["cells"] > 0
+    split = pd.read_parquet(tmp_path / "run" / "split.parquet")
+    pairs = {p: set(zip(g["drug"], g["cell_line_id"])) for p, g in split.groupby("part")}
+    assert len(split) == 4 * 6 * 5 and not pairs["test"] & (pairs["train"] | pairs["val"])  # pair split
+    for part in ("train", "val", "test"):   # every row of the user's table in one part, counted right
+        rows = split[split["part"] == part]
+        assert metrics["parts"][part] == {"cells": len(rows), "pairs": len(pairs[part]),
+                                          "drugs": rows["drug"].nunique(),
+                                          "cell_lines": rows["cell_line_id"].nunique()}
+    assert metrics["test"]["n"] == metrics["parts"]["test"]["cells"]
     assert not (tmp_path / "run" / "merged.parquet").exists()  # the user's table is not copied
 
 
@@ -119,12 +127,31 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path, caplog):
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.e2e
-def test_help_explains_every_option():
-    r = cli("--help")
-    assert r.returncode == 0
-    for f in config.fields(config.Config):
-        assert "--" + f.name.replace("_", "-") in r.stdout
+def test_every_setting_given_as_a_flag_reaches_the_run_and_its_config_yaml(tmp_path):
+    argv, want = [], {}
+    for f in config.fields(config.Config):   # a value other than the default, of the setting's type
+        choices, default, kind = f.metadata.get("choices"), f.default, config._field_type(f)
+        if choices:
+            value = next(c for c in choices if c != default)
+        elif kind is bool:
+            value = not default
+        elif kind is int:
+            value = (default or 0) + 2
+        elif kind is float:
+            value = (default or 0) / 2 + 0.125
+        elif config.get_origin(kind) is list:
+            value = [3, 4]
+        else:
+            value = f"x_{f.name}"
+        want[f.name] = value
+        flag = "--" + f.name.replace("_", "-")
+        argv += [flag] if kind is bool else [flag, *map(str, value if isinstance(value, list) else [value])]
+    args = main.parse_args(argv)
+    got = {f.name: getattr(args, f.name) for f in config.fields(config.Config)}
+    assert got == want                                          # parsed to the setting's type
+    cfg = config.from_dict(got, "command line")
+    config.save_yaml(cfg, tmp_path / "config.yaml")             # what the run keeps reads back the same
+    assert config.from_dict(config.load_yaml(tmp_path / "config.yaml"), "config.yaml") == cfg
 
 
 def test_yaml_settings_are_overridden_by_flags(tmp_path):

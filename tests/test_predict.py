@@ -153,6 +153,11 @@ def test_predict_encodes_drugs_the_checkpoint_has_not_seen(tmp_path, table_path)
                       "--data", str(tmp_path / "new.parquet")]) == 0
     out = pd.read_parquet(tmp_path / "new_predictions.parquet")
     assert len(out) == 12 and out["prediction"].notna().all()
+    # drug4 and drug5 are new: each line's prediction for them is their own, not a known drug's
+    by = out.pivot(index="cell_line_id", columns="drug", values="prediction")
+    for new in ("drug4", "drug5"):
+        for known in ("drug0", "drug1", "drug2", "drug3"):
+            assert not np.allclose(by[new], by[known], atol=1e-6), (new, known)
 
 
 @pytest.mark.e2e
