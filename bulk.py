@@ -406,7 +406,7 @@ def prepare(expression: str, smiles_table: str | None, kind: str, model_list: st
     if not smiles_table:
         raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
                             "drug's structure (GDSC's own files hold none).")
-    ref = build(read_matrix(expression), gdsc, drugs.read_smiles_table(smiles_table), value_kind(kind),
+    ref = build(read_matrix(expression), gdsc, drugs.read_smiles_table(smiles_table), kind,
                 load_model_list(model_list) if model_list else None)
     return write(ref, out)
 
@@ -427,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.expression:
         raise PipelineError("pass the expression matrix with --expression.")
     combined, _ = gdsc.combine(cfg.gdsc1, cfg.gdsc2, cfg.ic50_average)
-    path = prepare(cfg.expression, cfg.smiles_table, cfg.value_kind, cfg.identifier_tables()[1], combined,
-                   Path(args.out))
+    path = prepare(cfg.expression, cfg.smiles_table, value_kind(cfg.value_kind), cfg.identifier_tables()[1],
+                   combined, Path(args.out))
     log.info("wrote the reference %s (and its profiles beside it)", path)
     return 0
 

@@ -306,10 +306,16 @@ def distinct(keys: pa.Table, cols: list[str]) -> pd.DataFrame:
     return plain(keys.select(cols).take(pa.array(np.sort(first)))).to_pandas()
 
 
+def key_columns(keys: pa.Table, rows: np.ndarray | None = None) -> pa.Table:
+    """What every prediction output repeats of its rows (all, or these): drug, cell_line_id,
+    dose_uM (where there is one) and LN_IC50 (where labelled), as plain columns."""
+    keys = keys.select([c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names])
+    return plain(keys if rows is None else keys.take(pa.array(rows)))
+
+
 def key_rows(keys: pa.Table, rows: np.ndarray) -> pd.DataFrame:
-    """Some rows of the keys as a frame: drug, cell_line_id, dose_uM (where there is one), LN_IC50."""
-    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
-    return plain(keys.select(cols).take(pa.array(rows))).to_pandas()
+    """Some rows of key_columns as a frame."""
+    return key_columns(keys, rows).to_pandas()
 
 
 def pair_labels(keys: pa.Table, rows: np.ndarray, pair: np.ndarray | None = None) -> pd.DataFrame:

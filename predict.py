@@ -94,8 +94,7 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
                             f"{kind} values; give it a table of the same kind.")
     feats, keys = table_features(trained, Path(path))
     pred = trained.predict(feats)
-    cols = [c for c in ("drug", "cell_line_id", "dose_uM", "LN_IC50") if c in keys.column_names]
-    result = data.plain(keys.select(cols))
+    result = data.key_columns(keys)
     has_spread(trained)
     x = (trained.stack.inputs(dense_values(feats.table, trained.vocab), trained.vocab)
          if trained.stack is not None else None)   # a bulk reference's predictor: blended, with intervals
