@@ -22,6 +22,11 @@ os.umask(_UMASK)
 CONTROL = "DMSO_TF"  # Tahoe-100M's control, matched by exact name: "Trametinib (DMSO_TF solvate)" is a drug
 
 
+def cache_dir() -> Path:
+    """Where downloads and ready references live: $IC50_CACHE, else ~/.cache/ic50."""
+    return Path(os.environ.get("IC50_CACHE") or Path.home() / ".cache" / "ic50")
+
+
 class PipelineError(Exception):
     """A problem with the user's input or settings; main.py prints it as one paragraph, no traceback."""
 

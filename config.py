@@ -135,7 +135,9 @@ class Config:
                      "pair is also in training; kept only for comparison).", SPLITS, group="split")
     val_frac: float = opt(0.1, "Fraction of groups for validation (early stopping).", group="split")
     test_frac: float = opt(0.1, "Fraction of groups held out for the test, in a single split (with "
-                           "--folds K each fold holds out 1/K instead; giving both is refused).",
+                           "--folds K each fold holds out 1/K instead; giving both is refused). 0: "
+                           "no test, every group but the validation ones trains (a model built for "
+                           "use; `main.py reference` scores its settings by --cv instead).",
                            group="split")
     seed: int = opt(0, "Seed for sampling, the split, initialisation and batch order.",
                     group="split", stages="downsample")
@@ -232,8 +234,8 @@ class Config:
             (self.num_workers >= 1 and self.num_shards >= 1, "num_workers and num_shards must be >= 1"),
             (self.num_shards == 1 or self.parts_dir, "an array task (num_shards > 1) needs "
              "--parts-dir, shared with the run that combines"),
-            (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
-             "val_frac and test_frac must be positive and sum to less than 1"),
+            (0 < self.val_frac and 0 <= self.test_frac and self.val_frac + self.test_frac < 1,
+             "val_frac must be positive, test_frac at least 0, and they must sum to less than 1"),
             (self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"),
             (self.top_k >= 0, "top_k must be at least 0 (0: every gene the cell expresses)"),
             (self.epochs >= 1 and self.patience >= 1 and self.batch_size >= 1,

@@ -400,7 +400,8 @@ def make_split(keys: pa.Table | pd.DataFrame, mode: str, seed: int, *, val_frac:
     """train/val/test per row; whole groups go to one part, with a seeded shuffle of the groups.
 
     With n_folds >= 2 the shuffled groups are cut into n_folds folds: fold `fold` is the test
-    set, and `val_frac` of all groups, taken from the other folds, the validation set.
+    set, and `val_frac` of all groups, taken from the other folds, the validation set. With
+    test_frac 0 nothing is held out for the test (a model built for use, scored elsewhere).
     """
     if mode not in GROUP_COLUMNS:
         raise PipelineError(f"unknown split {mode!r}; expected one of {list(GROUP_COLUMNS)}.")
@@ -417,7 +418,7 @@ def make_split(keys: pa.Table | pd.DataFrame, mode: str, seed: int, *, val_frac:
         chunks = np.array_split(perm, n_folds)
         perm = np.concatenate([chunks[fold]] + [c for i, c in enumerate(chunks) if i != fold])
         test_frac = len(chunks[fold]) / n_groups
-    n_test = max(1, int(round(test_frac * n_groups)))
+    n_test = max(1, int(round(test_frac * n_groups))) if test_frac > 0 else 0
     n_val = max(1, int(round(val_frac * n_groups)))
     part_of_group = np.empty(n_groups, dtype=object)
     part_of_group[perm[:n_test]] = "test"

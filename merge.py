@@ -76,8 +76,9 @@ def _split(text) -> list[str]:
 
 
 def load_compounds(path: str | Path) -> pd.DataFrame:
-    """GDSC compounds -> name, synonyms, cids. Accepts the cancerrxgene compounds export
-    (Name, Synonyms, PubCHEM) or screened_compounds_rel_8.5.csv (DRUG_NAME, SYNONYMS; no CIDs)."""
+    """GDSC compounds -> name, synonyms, cids, and target and pathway where the file has them.
+    Accepts the cancerrxgene compounds export (Name, Synonyms, Targets, Target pathway, PubCHEM)
+    or screened_compounds_rel_8.5.csv (DRUG_NAME, SYNONYMS, TARGET, TARGET_PATHWAY; no CIDs)."""
     df = _read_csv(path, "GDSC compounds file")
     cols = {c.lower().replace(" ", "_"): c for c in df.columns}
     name, syn, cid = cols.get("name") or cols.get("drug_name"), cols.get("synonyms"), cols.get("pubchem")
@@ -85,11 +86,16 @@ def load_compounds(path: str | Path) -> pd.DataFrame:
         raise PipelineError(f"GDSC compounds file '{path}' has no 'Name' or 'DRUG_NAME' column; "
                             f"columns are {list(df.columns)}.")
     empty = [[] for _ in range(len(df))]
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "name": df[name].str.strip(),
         "synonyms": df[syn].map(_split) if syn else empty,
         # PubCHEM holds one CID, several comma-separated, or words such as 'none' / 'several'
         "cids": df[cid].map(lambda t: [int(x) for x in _split(t) if x.isdigit()]) if cid else empty})
+    target, pathway = cols.get("targets") or cols.get("target"), cols.get("target_pathway")
+    if target:   # what `main.py reference --gdsc-compounds` annotates its drugs with
+        out["target"] = df[target].str.strip()
+        out["pathway"] = df[pathway].str.strip() if pathway else ""
+    return out
 
 
 # DepMap's Model.csv names the same identifiers otherwise

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from tqdm import tqdm
 
+import bulk
 import data
 import drugs as drugs_mod
 import h5ad
@@ -190,6 +191,48 @@ def predict_profiles(trained: Trained, values: np.ndarray, drug_rows: list[int])
     return pred.reshape(len(values), len(drug_rows))
 
 
+# ----------------------------------------------------------------------------- bulk samples
+
+MATRIX_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+
+
+def is_sample_matrix(path: str | Path) -> bool:
+    """A plain matrix of samples x genes (the layouts --expression reads), not a table of the
+    project's contract: a text table, or a parquet file that neither holds the merged table's
+    genes and expressions lists nor names a reference's profiles."""
+    name = str(path).lower()
+    if name.endswith(MATRIX_SUFFIXES):
+        return True
+    if name.endswith((".parquet", ".pq")) and Path(path).exists():
+        try:
+            schema = pq.read_schema(path)
+        except pa.ArrowInvalid as e:
+            raise PipelineError(f"'{path}' is not a readable parquet file: {e}") from e
+        return not ({"genes", "expressions"} <= set(schema.names)
+                    or data.PROFILES_KEY.encode() in (schema.metadata or {}))
+    return False
+
+
+def predict_matrix(trained: Trained, path: str | Path, out: Path, **options) -> dict:
+    """Bulk samples (RNA-seq TPM or counts, microarray; one row per sample, or genes as rows):
+    each sample is a group of one, predicted exactly as an .h5ad's group (predict_h5ad, through
+    a temporary .h5ad of the samples; obs 'sample')."""
+    if options.get("groupby"):
+        raise PipelineError(f"'{path}' is a matrix of samples: each sample is its own group, so "
+                            f"--groupby does not apply.")
+    matrix = bulk.read_matrix(path)
+    log.info("'%s': %d samples x %d genes (%s)", Path(path).name, len(matrix.lines), len(matrix.genes),
+             matrix.layout)
+    obs = pd.DataFrame({"sample": matrix.lines}, index=pd.Index(matrix.lines, dtype=object))
+    samples = anndata.AnnData(X=sparse.csr_matrix(matrix.values.astype(np.float32)), obs=obs,
+                              var=pd.DataFrame(index=pd.Index(matrix.genes, dtype=object)))
+    stem = Path(Path(path).name.removesuffix(".gz")).stem
+    with tempfile.TemporaryDirectory(prefix=".samples-") as tmp:
+        logging.getLogger("anndata").setLevel(logging.WARNING)
+        samples.write_h5ad(Path(tmp) / f"{stem}.h5ad")
+        return predict_h5ad(trained, Path(tmp) / f"{stem}.h5ad", out, **{**options, "groupby": "sample"})
+
+
 # ----------------------------------------------------------------------------- .h5ad files
 
 @dataclass
@@ -206,12 +249,14 @@ class Query:
 def predict_h5ad(trained: Trained, path: str | Path, out: Path, *, drugs: list[str] | None = None,
                  smiles_csv: str | None = None, groupby: str | None = None, layer: str | None = None,
                  gene_column: str | None = None, gene_table: pd.DataFrame | None = None,
-                 min_fraction: float = 0.5, block_cells: int = 8192, rank_by: str = "z") -> dict:
+                 min_fraction: float = 0.5, block_cells: int = 8192, rank_by: str = "z",
+                 annotations: pd.DataFrame | None = None, extras: list[Path] = ()) -> dict:
     """Predicted ln IC50 for every cell x drug of an .h5ad, written into `out` (a new directory,
     which appears only once everything is written): a copy of the file with obsm['ln_ic50'] (and
     obsm['ln_ic50_z']), predictions.parquet, ranking.csv (each group's drugs by z, or by ln IC50
-    with rank_by='ln_ic50'), general_sensitivity.csv (each group's mean z, apart from the
-    ranking) and ranking_heatmap.png."""
+    with rank_by='ln_ic50'; with `annotations`, each drug's target and pathway), general_sensitivity.csv
+    (each group's mean z, apart from the ranking), ranking_heatmap.png, and copies of `extras`
+    (a reference's card)."""
     t0 = time.perf_counter()
     if rank_by not in RANK_BY:
         raise PipelineError(f"--rank-by {rank_by!r}: expected one of {list(RANK_BY)}.")
@@ -231,6 +276,11 @@ def predict_h5ad(trained: Trained, path: str | Path, out: Path, *, drugs: list[s
                 preds, ranking = _predict_cells(trained, q, work, block_cells, rank_by)
             shutil.copyfile(h.path, work / h.path.name)
             _annotate(work / h.path.name, preds, list(q.drugs), trained.spread)
+            if annotations is not None:   # a drug the annotations lack gets empty fields
+                ranking = ranking.merge(annotations[["drug", "target", "pathway"]], on="drug", how="left")
+                ranking[["target", "pathway"]] = ranking[["target", "pathway"]].fillna("")
+            for extra in extras:
+                shutil.copyfile(extra, work / Path(extra).name)
             with atomic_path(work / "ranking.csv") as tmp:
                 ranking.to_csv(tmp, index=False)
             general = general_sensitivity(ranking, bulk=is_bulk(trained))

