@@ -104,17 +104,41 @@ def normalised_pcc(y: np.ndarray, pred: np.ndarray, mean_effects: np.ndarray) ->
     return float(stats.pearsonr(a, b)[0])
 
 
-def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, widest: int = 10) -> dict:
-    """How many test pairs the intervals hold: overall, and for the `widest` drugs with the widest
-    intervals (on average), each named."""
-    df = test[["drug", "LN_IC50"]].assign(inside=(test["LN_IC50"].to_numpy() >= low)
-                                          & (test["LN_IC50"].to_numpy() <= high), width=high - low)
+def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, train: pd.DataFrame,
+                      scales: dict[str, float] | None = None, level: float = 0.9, widest: int = 10,
+                      min_pairs: int = 10) -> dict:
+    """How many test pairs the intervals hold and how sharp they are: coverage overall, mean width
+    and its ratio to the naive interval (the drug's own 5-95% range over its training pairs:
+    what knowing the drug alone gives), the share of drugs (with `min_pairs` test pairs or more)
+    covered within 80-97%, and the `widest` drugs with the widest intervals, each named. With the
+    quantile of each level (`scales`: level -> q, every level in one unit; the bounds are those of
+    `level`), the observed coverage at each nominal level: the calibration. Pairs without an
+    interval (NaN bounds: a drug the predictor has none for) are counted apart, never covered."""
+    has = np.isfinite(low) & np.isfinite(high)
+    if not has.any():   # e.g. every test drug new to the predictor: no interval, no coverage to claim
+        return {"coverage": None, "mean_width": None, "pairs_without_interval": int(len(has)),
+                "coverage_widest": None, "widest_drugs": []}
+    y = test["LN_IC50"].to_numpy()
+    df = test[["drug", "LN_IC50"]].assign(inside=(y >= low) & (y <= high), width=high - low)[has]
     by = df.groupby("drug").agg(coverage=("inside", "mean"), width=("width", "mean"),
                                 pairs=("inside", "size"))
     top = by.sort_values("width", ascending=False).head(widest)
-    return {"coverage": float(df["inside"].mean()), "mean_width": float(df["width"].mean()),
-            "coverage_widest": float(df[df["drug"].isin(top.index)]["inside"].mean()),
-            "widest_drugs": [{"drug": d, **{k: float(v) for k, v in r.items()}} for d, r in top.iterrows()]}
+    q = train.groupby("drug")["LN_IC50"].quantile([0.05, 0.95]).unstack()
+    naive_low, naive_high = df["drug"].map(q[0.05]).to_numpy(), df["drug"].map(q[0.95]).to_numpy()
+    naive = df["LN_IC50"].between(naive_low, naive_high)
+    enough = by[by["pairs"] >= min_pairs]
+    out = {"coverage": float(df["inside"].mean()), "mean_width": float(df["width"].mean()),
+           "naive_width": float(np.nanmean(naive_high - naive_low)), "naive_coverage": float(naive.mean()),
+           "drugs_within_80_97": float(enough["coverage"].between(0.80, 0.97).mean()),
+           "pairs_without_interval": int((~has).sum()),
+           "coverage_widest": float(df[df["drug"].isin(top.index)]["inside"].mean()),
+           "widest_drugs": [{"drug": d, **{k: float(v) for k, v in r.items()}} for d, r in top.iterrows()]}
+    out["width_ratio"] = out["mean_width"] / out["naive_width"]
+    if scales:
+        centre, half = (low[has] + high[has]) / 2, (high[has] - low[has]) / 2
+        err, unit = np.abs(df["LN_IC50"].to_numpy() - centre), half / scales[str(level)]
+        out["calibration"] = {k: float((err <= q * unit).mean()) for k, q in scales.items()}
+    return out
 
 
 def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray, *,
@@ -166,6 +190,28 @@ def plot_pairs(pred: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_calibration(calibration: dict, path: Path) -> None:
+    """Nominal against observed coverage of the intervals at each calibrated level (on the
+    diagonal: as promised; below it: they hold fewer pairs than they say)."""
+    nominal = [float(k) for k in calibration]
+    observed = [_value(v) for v in calibration.values()]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="as promised")
+    ax.plot(nominal, observed, "o-", label="test pairs")
+    for x, y in zip(nominal, observed):
+        ax.annotate(f"{100 * y:.1f}%", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed coverage")
+    ax.set_title("Interval calibration")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def plot_per_drug(metrics: dict, path: Path) -> None:
@@ -321,11 +367,28 @@ def interval_text(metrics: dict) -> list[str]:
     if not iv:
         return []
     level = 100 * _value(iv["level"])   # a run's level, or the same level's mean over runs
+    if _value(iv.get("coverage")) is None:
+        n = _value(iv["pairs_without_interval"])
+        return ["", "## Intervals", "", f"No test pair has an interval ({n:.0f} pairs): an interval is "
+                f"calibrated for the drugs the predictor was trained on, and "
+                f"every test drug is new to it, so no coverage is claimed."]
     lines = ["", "## Intervals", "",
-             f"{level:.0f}% intervals (the spread of the network and the ridge member, scaled "
-             f"on the validation lines so that {level:.0f}% of their pairs fall inside) hold "
-             f"**{_pct(iv['coverage'])}** of the test pairs, with a mean width of {_fmt(iv['mean_width'])} "
-             f"(ln IC50); in the 10 drugs with the widest intervals, {_pct(iv['coverage_widest'])}."]
+             f"{level:.0f}% intervals (each drug's sd over its training lines, times the quantile that "
+             f"puts {level:.0f}% of the validation pairs inside) hold **{_pct(iv['coverage'])}** of the "
+             f"test pairs, with a mean width of {_fmt(iv['mean_width'])} (ln IC50): "
+             f"**{_fmt(iv.get('width_ratio'))}** of the naive interval's width, the drug's own 5-95% "
+             f"range over its training lines ({_fmt(iv.get('naive_width'))}, holding "
+             f"{_pct(iv.get('naive_coverage'))}). "
+             f"Drugs covered within 80-97% (drugs with 10 test pairs or more): "
+             f"{_pct(iv.get('drugs_within_80_97'))}; in the 10 drugs with the widest intervals, "
+             f"{_pct(iv['coverage_widest'])}."]
+    if _value(iv.get("pairs_without_interval")):
+        lines.append(f"{_value(iv['pairs_without_interval']):.0f} test pairs have no interval (a drug "
+                     f"without a ridge member or training spread) and are not counted.")
+    if iv.get("calibration"):
+        lines += ["", "| nominal | observed |", "|---|---|"]
+        lines += [f"| {100 * float(k):.0f}% | {_pct(v)} |" for k, v in iv["calibration"].items()]
+        lines += ["", "![calibration](calibration.png)"]
     if metrics.get("interval_drugs"):
         lines += ["", "| drug | mean width | coverage | test pairs |", "|---|---|---|---|"]
         lines += [f"| {d['drug']} | {d['width']:.2f} | {100 * d['coverage']:.0f}% | {d['pairs']:.0f} |"
@@ -425,8 +488,12 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:16s}{num(m['mse'])}{num(m['pcc'])}{num(m['scc'])}  {num(m['pairs']['pcc'])}"
                      f"  {num(m['per_drug']['pcc'])}  {num(m.get('normalised_pcc'))}"
                      + (f"   {num(pl.get('z_spearman'))}{num(pl.get('top_precision'))}" if per_line else ""))
-    if result.get("interval"):
-        lines.append(f"90% intervals hold {_pct(result['interval']['coverage'])} of the test pairs")
+    iv = result.get("interval")
+    if iv and _value(iv.get("coverage")) is not None:
+        lines.append(f"90% intervals hold {_pct(iv['coverage'])} of the test pairs, at "
+                     f"{_value(iv['width_ratio']):.2f} of the width of the drug's own 5-95% range")
+    elif iv:
+        lines.append("no test pair has an interval (every test drug is new to the predictor)")
     return "\n".join(lines)
 
 
@@ -453,7 +520,8 @@ def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run
     metrics = {**{k: v for k, v in run.items() if k not in ("history", "stack")}, **result,
                "history": run["history"]}
     if "ln_ic50_low" in preds:
-        interval = interval_coverage(preds, preds["ln_ic50_low"].to_numpy(), preds["ln_ic50_high"].to_numpy())
+        interval = interval_coverage(preds, preds["ln_ic50_low"].to_numpy(), preds["ln_ic50_high"].to_numpy(),
+                                     train_pairs, run["stack"].get("scales"), run["stack"]["level"])
         metrics["interval"] = {"level": run["stack"]["level"],
                                **{k: v for k, v in interval.items() if k != "widest_drugs"}}
         metrics["interval_drugs"] = interval["widest_drugs"]
@@ -463,6 +531,8 @@ def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run
     plot_loss(run["history"], run["best_epoch"], run_dir / "loss_curve.png")
     plot_pairs(preds, run_dir / "pred_vs_measured.png", f"test pairs, {run['split']} split")
     plot_per_drug(metrics, run_dir / "per_drug_pearson.png")
+    if metrics.get("interval", {}).get("calibration"):
+        plot_calibration(metrics["interval"]["calibration"], run_dir / "calibration.png")
     write_report(run_dir, metrics)
     return metrics
 
@@ -475,5 +545,7 @@ def report_runs(results: dict[str, dict], work: Path, *, seeds: list[int], folds
                            for k, v in results.items()}}
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, work / "metrics.json")
+    if metrics.get("interval", {}).get("calibration"):
+        plot_calibration(metrics["interval"]["calibration"], work / "calibration.png")
     write_report(work, metrics, runs=list(results))
     return metrics

@@ -41,6 +41,7 @@ import data
 import drugs as drugs_mod
 import h5ad
 from common import PipelineError, atomic_path, write_parquet
+from stack import LEVEL
 from tokens import Features, TokenTable, cell_tokens, vocab_index
 from train import Trained
 
@@ -99,6 +100,8 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     has_spread(trained)
     x = (trained.stack.inputs(dense_values(feats.table, trained.vocab), trained.vocab)
          if trained.stack is not None else None)   # a bulk reference's predictor: blended, with intervals
+    if trained.stack is not None:
+        log.info("%s", trained.stack.interval)
     for name, column in trained.answer(result["drug"].to_pylist(), pred, x, feats.table.profiles(feats.rows),
                                        column="prediction").items():
         result = result.append_column(name, pa.array(column))
@@ -154,7 +157,7 @@ def quantiles(values: np.ndarray, found: np.ndarray, reference: dict) -> np.ndar
     return out
 
 
-def align(values: np.ndarray, found: np.ndarray, reference: dict) -> np.ndarray:
+def align(values: np.ndarray, found: np.ndarray, reference: dict, centre: bool | None = None) -> np.ndarray:
     """Profiles from another platform brought into a bulk model's training domain: quantiles
     (above), then, with two profiles or more, each found gene centred on the profiles' own mean
     and put at its training mean. What a platform adds to a gene's level (capture, length, 3'
@@ -163,24 +166,50 @@ def align(values: np.ndarray, found: np.ndarray, reference: dict) -> np.ndarray:
     ranked against each other, and a file of one group keeps its platform's offsets.
     BENCHMARKS.md has the search behind it (real cells of three lines)."""
     out = quantiles(values, found, reference)
-    if len(out) >= 2:
+    if len(out) >= 2 if centre is None else centre:
         mean = np.asarray(reference["mean"], dtype=np.float64)
         out[:, found] += mean[found] - out[:, found].mean(0)
     return out
 
 
-def profile_features(trained: Trained, values: np.ndarray, drug_rows: list[int]) -> Features:
+def aligned_scale(trained: Trained, found: np.ndarray, centre: bool) -> float | None:
+    """The interval's quantile for profiles aligned from another platform: the validation lines
+    the checkpoint keeps, sent through the same alignment with the genes this input measures
+    (`found`, over the vocabulary) and centred as its groups are, predicted, and the conformal
+    quantile of their errors taken again; never below the one of the training platform. None
+    where the checkpoint keeps no validation lines (before format 8)."""
+    stack = trained.stack
+    if stack is None or stack.calibration is None:
+        return None
+    c = stack.calibration
+    pos, known = vocab_index(trained.vocab, stack.ridge.genes)
+    values = np.zeros((len(c.profiles), len(trained.vocab)))
+    values[:, pos[known]] = c.profiles[:, known]
+    aligned = align(values, found, trained.reference, centre=centre)
+    drugs = sorted(set(c.drugs))
+    rows = trained.rows_of({d: trained.drugs[d] for d in drugs})
+    column = {d: j for j, d in enumerate(drugs)}   # only the measured pairs, not every line x drug
+    network = trained.predict(profile_features(trained, aligned, [rows[d] for d in drugs],
+                                               (c.rows, np.array([column[d] for d in c.drugs]))))
+    ridge = stack.ridge.predict(stack.inputs(aligned, trained.vocab), c.drugs, c.rows)
+    pred, _, _ = stack.blend(c.drugs, network, ridge)
+    return max(stack.quantiles(c.drugs, c.labels, pred)[LEVEL], stack.scales[LEVEL])
+
+
+def profile_features(trained: Trained, values: np.ndarray, drug_rows: list[int],
+                     pairs: tuple[np.ndarray, np.ndarray] | None = None) -> Features:
     """Features of dense profiles over the model's vocabulary x drugs: row r * len(drugs) + j
-    is profile r with drug j."""
+    is profile r with drug j; or, with `pairs` (profile, drug position), those pairs alone."""
     n, width = values.shape
+    profile, drug = pairs if pairs is not None else (np.repeat(np.arange(n), len(drug_rows)),
+                                                     np.tile(np.arange(len(drug_rows)), n))
     genes = np.tile(trained.vocab.astype(np.int32), n)
     offsets = np.arange(n + 1, dtype=np.int64) * width
     toks = TokenTable(genes, values.astype(np.float32).ravel(), offsets, width,
-                  drug=np.tile(np.arange(len(drug_rows), dtype=np.int32), n),
-                  drugs=[str(j) for j in range(len(drug_rows))],
-                  label=np.full(n * len(drug_rows), np.nan, dtype=np.float32),
-                  profile=np.repeat(np.arange(n, dtype=np.int32), len(drug_rows)))
-    return Features(toks, np.arange(n * len(drug_rows)), np.asarray(drug_rows, dtype=np.int64))
+                      drug=np.asarray(drug, dtype=np.int32), drugs=[str(j) for j in range(len(drug_rows))],
+                      label=np.full(len(drug), np.nan, dtype=np.float32),
+                      profile=np.asarray(profile, dtype=np.int32))
+    return Features(toks, np.arange(len(drug)), np.asarray(drug_rows, dtype=np.int64))
 
 
 def predict_profiles(trained: Trained, values: np.ndarray, drug_rows: list[int]) -> np.ndarray:
@@ -412,8 +441,13 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
     table = pd.DataFrame({"group": np.repeat(names, len(drug_names)),
                           "drug": np.tile(drug_names, len(names)), "ln_ic50": pred.ravel()})
     x = trained.stack.inputs(aligned, trained.vocab) if trained.stack is not None else None
+    scale = aligned_scale(trained, found, centre=len(names) >= 2)
+    if trained.stack is not None:
+        log.info("%s%s", trained.stack.interval, "" if scale is None else
+                 f"; widened to +- {scale:.2f} sd for this file's alignment ({int(found.sum())} genes; the "
+                 f"validation lines sent through it), which does not cover what single cells add beyond it")
     group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
-    table = table.assign(**trained.answer(table["drug"], table["ln_ic50"].to_numpy(), x, group))
+    table = table.assign(**trained.answer(table["drug"], table["ln_ic50"].to_numpy(), x, group, scale=scale))
     pred = table["ln_ic50"].to_numpy().reshape(len(names), len(drug_names))
     table["cells"] = np.repeat(cells, len(drug_names))
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")

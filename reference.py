@@ -279,6 +279,8 @@ def cv_figures(metrics: dict) -> dict:
             out[who][label] = _dig(where, path)
     iv = metrics.get("interval") or {}
     out["interval"] = {"coverage": iv.get("coverage"), "mean_width": iv.get("mean_width"),
+                       "width_to_naive": iv.get("width_ratio"),
+                       "drugs_within_80_97": iv.get("drugs_within_80_97"),
                        "coverage_widest_10_drugs": iv.get("coverage_widest")}
     return out
 
@@ -321,9 +323,10 @@ def limits(p: Plan) -> list[str]:
         "predicted by the network from its structure: no z, and no interval that says how wrong "
         "it can be.",
         "Platforms: it learnt from bulk profiles of cell lines. Single cells and other platforms "
-        "are averaged per group and aligned to those profiles; the interval is calibrated on bulk "
-        "lines and does not cover what alignment adds. A group's general sensitivity (its mean z "
-        "over drugs) compares the groups of one file with each other, never with the lines.",
+        "are averaged per group and aligned to those profiles; their interval is widened by what "
+        "that alignment, with the genes the file measures, costs on the validation lines, but "
+        "not by what single cells add beyond it. A group's general sensitivity (its mean z over "
+        "drugs) compares the groups of one file with each other, never with the lines.",
         "Cells: on real single cells of three GDSC lines, each line's order of drugs from its "
         "cells agreed with the measured order less well than the same line's bulk profile did "
         "(z Spearman 0.16 against 0.36, BENCHMARKS.md): read a group's list as a shortlist.",
@@ -367,7 +370,9 @@ def card_markdown(c: dict) -> str:
         iv = cv["interval"]
         if iv.get("coverage"):
             lines += ["", f"90% intervals hold {_figure(iv['coverage'])} of the unseen lines' pairs "
-                      f"(mean width {_figure(iv['mean_width'])} ln units; the 10 widest drugs "
+                      f"(mean width {_figure(iv['mean_width'])} ln units, {_figure(iv['width_to_naive'])} "
+                      f"of the drug's own 5-95% range; drugs covered within 80-97%: "
+                      f"{_figure(iv['drugs_within_80_97'])}; the 10 widest drugs "
                       f"{_figure(iv['coverage_widest_10_drugs'])})."]
     lines += ["", "## What it cannot do", ""] + [f"- {x}" for x in c["limits"]]
     return "\n".join(lines) + "\n"

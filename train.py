@@ -46,7 +46,7 @@ log = logging.getLogger("ic50.train")
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way. Other settings may come and go without breaking it.
 MODEL_SETTINGS = stage_settings("checkpoint")
-CHECKPOINT_FORMAT = 7
+CHECKPOINT_FORMAT = 8
 
 
 def autocast(device: torch.device):
@@ -167,16 +167,17 @@ class Trained:
         return dist.gather(local, mine, len(feats))
 
     def answer(self, drugs, network: np.ndarray, x: np.ndarray | None = None, rows: np.ndarray | None = None,
-               column: str = "ln_ic50") -> dict[str, np.ndarray]:
+               column: str = "ln_ic50", scale: float | None = None) -> dict[str, np.ndarray]:
         """The columns of every prediction, alike for a run's test pairs, a table and .h5ad groups:
         ln IC50 (named `column`; with a stack, the blend, with the network's own prediction and
         the interval beside it, where the ridge member's inputs x are given: standardised profiles,
         `rows` the profile of each pair), then z, percentile and the interval in z against the
-        drug's training lines (where the checkpoint has them)."""
+        drug's training lines (where the checkpoint has them). `scale`: the interval's quantile
+        for inputs aligned from another platform (predict.aligned_scale)."""
         drugs = list(drugs)
         out = {column: np.asarray(network, dtype=np.float64)}
         if self.stack is not None and x is not None:
-            out = self.stack.columns(drugs, network, x, rows, column)
+            out = self.stack.columns(drugs, network, x, rows, column, scale)
         if self.spread is not None:
             out.update(self.spread.columns(drugs, out[column], out.get("ln_ic50_low"),
                                            out.get("ln_ic50_high")))
@@ -193,8 +194,8 @@ class Trained:
                "epochs_run": len(self.history), "parameters": count_parameters(self.model),
                "history": self.history}
         if self.stack is not None:
-            out["stack"] = {"weights": self.stack.weights.tolist(), "floor": self.stack.floor,
-                            "scale": self.stack.scale, "level": LEVEL}
+            out["stack"] = {"weights": self.stack.weights.tolist(), "level": LEVEL,
+                            "scales": {str(k): v for k, v in (self.stack.scales or {}).items()}}
         return out
 
     def save(self, path: Path) -> None:
@@ -261,7 +262,11 @@ def arrays_state(part: Stack | DrugSpread | None) -> dict | None:
     """A part of the predictor for the checkpoint: its arrays as tensors."""
     if part is None:
         return None
-    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in part.state().items()}
+    def plain(v):   # numpy arrays as tensors, at any depth (numpy 1 and 2 read them alike)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+    return plain(part.state())
 
 
 def label_scale(label: np.ndarray, rows: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
@@ -302,7 +307,9 @@ def upgrade(state: dict, source: str) -> dict:
     6: a bulk reference's stack (the network blended with one ridge per drug, and its interval);
     earlier formats have none and predict with the network alone. 7: each drug's ln IC50 over its
     training lines (`spread`), for relative sensitivity; earlier formats have none and give ln IC50
-    alone. Any format: settings since removed are dropped where they held the one value that
+    alone. 8: the stack's interval in each drug's sd, at several levels, with the validation lines'
+    profiles for aligned inputs; earlier stacks keep their interval on |network - ridge| (stack.py
+    reads both). Any format: settings since removed are dropped where they held the one value that
     remains, and refused by name where not."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:

@@ -94,8 +94,13 @@ def summarise(results: list[dict]) -> str:
         if m.get("interval"):
             iv = m["interval"]
             lines += ["", f"90% intervals hold {_ms(iv['coverage'])} of the test pairs (mean width "
-                      f"{_ms(iv['mean_width'])}); in each fold's 10 drugs with the widest intervals, "
-                      f"{_ms(iv['coverage_widest'])}."]
+                      f"{_ms(iv['mean_width'])}, {_ms(iv.get('width_ratio'))} of the naive width "
+                      f"{_ms(iv.get('naive_width'))}, the drug's own 5-95% range over its training lines); "
+                      f"drugs covered within 80-97%: {_ms(iv.get('drugs_within_80_97'))}; in each fold's 10 "
+                      f"drugs with the widest intervals, {_ms(iv['coverage_widest'])}."]
+            if iv.get("calibration"):
+                lines += ["", "Calibration (nominal: observed): " + ", ".join(
+                    f"{100 * float(k):.0f}%: {_ms(v)}" for k, v in iv["calibration"].items()) + "."]
         if r.get("ccle"):
             c = r["ccle"]
             lines += ["", f"CCLE cross-study: {c['pairs']:,} CCLE pairs of {c['lines']} lines each fold's "

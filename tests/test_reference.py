@@ -18,6 +18,8 @@ import deepdr
 import main
 import reference
 from common import PipelineError
+from stack import LEVEL
+from train import Trained
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +131,12 @@ def test_predict_without_a_checkpoint_uses_the_default_reference_and_copies_its_
     a = pd.read_parquet(out / "predictions.parquet")
     b = pd.read_parquet(tmp_path / "by_checkpoint" / "predictions.parquet")
     pd.testing.assert_frame_equal(a, b)
+    # aligned from another platform: the interval re-measured on the validation lines sent through
+    # the same alignment, never narrower than on the training platform; in z, +- that quantile
+    q = Trained.load(ref / "best.pt").stack.scales[LEVEL]
+    width = (a["z_high"] - a["z_low"]).to_numpy()
+    assert np.allclose(width, width[0]) and width[0] >= 2 * q - 1e-9
+    assert "widened to" in caplog.text and "calibrated on the validation lines" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv", keep_default_na=False)       # --gdsc-compounds at build time
     targets = ranking.drop_duplicates("drug").set_index("drug")
     assert targets.loc["Erlotinib", "target"] == "EGFR"

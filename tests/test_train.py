@@ -197,12 +197,13 @@ FIXTURES = ROOT / "tests" / "fixtures"
                                         ("format3", "counts"), ("format3_normalised", "normalised"),
                                         ("format4_normalised", "normalised"),
                                         ("format5_normalised", "normalised"),
-                                        ("format6_reference", "normalised")])
+                                        ("format6_reference", "normalised"),
+                                        ("format7_reference", "normalised")])
 def test_checkpoints_of_every_earlier_format_still_predict_the_same(tmp_path, name, kind, caplog):
     """Fixtures written by the versions of each format, and what those versions predicted with them
     (format 1's with ties at the top_k boundary broken by gene id, as features do since). None
-    holds the per-drug statistics of its training lines: each gives ln IC50 and says why z is
-    missing."""
+    before format 7 holds the per-drug statistics of its training lines: each gives ln IC50 and
+    says why z is missing. Bulk references before format 8 keep their interval and say so."""
     table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5)
     pq.write_table(normalised(table) if kind == "normalised" else table, tmp_path / "t.parquet")
     assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
@@ -210,10 +211,14 @@ def test_checkpoints_of_every_earlier_format_still_predict_the_same(tmp_path, na
     want = pd.read_csv(FIXTURES / f"{name}_predictions.csv")
     got = pd.read_parquet(tmp_path / "p.parquet")
     assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
-    assert "predates the per-drug statistics of its training lines" in caplog.text and "z" not in got
-    if name == "format6_reference":   # a bulk reference's stack: blended, with its interval
+    if name == "format7_reference":   # z against its training lines
+        assert np.allclose(got[["z", "percentile"]], want[["z", "percentile"]], atol=1e-5)
+    else:
+        assert "predates the per-drug statistics of its training lines" in caplog.text and "z" not in got
+    if name.endswith("_reference"):   # a bulk reference's stack: blended, with the interval it had
         assert np.allclose(got[["ln_ic50_low", "ln_ic50_high"]], want[["ln_ic50_low", "ln_ic50_high"]],
                            atol=1e-5)
+        assert "intervals on the members' disagreement (checkpoint before format 8)" in caplog.text
     if name == "format4_normalised":   # and single cells aligned as that version aligned them
         assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
                           str(FIXTURES / "format4_cells.h5ad"), "--groupby", "sample",
