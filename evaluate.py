@@ -109,7 +109,8 @@ def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, tra
                       min_pairs: int = 10) -> dict:
     """How many test pairs the intervals hold and how sharp they are: coverage overall, mean width
     and its ratio to the naive interval (the drug's own 5-95% range over its training pairs:
-    what knowing the drug alone gives), the share of drugs (with `min_pairs` test pairs or more)
+    what knowing the drug alone gives; for a drug new to the model, the range of its own test pairs,
+    which no predictor knows), the share of drugs (with `min_pairs` test pairs or more)
     covered within 80-97%, and the `widest` drugs with the widest intervals, each named. With the
     quantile of each level (`scales`: level -> q, every level in one unit; the bounds are those of
     `level`), the observed coverage at each nominal level: the calibration. Pairs without an
@@ -124,6 +125,8 @@ def interval_coverage(test: pd.DataFrame, low: np.ndarray, high: np.ndarray, tra
                                 pairs=("inside", "size"))
     top = by.sort_values("width", ascending=False).head(widest)
     q = train.groupby("drug")["LN_IC50"].quantile([0.05, 0.95]).unstack()
+    own = df[~df["drug"].isin(q.index)].groupby("drug")["LN_IC50"].quantile([0.05, 0.95]).unstack()
+    q = pd.concat([q, own])   # a drug new to the model: its own test pairs' range, the oracle's
     naive_low, naive_high = df["drug"].map(q[0.05]).to_numpy(), df["drug"].map(q[0.95]).to_numpy()
     naive = df["LN_IC50"].between(naive_low, naive_high)
     enough = by[by["pairs"] >= min_pairs]
@@ -269,8 +272,8 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "mean_effects", "drug_mean",
-        "cell_line_mean", "global_mean")
+ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "structure_knn", "mean_effects",
+        "drug_mean", "cell_line_mean", "global_mean")
 
 
 def _finite(v) -> bool:
@@ -372,6 +375,17 @@ def interval_text(metrics: dict) -> list[str]:
         return ["", "## Intervals", "", f"No test pair has an interval ({n:.0f} pairs): an interval is "
                 f"calibrated for the drugs the predictor was trained on, and "
                 f"every test drug is new to it, so no coverage is claimed."]
+    if _value(iv.get("new_drugs")):
+        return ["", "## Intervals", "",
+                f"Every test drug is new to the model. {level:.0f}% intervals (each drug's predicted sd "
+                f"over the lines, from its similarity to the training drugs, times the quantile that "
+                f"puts {level:.0f}% of the training drugs' pairs inside, each drug predicted with itself "
+                f"left out) hold **{_pct(iv['coverage'])}** of the test pairs, with a mean width of "
+                f"{_fmt(iv['mean_width'])} (ln IC50): {_fmt(iv.get('width_ratio'))} of the width of "
+                f"each test drug's own 5-95% range over its test lines ({_fmt(iv.get('naive_width'))}), "
+                f"which no predictor knows. Drugs covered within 80-97%: "
+                f"{_pct(iv.get('drugs_within_80_97'))}.",
+                *_calibration_lines(iv)]
     lines = ["", "## Intervals", "",
              f"{level:.0f}% intervals (each drug's sd over its training lines, times the quantile that "
              f"puts {level:.0f}% of the validation pairs inside) hold **{_pct(iv['coverage'])}** of the "
@@ -385,15 +399,20 @@ def interval_text(metrics: dict) -> list[str]:
     if _value(iv.get("pairs_without_interval")):
         lines.append(f"{_value(iv['pairs_without_interval']):.0f} test pairs have no interval (a drug "
                      f"without a ridge member or training spread) and are not counted.")
-    if iv.get("calibration"):
-        lines += ["", "| nominal | observed |", "|---|---|"]
-        lines += [f"| {100 * float(k):.0f}% | {_pct(v)} |" for k, v in iv["calibration"].items()]
-        lines += ["", "![calibration](calibration.png)"]
+    lines += _calibration_lines(iv)
     if metrics.get("interval_drugs"):
         lines += ["", "| drug | mean width | coverage | test pairs |", "|---|---|---|---|"]
         lines += [f"| {d['drug']} | {d['width']:.2f} | {100 * d['coverage']:.0f}% | {d['pairs']:.0f} |"
                   for d in metrics["interval_drugs"]]
     return lines
+
+
+def _calibration_lines(iv: dict) -> list[str]:
+    if not iv.get("calibration"):
+        return []
+    return ["", "| nominal | observed |", "|---|---|",
+            *[f"| {100 * float(k):.0f}% | {_pct(v)} |" for k, v in iv["calibration"].items()],
+            "", "![calibration](calibration.png)"]
 
 
 def _pct(v) -> str:
@@ -409,6 +428,15 @@ SPLIT_TEXT = {
               "numbers measure memorisation of pair labels, not prediction (kept to compare with "
               "the original study)",
 }
+
+
+NEW_DRUGS_TEXT = (
+    " Test drugs new to the model are predicted by the new-drug predictor (newdrugs.py): the line's "
+    "general level over the training drugs plus the training drugs' own responses at the line, "
+    "weighted by kernel ridge on structural similarity; *model: network* is the network alone. "
+    "*structure_knn*: the 5 training drugs most similar by Tanimoto (Morgan fingerprints), their "
+    "responses at the same line weighted by similarity; *cell_line_mean*: the line's mean over the "
+    "training drugs, which ignores the drug.")
 
 
 def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) -> None:
@@ -438,7 +466,8 @@ def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) ->
               "and drug identity; *ridge*, one ridge for all drugs on expression with a per-drug "
               "intercept (the drug's training mean). *normalised Pearson* (DrEval's): Pearson over "
               "all test pairs once the mean-effects prediction is taken from truth and prediction."
-              + (" The model of a bulk reference is the network blended with a ridge member (weights "
+              + (NEW_DRUGS_TEXT if "structure_knn" in metrics["baselines"] else
+                 " The model of a bulk reference is the network blended with a ridge member (weights "
                  "fitted on the validation lines): one ridge per drug beside a general level that "
                  "one ridge learns from every drug's pairs; *model: network* and *model: "
                  "ridge_with_level* are the members alone." if metrics.get("members") else "")]
@@ -510,22 +539,28 @@ def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run
     same rows; `spread`: the training drugs' spread, for the per-line scores where the test lines
     are unseen (the cell_line split)."""
     members = None
-    if "network" in preds:   # a stack, scored beside its members
+    if "network" in preds:   # a stack or new drugs, scored beside the network alone
         members = {"network": preds["network"].to_numpy()}
-        if not preds["ridge"].isna().any():
+        if "ridge" in preds and not preds["ridge"].isna().any():
             members["ridge_with_level"] = preds["ridge"].to_numpy()
     write_parquet(pa.Table.from_pandas(preds, preserve_index=False), run_dir / "predictions.parquet")
     result = evaluate(train_pairs, preds, preds["prediction"].to_numpy(), baselines=baselines,
                       members=members, spread=spread if run["split"] == "cell_line" else None)
-    metrics = {**{k: v for k, v in run.items() if k not in ("history", "stack")}, **result,
+    metrics = {**{k: v for k, v in run.items() if k not in ("history", "stack", "newdrugs")}, **result,
                "history": run["history"]}
     if "ln_ic50_low" in preds:
+        # every test drug new (a split over drugs): the new-drug interval's quantiles at training lines
+        new = "new_drug" in preds and bool(preds["new_drug"].all()) and run.get("newdrugs")
+        source = run["newdrugs"] if new or not run.get("stack") else run["stack"]
         interval = interval_coverage(preds, preds["ln_ic50_low"].to_numpy(), preds["ln_ic50_high"].to_numpy(),
-                                     train_pairs, run["stack"].get("scales"), run["stack"]["level"])
-        metrics["interval"] = {"level": run["stack"]["level"],
+                                     train_pairs, source.get("scales"), source["level"])
+        metrics["interval"] = {"level": source["level"], "new_drugs": bool(new),
                                **{k: v for k, v in interval.items() if k != "widest_drugs"}}
         metrics["interval_drugs"] = interval["widest_drugs"]
-        metrics["stack"] = {k: v for k, v in run["stack"].items() if k != "level"}
+        if run.get("stack"):
+            metrics["stack"] = {k: v for k, v in run["stack"].items() if k != "level"}
+    if run.get("newdrugs"):
+        metrics["newdrugs"] = run["newdrugs"]
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
     plot_loss(run["history"], run["best_epoch"], run_dir / "loss_curve.png")

@@ -14,9 +14,9 @@
 
 Stages, each one call into one module: prepare.prepare (gdsc.combine -> merge.match ->
 downsample.downsample -> merge.attach_labels, or from bulk profiles bulk.prepare; then
-tokens.build) -> data.make_split -> train.train -> stack.fit_stack (bulk references) ->
-Trained.save -> baselines.classical_baselines -> evaluate.report; predict.py for `main.py
-predict`; reference.py for `main.py reference`. Everything a run writes goes to one run
+tokens.build) -> data.make_split -> train.train -> newdrugs.NewDrugs.fit -> stack.fit_stack (bulk
+references) -> Trained.save -> baselines.classical_baselines -> evaluate.report; predict.py for
+`main.py predict`; reference.py for `main.py reference`. Everything a run writes goes to one run
 directory, which is named <out>.incomplete until the run succeeds.
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ import stack
 import train
 from common import PipelineError, atomic_path, command, setup_logging, write_json
 from config import Config
+from newdrugs import NewDrugs
 from prepare import Actions, Prepared
 
 log = logging.getLogger("ic50")
@@ -119,8 +120,11 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
     query = np.concatenate([rows["val"], rows["test"]]) if profiles else rows["test"]
     design = baselines.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
                                  seed=cfg.seed)
+    train_pairs = data.pair_labels(prep.keys, rows["train"])
+    trained.newdrugs = NewDrugs.fit(train_pairs, prep.drugs)
     if profiles:
         trained.stack = stack.fit_stack(design, data.key_rows(prep.keys, rows["val"]), val_pred)
+        predict.calibrate_new_drugs(trained)
     trained.save(run_dir / "best.pt")
     run = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None, "parts": sizes,
            **trained.record()}
@@ -131,11 +135,47 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
     test = data.key_rows(prep.keys, rows["test"])
     preds = pd.DataFrame({"row": rows["test"], **test, **trained.answer(
         test["drug"], pred, design.x, design.profile_of(test), column="prediction")})
-    metrics = evaluate.report(run_dir, preds, data.pair_labels(prep.keys, rows["train"]), run=run,
-                              baselines=baselines.classical_baselines(design, test, trained.vectors(),
-                                                                      seed=cfg.seed), spread=spread)
+    found = baselines.classical_baselines(design, test, trained.vectors(), seed=cfg.seed)
+    preds, knn = new_drug_predictions(trained, preds, pred, prep.drugs)
+    if knn is not None:
+        found["structure_knn"] = knn
+    metrics = evaluate.report(run_dir, preds, train_pairs, run=run, baselines=found, spread=spread)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     return metrics
+
+
+def new_drug_predictions(trained: train.Trained, preds: pd.DataFrame, network: np.ndarray,
+                         smiles: dict[str, str]) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """A run's test rows with their drugs flagged (new_drug, similarity_to_training) and those of
+    drugs new to the model predicted by the new-drug predictor at their (training) lines, with its
+    interval (at a line without training pairs: the network's, without one), the network's own
+    prediction kept beside (`network`); and the structure-kNN baseline of the same rows where any
+    drug is new (NaN for the others), else None."""
+    names = dict.fromkeys(preds["drug"])
+    new, sim = trained.novelty({d: smiles[d] for d in names})
+    is_new = preds["drug"].map(dict(zip(names, new))).to_numpy(bool)
+    preds = preds.assign(new_drug=is_new, similarity_to_training=preds["drug"].map(dict(zip(names, sim))))
+    nd = trained.newdrugs
+    if not is_new.any() or nd is None:
+        return preds, None
+    pairs = preds.loc[is_new, ["drug", "cell_line_id"]].drop_duplicates()
+    pred, mean, sd, knn = nd.at_training_lines([smiles[d] for d in pairs["drug"]], pairs["cell_line_id"])
+    at = preds[["drug", "cell_line_id"]].merge(pairs.assign(i=np.arange(len(pairs))), how="left")["i"]
+    at = at.to_numpy(np.int64)   # a line the model has no training pair of keeps the network's
+    hit = np.flatnonzero(is_new & np.isfinite(pred[at]))
+    idx = at[hit]
+    cols = nd.columns(pred[idx], mean[idx], sd[idx], at_lines=True, column="prediction")
+    if "network" not in preds:
+        preds["network"] = np.asarray(network, dtype=np.float64)
+    for k, v in cols.items():
+        if k not in preds:
+            preds[k] = np.nan
+        preds.loc[preds.index[hit], k] = v
+    baseline = np.full(len(preds), np.nan)
+    baseline[hit] = knn[idx]
+    log.info("%d test rows of %d new drugs: predicted from the training drugs' responses at the same "
+             "lines, weighted by structure (newdrugs.py)", len(hit), int(new.sum()))
+    return preds, baseline
 
 
 def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:

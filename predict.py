@@ -40,6 +40,7 @@ import bulk
 import data
 import drugs as drugs_mod
 import h5ad
+import newdrugs as newdrugs_mod
 from common import PipelineError, atomic_path, write_parquet
 from stack import LEVEL
 from tokens import Features, TokenTable, cell_tokens, vocab_index
@@ -98,17 +99,48 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     pred = trained.predict(feats)
     result = data.key_columns(keys)
     has_spread(trained)
-    x = (trained.stack.inputs(dense_values(feats.table, trained.vocab), trained.vocab)
-         if trained.stack is not None else None)   # a bulk reference's predictor: blended, with intervals
+    values = dense_values(feats.table, trained.vocab) if trained.stack is not None else None
+    x = trained.stack.inputs(values, trained.vocab) if values is not None else None   # blended, intervals
     if trained.stack is not None:
         log.info("%s", trained.stack.interval)
-    for name, column in trained.answer(result["drug"].to_pylist(), pred, x, feats.table.profiles(feats.rows),
-                                       column="prediction").items():
+    drugs = result["drug"].to_pylist()
+    profiles = feats.table.profiles(feats.rows)
+    columns = trained.answer(drugs, pred, x, profiles, column="prediction")
+    smiles = data.drug_smiles(keys)
+    describe_new_drugs(trained, smiles)
+    new, sim = trained.novelty(smiles)
+    names = pd.Series(drugs, dtype=object)
+    is_new = names.map(dict(zip(smiles, new))).to_numpy(bool)
+    rows = np.flatnonzero(is_new)
+    if len(rows) and trained.newdrugs is not None and values is not None:
+        columns = table_new_drugs(trained, columns, values, profiles, rows, [smiles[drugs[r]] for r in rows])
+    columns.update(new_drug=is_new, similarity_to_training=names.map(dict(zip(smiles, sim))).to_numpy(float))
+    for name, column in columns.items():
         result = result.append_column(name, pa.array(column))
     target = Path(out) if out else Path(path).with_name(Path(path).stem + "_predictions.parquet")
     write_parquet(result, target)
     log.info("%d predictions written to %s (drug encoder %s)", len(pred), target, trained.drug_encoder)
     return target
+
+
+def table_new_drugs(trained: Trained, columns: dict[str, np.ndarray], values: np.ndarray,
+                    profiles: np.ndarray, rows: np.ndarray, smiles: list[str]) -> dict[str, np.ndarray]:
+    """A bulk table's rows of new drugs (`rows`, their SMILES) predicted by the new-drug predictor
+    from the predictions for the training drugs at the same profile (`values`, a row's profile in
+    `profiles`), with the interval for new samples."""
+    nd = trained.newdrugs
+    used, at = np.unique(profiles[rows], return_inverse=True)
+    known = known_matrix(trained, values[used], nd.drugs)
+    uniq, which = np.unique(np.asarray(smiles, dtype=object), return_inverse=True)
+    w = nd.weights(list(uniq))
+    mean, sd = nd.moments(w)
+    pred = nd.from_predictions(w, known)[at, which]
+    pred_all = columns["prediction"]
+    out = dict(columns)
+    for k, v in nd.columns(pred, mean[which], sd[which], at_lines=False, column="prediction").items():
+        out[k] = np.array(out[k], dtype=np.float64) if k in out else np.full(len(pred_all), np.nan)
+        out[k][rows] = v
+    return out
 
 
 def dense_values(table: TokenTable, vocab: np.ndarray) -> np.ndarray:
@@ -172,6 +204,16 @@ def align(values: np.ndarray, found: np.ndarray, reference: dict, centre: bool |
     return out
 
 
+def held_out_values(trained: Trained) -> np.ndarray:
+    """[validation lines, vocabulary] the raw profiles of the lines the checkpoint keeps for
+    calibration (Stack.calibration)."""
+    stack = trained.stack
+    pos, known = vocab_index(trained.vocab, stack.ridge.genes)
+    values = np.zeros((len(stack.calibration.profiles), len(trained.vocab)))
+    values[:, pos[known]] = stack.calibration.profiles[:, known]
+    return values
+
+
 def aligned_scale(trained: Trained, found: np.ndarray, centre: bool) -> float | None:
     """The interval's quantile for profiles aligned from another platform: the validation lines
     the checkpoint keeps, sent through the same alignment with the genes this input measures
@@ -182,10 +224,7 @@ def aligned_scale(trained: Trained, found: np.ndarray, centre: bool) -> float | 
     if stack is None or stack.calibration is None:
         return None
     c = stack.calibration
-    pos, known = vocab_index(trained.vocab, stack.ridge.genes)
-    values = np.zeros((len(c.profiles), len(trained.vocab)))
-    values[:, pos[known]] = c.profiles[:, known]
-    aligned = align(values, found, trained.reference, centre=centre)
+    aligned = align(held_out_values(trained), found, trained.reference, centre=centre)
     drugs = sorted(set(c.drugs))
     rows = trained.rows_of({d: trained.drugs[d] for d in drugs})
     column = {d: j for j, d in enumerate(drugs)}   # only the measured pairs, not every line x drug
@@ -194,6 +233,31 @@ def aligned_scale(trained: Trained, found: np.ndarray, centre: bool) -> float | 
     ridge = stack.ridge.predict(stack.inputs(aligned, trained.vocab), c.drugs, c.rows)
     pred, _, _ = stack.blend(c.drugs, network, ridge)
     return max(stack.quantiles(c.drugs, c.labels, pred)[LEVEL], stack.scales[LEVEL])
+
+
+def known_matrix(trained: Trained, values: np.ndarray, drugs: list[str], local: bool = False) -> np.ndarray:
+    """[profiles, drugs] the predictor's ln IC50 (with a stack, the blend) of dense profiles in the
+    training domain for training drugs: what a new drug's prediction is made of (newdrugs.py)."""
+    rows = trained.rows_of({d: trained.drugs[d] for d in drugs})
+    network = predict_profiles(trained, values, [rows[d] for d in drugs], local).ravel()
+    names = np.tile(np.asarray(drugs, dtype=object), len(values))
+    x = trained.stack.inputs(values, trained.vocab) if trained.stack is not None else None
+    group = np.repeat(np.arange(len(values)), len(drugs))
+    return trained.answer(names, network, x, group)["ln_ic50"].reshape(len(values), len(drugs))
+
+
+def calibrate_new_drugs(trained: Trained) -> None:
+    """The new-drug interval at new samples, measured on the validation lines the checkpoint
+    keeps (newdrugs.NewDrugs.calibrate_lines); one process predicts them."""
+    nd, stack = trained.newdrugs, trained.stack
+    if nd is None or stack is None or stack.calibration is None:
+        return
+    c = stack.calibration
+    known = known_matrix(trained, held_out_values(trained), nd.drugs, local=True)
+    nd.calibrate_lines(known, pd.DataFrame({"line": c.rows, "drug": c.drugs, "LN_IC50": c.labels}))
+    if nd.line_scales:
+        log.info("new drugs at new samples: %.0f%% intervals +- %.2f predicted sd (the validation "
+                 "lines, each training drug predicted from the others)", 100 * LEVEL, nd.line_scales[LEVEL])
 
 
 def profile_features(trained: Trained, values: np.ndarray, drug_rows: list[int],
@@ -212,11 +276,12 @@ def profile_features(trained: Trained, values: np.ndarray, drug_rows: list[int],
     return Features(toks, np.arange(len(drug)), np.asarray(drug_rows, dtype=np.int64))
 
 
-def predict_profiles(trained: Trained, values: np.ndarray, drug_rows: list[int]) -> np.ndarray:
-    """[profiles, drugs] predictions of dense profiles already in the training domain."""
+def predict_profiles(trained: Trained, values: np.ndarray, drug_rows: list[int], local: bool = False
+                     ) -> np.ndarray:
+    """[profiles, drugs] network predictions of dense profiles already in the training domain."""
     if len(values) == 0:
         return np.zeros((0, len(drug_rows)))
-    pred = trained.predict(profile_features(trained, values, drug_rows))
+    pred = trained.predict(profile_features(trained, values, drug_rows), local=local)
     return pred.reshape(len(values), len(drug_rows))
 
 
@@ -367,6 +432,7 @@ def _query(trained: Trained, h: h5ad.H5ad, table: pd.DataFrame | None, *, drugs,
               else np.full(h.n_cells, "all cells", dtype=object))
     wanted = wanted_drugs(trained, drugs, smiles_csv)
     rows = trained.rows_of(wanted)
+    describe_new_drugs(trained, wanted)
     log.info("predicting %d cells x %d drugs from %s (%s)", h.n_cells, len(wanted), h.path, h.where)
     return Query(h, kind, gmap, groups, wanted, rows)
 
@@ -380,8 +446,10 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, ran
     preds = np.empty((h.n_cells, len(names)), dtype=np.float32)
     cells = h.obs.index.astype(str).to_numpy()
     spread = trained.spread
+    new, sim = trained.novelty(q.drugs)
     fields = [("cell", pa.string()), ("group", pa.string()), ("drug", pa.string()), ("ln_ic50", pa.float32())]
-    schema = pa.schema(fields + ([("z", pa.float32()), ("percentile", pa.float32())] if spread else []))
+    schema = pa.schema(fields + ([("z", pa.float32()), ("percentile", pa.float32())] if spread else [])
+                       + [("new_drug", pa.bool_()), ("similarity_to_training", pa.float32())])
     bar = tqdm(total=h.n_cells, desc="predict", unit=" cells", leave=False)
     with pq.ParquetWriter(work / "predictions.parquet", schema, compression="zstd") as writer:
         for start, block in h.blocks(block_cells):
@@ -398,10 +466,16 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, ran
                     "drug": np.tile(np.array(names, dtype=object), n),
                     "ln_ic50": preds[start:start + n].ravel()}
             long.update(trained.answer(long["drug"], long["ln_ic50"]))
+            long.update(new_drug=np.tile(new, n), similarity_to_training=np.tile(sim, n))
             writer.write_table(pa.table(long, schema=schema))
             bar.update(n)
     bar.close()
-    return preds, rank_cells(preds, q.groups, names, spread, rank_by)
+    if new.any():
+        log.warning("a single-cell model predicts its %d new drug(s) with the network alone, without "
+                    "an interval (the new-drug predictor serves bulk references)", int(new.sum()))
+    ranking = rank_cells(preds, q.groups, names, spread, rank_by)
+    flags = pd.DataFrame({"drug": names, "new_drug": new, "similarity_to_training": sim})
+    return preds, ranked(ranking.drop(columns="rank").merge(flags, on="drug", how="left"), rank_by)
 
 
 def group_means(q: Query, block_cells: int, kind: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -448,6 +522,7 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
                  f"validation lines sent through it), which does not cover what single cells add beyond it")
     group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
     table = table.assign(**trained.answer(table["drug"], table["ln_ic50"].to_numpy(), x, group, scale=scale))
+    table = new_drug_rows(trained, table, aligned, q.drugs, scale)
     pred = table["ln_ic50"].to_numpy().reshape(len(names), len(drug_names))
     table["cells"] = np.repeat(cells, len(drug_names))
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")
@@ -456,13 +531,74 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
     return per_cell, ranked(table, rank_by)
 
 
+def new_drug_rows(trained: Trained, table: pd.DataFrame, values: np.ndarray, drugs: dict[str, str],
+                  scale: float | None) -> pd.DataFrame:
+    """A bulk model's table of groups x drugs (group-major, `drugs` in order; `values` each
+    group's aligned profile), its new drugs predicted by the new-drug predictor from the
+    predictions for the training drugs at the same groups, and every row flagged: new_drug,
+    similarity_to_training."""
+    new, sim = trained.novelty(drugs)
+    names, n = list(drugs), len(values)
+    nd = trained.newdrugs
+    if new.any() and nd is not None:
+        known = known_matrix(trained, values, nd.drugs)
+        fresh = [d for d, is_new in zip(names, new) if is_new]
+        w = nd.weights([drugs[d] for d in fresh])
+        mean, sd = nd.moments(w)
+        ratio = None if scale is None else scale / trained.stack.scales[LEVEL]
+        cols = nd.columns(nd.from_predictions(w, known).ravel(), np.tile(mean, n), np.tile(sd, n),
+                          at_lines=False, scale=ratio)
+        at = (np.arange(n)[:, None] * len(names) + np.flatnonzero(new)[None]).ravel()
+        table = table.copy()
+        for k, v in cols.items():
+            if k not in table:
+                table[k] = np.nan
+            table.loc[at, k] = v
+        log.info("%d new drug(s): each predicted from the predictions for the %d training drugs at "
+                 "the same sample, weighted by structure (kernel ridge); %s", len(fresh), len(nd.drugs),
+                 f"{100 * LEVEL:.0f}% intervals +- {nd.interval(1.0, False, ratio):.2f} x each drug's "
+                 f"predicted sd, calibrated on validation lines with each training drug held out"
+                 if nd.line_scales else "no interval: the checkpoint holds no validation lines to "
+                 "calibrate one at new samples")
+    return table.assign(new_drug=np.tile(new, n), similarity_to_training=np.tile(sim, n))
+
+
+def describe_new_drugs(trained: Trained, drugs: dict[str, str]) -> None:
+    """The log's word on each drug new to the model: its most similar training drugs, and a
+    warning where none is close (FAR: below it, structure told nothing beyond the lines' general
+    sensitivity on GDSC2; docs/search.md)."""
+    new, sim = trained.novelty(drugs)
+    if not new.any():
+        return
+    nd = trained.newdrugs
+    if nd is not None:
+        pool, fps = nd.drugs, nd.fingerprints
+    else:   # an older checkpoint: the same similarity, from its training drugs' SMILES
+        log.warning("this checkpoint predates the new-drug predictor (checkpoint format 9): its %d new "
+                    "drug(s) come from the network alone, without an interval, z or percentile; "
+                    "rebuild it to predict new drugs from their similarity to the training drugs.",
+                    int(new.sum()))
+        pool = [d for d in trained.training_drugs() if d in trained.drugs]
+        fps = newdrugs_mod.fingerprints([trained.drugs[d] for d in pool])
+    for name, is_new, s in zip(drugs, new, sim):
+        if not is_new:
+            continue
+        near = ", ".join(f"{d} {v:.2f}" for d, v in newdrugs_mod.nearest(pool, fps, drugs[name]))
+        log.info("new drug %s: most similar training drugs (Tanimoto): %s", name, near)
+        if s < newdrugs_mod.FAR:
+            log.warning("new drug %s is far from every training drug (similarity %.2f < %.1f): its "
+                        "prediction is mostly each sample's general sensitivity; read its rank with "
+                        "care", name, s, newdrugs_mod.FAR)
+
+
 def ranked(table: pd.DataFrame, rank_by: str) -> pd.DataFrame:
     """ranking.csv: each group's drugs from the lowest z (or ln IC50) up, the most specifically
-    sensitive (or the most potent) first; a drug without a z (new to the model) comes last."""
+    sensitive (or the most potent) first; a drug without a z (new to a checkpoint before format 9)
+    comes last."""
     value = value_column(table, rank_by)
     rank = table.groupby("group")[value].rank(method="first", na_option="bottom").astype(int)
     order = ["z", "z_low", "z_high", "percentile", "ln_ic50", "ln_ic50_low", "ln_ic50_high",
-             "median_ln_ic50", "q25", "q75", "iqr", "cells"]
+             "median_ln_ic50", "q25", "q75", "iqr", "cells", "new_drug", "similarity_to_training"]
     columns = ["group", "rank", "drug"] + [c for c in order if c in table.columns]
     return table.assign(rank=rank).sort_values(["group", "rank"])[columns].reset_index(drop=True)
 

@@ -324,10 +324,12 @@ def limits(p: Plan) -> list[str]:
         "Lines: it learnt from the GDSC cell lines listed in card.json (cell_lines) and no others. "
         "A sample of a tissue or subtype none of them represents is answered by extrapolation, "
         "which the cross-validated figures (unseen lines of the tissues it has) do not measure.",
-        "Drugs: only those listed (drug_names) have their ridge member, their spread over the "
-        "lines (z, percentile) and a calibrated interval. A drug given by its SMILES alone is "
-        "predicted by the network from its structure: no z, and no interval that says how wrong "
-        "it can be.",
+        "Drugs: those listed (drug_names) have their ridge member, their spread over the lines "
+        "(z, percentile) and an interval calibrated on unseen lines. A drug given by its SMILES "
+        "alone is predicted from the listed drugs' predictions for the same sample, weighted by "
+        "structural similarity, with a wider interval calibrated on listed drugs held out in "
+        "turn; a drug unlike every listed one (similarity below 0.4) gets little beyond each "
+        "sample's general sensitivity, and the outputs flag it (new_drug, similarity_to_training).",
         "Platforms: it learnt from bulk profiles of cell lines. Single cells and other platforms "
         "are averaged per group and aligned to those profiles; their interval is widened by what "
         "that alignment, with the genes the file measures, costs on the validation lines, but "

@@ -30,12 +30,15 @@ interval they were calibrated with: +- q (|network - ridge| + the validation pai
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from baselines import Design, RidgePerDrug
+
+log = logging.getLogger("ic50.stack")
 
 LEVEL = 0.9                      # the interval's nominal coverage
 LEVELS = (0.5, 0.8, LEVEL, 0.95)  # the levels calibrated, for the report's calibration plot
@@ -169,16 +172,21 @@ def conformal_quantile(scores: np.ndarray, level: float = LEVEL) -> float:
     return float(scores[min(k, len(scores)) - 1])
 
 
-def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray) -> Stack:
+def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray) -> Stack | None:
     """A bulk reference's predictor: the ridge member (one ridge per drug beside a shared level)
     fitted on the design's training pairs, and its blend with the network fitted on the validation
     pairs `val` (drug, cell_line_id, LN_IC50; `network`: their predictions), never on test pairs;
     its interval calibrated on them, in each drug's sd over the training pairs, with the validation
-    lines' profiles kept for aligned inputs."""
+    lines' profiles kept for aligned inputs. None where no validation pair is of a drug the ridge
+    member knows (a split over drugs holds out drugs, not lines: nothing to fit the blend on)."""
     ridge = RidgePerDrug.fit_with_level(design)
     profile = design.profile_of(val)
     val = val[["drug", "cell_line_id", "LN_IC50"]].assign(
         network=np.asarray(network, dtype=np.float64), ridge=ridge.predict(design.x, val["drug"], profile))
+    if val["ridge"].isna().all():
+        log.info("no validation pair is of a training drug (the validation drugs are new): the "
+                 "network alone predicts the training drugs, without the ridge member or an interval")
+        return None
     labels = design.train.groupby("drug")["LN_IC50"]
     used, rows = np.unique(profile, return_inverse=True)
     at = pd.Series(np.arange(len(design.genes)), index=design.genes).reindex(ridge.genes).to_numpy()

@@ -37,6 +37,7 @@ from config import Config, from_dict, stage_settings
 from data import gene_table_lists
 from drugs import DrugTower, encode_drugs
 from model import build_model, count_parameters
+from newdrugs import NewDrugs, similarity_to_training
 from relative import DrugSpread
 from stack import LEVEL, Stack
 from tokens import Features, TokenTable, drug_lookup, epoch_plan, loader
@@ -46,7 +47,7 @@ log = logging.getLogger("ic50.train")
 # What a checkpoint keeps of the configuration: what rebuilds the network and featurises new rows
 # the same way. Other settings may come and go without breaking it.
 MODEL_SETTINGS = stage_settings("checkpoint")
-CHECKPOINT_FORMAT = 8
+CHECKPOINT_FORMAT = 9
 
 
 def autocast(device: torch.device):
@@ -82,6 +83,9 @@ class Trained:
     # each training drug's ln IC50 over its training lines, against which every prediction is
     # also given as a z-score and a percentile (relative.py); None in checkpoints before format 7
     spread: DrugSpread | None = None
+    # what predicts a drug new to the model from the training drugs' responses (newdrugs.py); None
+    # in checkpoints before format 9, which predict new drugs with the network alone
+    newdrugs: NewDrugs | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
 
@@ -150,10 +154,11 @@ class Trained:
         return self.tower(drug) if self.tower is not None else self.drug_table[drug]
 
     @torch.no_grad()
-    def predict(self, feats: Features, device: torch.device | None = None) -> np.ndarray:
-        """ln IC50 for every row of feats; under torchrun the rows are split and gathered."""
+    def predict(self, feats: Features, device: torch.device | None = None, local: bool = False) -> np.ndarray:
+        """ln IC50 for every row of feats; under torchrun the rows are split and gathered, unless
+        `local` (one rank predicts them all)."""
         device = device or next(self.model.parameters()).device
-        rank, size = dist.world()
+        rank, size = (0, 1) if local else dist.world()
         mine = np.arange(rank, len(feats), size)
         self.model.eval()
         if self.tower is not None:
@@ -163,8 +168,8 @@ class Trained:
         for g, v, d, _ in loader(feats, plan, self.vocab, 0, device):
             with autocast(device):
                 out.append(self.model(g, v, self.drug_vectors(d), d).float().cpu().numpy())
-        local = (np.concatenate(out) if out else np.zeros(0)) * self.y_std + self.y_mean
-        return dist.gather(local, mine, len(feats))
+        part = (np.concatenate(out) if out else np.zeros(0)) * self.y_std + self.y_mean
+        return part if local else dist.gather(part, mine, len(feats))
 
     def answer(self, drugs, network: np.ndarray, x: np.ndarray | None = None, rows: np.ndarray | None = None,
                column: str = "ln_ic50", scale: float | None = None) -> dict[str, np.ndarray]:
@@ -183,6 +188,24 @@ class Trained:
                                            out.get("ln_ic50_high")))
         return out
 
+    def training_drugs(self) -> list[str]:
+        """The drugs the model learnt from: those with training lines (every drug it names in
+        checkpoints before format 7, which do not say)."""
+        return list(self.spread.drugs) if self.spread is not None else list(self.drugs)
+
+    def novelty(self, drugs: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        """(new_drug, similarity_to_training) of drugs (name -> SMILES): whether each is new to
+        the model, and its highest Tanimoto similarity to a training drug."""
+        names = list(drugs)
+        known = set(self.training_drugs())
+        if self.newdrugs is not None:
+            sim = self.newdrugs.similarity([drugs[d] for d in names]).max(1)
+        else:
+            sim = similarity_to_training([self.drugs[d] for d in known if d in self.drugs],
+                                         [drugs[d] for d in names])
+        new = np.array([d not in known for d in names], dtype=bool)
+        return new, np.where(new, sim, 1.0)
+
     def vectors(self) -> dict[str, np.ndarray]:
         """Each known drug's vector, by name (what the classical baselines read of a drug)."""
         return {d: self.drug_table[i].cpu().numpy() for d, i in self.rows_of(self.drugs).items()}
@@ -196,6 +219,8 @@ class Trained:
         if self.stack is not None:
             out["stack"] = {"weights": self.stack.weights.tolist(), "level": LEVEL,
                             "scales": {str(k): v for k, v in (self.stack.scales or {}).items()}}
+        if self.newdrugs is not None:
+            out["newdrugs"] = self.newdrugs.record()
         return out
 
     def save(self, path: Path) -> None:
@@ -224,7 +249,8 @@ class Trained:
                 {"mean": tensor(self.reference["mean"]), "sd": tensor(self.reference["sd"]),
                  "profiles": int(self.reference["profiles"])},
                 "tower": self.tower.state_dict() if self.tower is not None else None,
-                "stack": arrays_state(self.stack), "spread": arrays_state(self.spread)}
+                "stack": arrays_state(self.stack), "spread": arrays_state(self.spread),
+                "newdrugs": arrays_state(self.newdrugs)}
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Trained":
@@ -255,10 +281,11 @@ class Trained:
                    state["drug_table"].to(device), state["drug_encoder"], state["y_mean"], state["y_std"],
                    drugs=dict(state["drugs"]), genes=state["genes"], reference=reference, tower=tower,
                    stack=Stack.from_state(state["stack"]) if state["stack"] else None,
-                   spread=DrugSpread.from_state(state["spread"]) if state["spread"] else None)
+                   spread=DrugSpread.from_state(state["spread"]) if state["spread"] else None,
+                   newdrugs=NewDrugs.from_state(state["newdrugs"]) if state["newdrugs"] else None)
 
 
-def arrays_state(part: Stack | DrugSpread | None) -> dict | None:
+def arrays_state(part: Stack | DrugSpread | NewDrugs | None) -> dict | None:
     """A part of the predictor for the checkpoint: its arrays as tensors."""
     if part is None:
         return None
@@ -309,8 +336,9 @@ def upgrade(state: dict, source: str) -> dict:
     training lines (`spread`), for relative sensitivity; earlier formats have none and give ln IC50
     alone. 8: the stack's interval in each drug's sd, at several levels, with the validation lines'
     profiles for aligned inputs; earlier stacks keep their interval on |network - ridge| (stack.py
-    reads both). Any format: settings since removed are dropped where they held the one value that
-    remains, and refused by name where not."""
+    reads both). 9: the predictor of new drugs (`newdrugs`); earlier formats have none and predict a
+    new drug with the network alone, without an interval. Any format: settings since removed are
+    dropped where they held the one value that remains, and refused by name where not."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "
@@ -346,7 +374,7 @@ def upgrade(state: dict, source: str) -> dict:
         state["model_args"] = {**state["model_args"], "value_kind": "counts"}
     if not state.get("drugs"):   # before format 3: no names; a drug is asked for by its SMILES
         state["drugs"] = {s: s for s in state["smiles"]}
-    for part in ("genes", "reference", "tower", "stack", "spread"):   # parts later formats added
+    for part in ("genes", "reference", "tower", "stack", "spread", "newdrugs"):   # parts later formats added
         state.setdefault(part, None)
     return state
 

@@ -64,8 +64,8 @@ def label_file(data_dir: Path, out: Path, dataset: str, drugs: int, seed: int) -
 
 # ----------------------------------------------------------------------------- the benchmark
 
-ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "mean_effects", "drug_mean",
-        "cell_line_mean", "global_mean")
+ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "structure_knn", "mean_effects",
+        "drug_mean", "cell_line_mean", "global_mean")
 
 
 def _ms(v) -> str:
@@ -91,11 +91,23 @@ def summarise(results: list[dict]) -> str:
             lines.append(f"| {label} | {_ms(s['per_drug']['pcc'])} | {_ms(s['mse'])} | {_ms(s['pcc'])} | "
                          f"{_ms(s.get('normalised_pcc'))} | {_ms(line.get('z_spearman'))} | "
                          f"{_ms(line.get('top_precision'))} |")
+        if "structure_knn" in m["baselines"]:   # new drugs: against what ignores or copies the drug
+            pd_of = {k: m["baselines"][k]["per_drug"]["pcc"]["mean"]
+                     for k in ("cell_line_mean", "structure_knn")}
+            best = max(pd_of, key=pd_of.get)
+            margin = m["test"]["per_drug"]["pcc"]["mean"] - pd_of[best]
+            lines += ["", f"New drugs: per-drug Pearson {margin:+.3f} "
+                      f"against the better of the cell-line mean and the structure kNN ({best}); MSE "
+                      f"{m['test']['mse']['mean']:.3f} against the kNN's "
+                      f"{m['baselines']['structure_knn']['mse']['mean']:.3f}."]
         if m.get("interval"):
             iv = m["interval"]
+            naive = ("each new drug's own 5-95% range over its test lines, which no predictor knows"
+                     if (iv.get("new_drugs") or {}).get("mean") else
+                     "the drug's own 5-95% range over its training lines")
             lines += ["", f"90% intervals hold {_ms(iv['coverage'])} of the test pairs (mean width "
                       f"{_ms(iv['mean_width'])}, {_ms(iv.get('width_ratio'))} of the naive width "
-                      f"{_ms(iv.get('naive_width'))}, the drug's own 5-95% range over its training lines); "
+                      f"{_ms(iv.get('naive_width'))}, {naive}); "
                       f"drugs covered within 80-97%: {_ms(iv.get('drugs_within_80_97'))}; in each fold's 10 "
                       f"drugs with the widest intervals, {_ms(iv['coverage_widest'])}."]
             if iv.get("calibration"):

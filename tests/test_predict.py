@@ -85,7 +85,8 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     assert "counts values, averaged per group and aligned" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv")
     assert list(ranking.columns) == ["group", "rank", "drug", "z", "z_low", "z_high", "percentile", "ln_ic50",
-                                     "ln_ic50_low", "ln_ic50_high", "cells"]
+                                     "ln_ic50_low", "ln_ic50_high", "cells", "new_drug",
+                                     "similarity_to_training"]
     low, mid, high = ranking["ln_ic50_low"], ranking["ln_ic50"], ranking["ln_ic50_high"]
     assert ((low < mid) & (mid < high)).all()
     assert set(ranking["group"]) == {LINES[0], LINES[3], LINES[7]} and (ranking["cells"] == 6).all()

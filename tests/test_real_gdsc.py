@@ -134,3 +134,22 @@ def test_the_summary_tabulates_every_split_with_its_verdict():
     assert "| **model** | 0.500 ± 0.020 | 1.700 ± 0.100 | 0.900 ± 0.010 |" in text
     assert "| ridge_per_drug | 0.500 ± 0.020 | 1.600 ± 0.100 |" in text
     assert text.rstrip().endswith("The model does **not** beat it.")
+
+
+def test_the_drug_splits_summary_lists_the_cell_line_mean_and_the_structure_knn_beside_the_model():
+    def scores(pd_, mse):
+        return {"per_drug": {"pcc": {"mean": pd_, "sd": 0.01}}, "mse": {"mean": mse, "sd": 0.1},
+                "pcc": {"mean": 0.5, "sd": 0.01}}
+    metrics = {"runs": ["seed-0-fold-0", "seed-0-fold-1"], "test": scores(0.66, 5.6),
+               "baselines": {"cell_line_mean": scores(0.64, 7.0), "structure_knn": scores(0.60, 6.0)},
+               "interval": {"coverage": {"mean": 0.9, "sd": 0.02}, "mean_width": {"mean": 7.4, "sd": 0.2},
+                            "width_ratio": {"mean": 1.6, "sd": 0.1}, "naive_width": {"mean": 4.6, "sd": 0.2},
+                            "coverage_widest": {"mean": 0.9, "sd": 0.05},
+                            "new_drugs": {"mean": 1.0, "sd": 0.0}}}
+    text = real_gdsc.summarise([{"dataset": "GDSC2", "split": "drug", "metrics": metrics,
+                                 "pairs": 1000, "drugs": 30, "seconds": 60.0}])
+    assert "| cell_line_mean | 0.640 ± 0.010 | 7.000 ± 0.100 |" in text
+    assert "| structure_knn | 0.600 ± 0.010 | 6.000 ± 0.100 |" in text
+    assert ("New drugs: per-drug Pearson +0.020 against the better of the cell-line mean and the structure "
+            "kNN (cell_line_mean); MSE 5.600 against the kNN's 6.000.") in text
+    assert "each new drug's own 5-95% range over its test lines" in text
