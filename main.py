@@ -44,6 +44,7 @@ import data
 import dist
 import evaluate
 import h5ad
+import newdrugs
 import predict
 import prepare
 import reference
@@ -52,7 +53,6 @@ import stack
 import train
 from common import PipelineError, atomic_path, command, setup_logging, write_json
 from config import Config
-from newdrugs import NewDrugs
 from prepare import Actions, Prepared
 
 log = logging.getLogger("ic50")
@@ -121,7 +121,7 @@ def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path,
     design = baselines.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
                                  seed=cfg.seed)
     train_pairs = data.pair_labels(prep.keys, rows["train"])
-    trained.newdrugs = NewDrugs.fit(train_pairs, prep.drugs)
+    trained.newdrugs = newdrugs.NewDrugs.fit(train_pairs, prep.drugs)
     if profiles:
         trained.stack = stack.fit_stack(design, data.key_rows(prep.keys, rows["val"]), val_pred)
         predict.calibrate_new_drugs(trained)
@@ -167,10 +167,7 @@ def new_drug_predictions(trained: train.Trained, preds: pd.DataFrame, network: n
     cols = nd.columns(pred[idx], mean[idx], sd[idx], at_lines=True, column="prediction")
     if "network" not in preds:
         preds["network"] = np.asarray(network, dtype=np.float64)
-    for k, v in cols.items():
-        if k not in preds:
-            preds[k] = np.nan
-        preds.loc[preds.index[hit], k] = v
+    preds = pd.DataFrame(newdrugs.fill(preds.to_dict("series"), hit, cols))
     baseline = np.full(len(preds), np.nan)
     baseline[hit] = knn[idx]
     log.info("%d test rows of %d new drugs: predicted from the training drugs' responses at the same "

@@ -234,6 +234,17 @@ class NewDrugs:
                    None if line is None else dict(zip(levels, map(float, line))))
 
 
+def fill(columns: dict, rows: np.ndarray, new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Output columns (name -> array) with `rows` taken from `new`; a column only `new` has is NaN
+    in the other rows."""
+    n = len(next(iter(columns.values())))
+    out = dict(columns)
+    for k, v in new.items():
+        out[k] = np.asarray(out[k], dtype=np.float64).copy() if k in out else np.full(n, np.nan)
+        out[k][rows] = v
+    return out
+
+
 def _loo_weights(kernel: np.ndarray, lam: float) -> np.ndarray:
     """[drugs, drugs] kernel ridge weights with each drug left out of its own prediction: the
     closed form (H - diag H) / (1 - diag H), H = K (K + lambda I)^-1."""

@@ -107,13 +107,14 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     profiles = feats.table.profiles(feats.rows)
     columns = trained.answer(drugs, pred, x, profiles, column="prediction")
     smiles = data.drug_smiles(keys)
-    describe_new_drugs(trained, smiles)
     new, sim = trained.novelty(smiles)
+    describe_new_drugs(trained, smiles, new, sim)
     names = pd.Series(drugs, dtype=object)
     is_new = names.map(dict(zip(smiles, new))).to_numpy(bool)
     rows = np.flatnonzero(is_new)
     if len(rows) and trained.newdrugs is not None and values is not None:
-        columns = table_new_drugs(trained, columns, values, profiles, rows, [smiles[drugs[r]] for r in rows])
+        columns = newdrugs_mod.fill(columns, rows, new_drug_columns(
+            trained, values, profiles[rows], [smiles[drugs[r]] for r in rows], None, "prediction"))
     columns.update(new_drug=is_new, similarity_to_training=names.map(dict(zip(smiles, sim))).to_numpy(float))
     for name, column in columns.items():
         result = result.append_column(name, pa.array(column))
@@ -123,24 +124,27 @@ def predict_table(trained: Trained, path: str | Path, out: str | Path | None = N
     return target
 
 
-def table_new_drugs(trained: Trained, columns: dict[str, np.ndarray], values: np.ndarray,
-                    profiles: np.ndarray, rows: np.ndarray, smiles: list[str]) -> dict[str, np.ndarray]:
-    """A bulk table's rows of new drugs (`rows`, their SMILES) predicted by the new-drug predictor
-    from the predictions for the training drugs at the same profile (`values`, a row's profile in
-    `profiles`), with the interval for new samples."""
+def new_drug_columns(trained: Trained, values: np.ndarray, profiles: np.ndarray, smiles: list[str],
+                     scale: float | None, column: str = "ln_ic50") -> dict[str, np.ndarray]:
+    """The output columns of new drugs at new samples, one row per (profile of `values`, SMILES):
+    each predicted by the new-drug predictor from the predictor's own predictions for the training
+    drugs at the same profile, with the interval for new samples (`scale`: how much an aligned input
+    widened the known drugs' quantile)."""
     nd = trained.newdrugs
-    used, at = np.unique(profiles[rows], return_inverse=True)
+    used, at = np.unique(profiles, return_inverse=True)
     known = known_matrix(trained, values[used], nd.drugs)
     uniq, which = np.unique(np.asarray(smiles, dtype=object), return_inverse=True)
     w = nd.weights(list(uniq))
     mean, sd = nd.moments(w)
-    pred = nd.from_predictions(w, known)[at, which]
-    pred_all = columns["prediction"]
-    out = dict(columns)
-    for k, v in nd.columns(pred, mean[which], sd[which], at_lines=False, column="prediction").items():
-        out[k] = np.array(out[k], dtype=np.float64) if k in out else np.full(len(pred_all), np.nan)
-        out[k][rows] = v
-    return out
+    ratio = None if scale is None else scale / trained.stack.scales[LEVEL]
+    log.info("%d new drug(s): each predicted from the predictions for the %d training drugs at the "
+             "same sample, weighted by structure (kernel ridge); %s", len(uniq), len(nd.drugs),
+             f"{100 * LEVEL:.0f}% intervals +- {nd.interval(1.0, False, ratio):.2f} x each drug's "
+             f"predicted sd, calibrated on validation lines with each training drug held out"
+             if nd.line_scales else "no interval: the checkpoint holds no validation lines to "
+             "calibrate one at new samples")
+    return nd.columns(nd.from_predictions(w, known)[at, which], mean[which], sd[which], at_lines=False,
+                      scale=ratio, column=column)
 
 
 def dense_values(table: TokenTable, vocab: np.ndarray) -> np.ndarray:
@@ -338,6 +342,8 @@ class Query:
     groups: np.ndarray
     drugs: dict[str, str]
     rows: dict[str, int]
+    new: np.ndarray             # per drug: new to the model, and its similarity to the training drugs
+    similarity: np.ndarray
 
 
 def predict_h5ad(trained: Trained, path: str | Path, out: Path, *, drugs: list[str] | None = None,
@@ -432,9 +438,10 @@ def _query(trained: Trained, h: h5ad.H5ad, table: pd.DataFrame | None, *, drugs,
               else np.full(h.n_cells, "all cells", dtype=object))
     wanted = wanted_drugs(trained, drugs, smiles_csv)
     rows = trained.rows_of(wanted)
-    describe_new_drugs(trained, wanted)
+    new, sim = trained.novelty(wanted)
+    describe_new_drugs(trained, wanted, new, sim)
     log.info("predicting %d cells x %d drugs from %s (%s)", h.n_cells, len(wanted), h.path, h.where)
-    return Query(h, kind, gmap, groups, wanted, rows)
+    return Query(h, kind, gmap, groups, wanted, rows, new, sim)
 
 
 def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, rank_by: str
@@ -446,7 +453,7 @@ def _predict_cells(trained: Trained, q: Query, work: Path, block_cells: int, ran
     preds = np.empty((h.n_cells, len(names)), dtype=np.float32)
     cells = h.obs.index.astype(str).to_numpy()
     spread = trained.spread
-    new, sim = trained.novelty(q.drugs)
+    new, sim = q.new, q.similarity
     fields = [("cell", pa.string()), ("group", pa.string()), ("drug", pa.string()), ("ln_ic50", pa.float32())]
     schema = pa.schema(fields + ([("z", pa.float32()), ("percentile", pa.float32())] if spread else [])
                        + [("new_drug", pa.bool_()), ("similarity_to_training", pa.float32())])
@@ -522,7 +529,7 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
                  f"validation lines sent through it), which does not cover what single cells add beyond it")
     group = np.repeat(np.arange(len(names)), len(drug_names))   # the profile of each row
     table = table.assign(**trained.answer(table["drug"], table["ln_ic50"].to_numpy(), x, group, scale=scale))
-    table = new_drug_rows(trained, table, aligned, q.drugs, scale)
+    table = new_drug_rows(trained, q, table, aligned, scale)
     pred = table["ln_ic50"].to_numpy().reshape(len(names), len(drug_names))
     table["cells"] = np.repeat(cells, len(drug_names))
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), work / "predictions.parquet")
@@ -531,43 +538,25 @@ def _predict_groups(trained: Trained, q: Query, work: Path, block_cells: int, ra
     return per_cell, ranked(table, rank_by)
 
 
-def new_drug_rows(trained: Trained, table: pd.DataFrame, values: np.ndarray, drugs: dict[str, str],
+def new_drug_rows(trained: Trained, q: Query, table: pd.DataFrame, values: np.ndarray,
                   scale: float | None) -> pd.DataFrame:
-    """A bulk model's table of groups x drugs (group-major, `drugs` in order; `values` each
-    group's aligned profile), its new drugs predicted by the new-drug predictor from the
-    predictions for the training drugs at the same groups, and every row flagged: new_drug,
-    similarity_to_training."""
-    new, sim = trained.novelty(drugs)
-    names, n = list(drugs), len(values)
-    nd = trained.newdrugs
-    if new.any() and nd is not None:
-        known = known_matrix(trained, values, nd.drugs)
-        fresh = [d for d, is_new in zip(names, new) if is_new]
-        w = nd.weights([drugs[d] for d in fresh])
-        mean, sd = nd.moments(w)
-        ratio = None if scale is None else scale / trained.stack.scales[LEVEL]
-        cols = nd.columns(nd.from_predictions(w, known).ravel(), np.tile(mean, n), np.tile(sd, n),
-                          at_lines=False, scale=ratio)
-        at = (np.arange(n)[:, None] * len(names) + np.flatnonzero(new)[None]).ravel()
-        table = table.copy()
-        for k, v in cols.items():
-            if k not in table:
-                table[k] = np.nan
-            table.loc[at, k] = v
-        log.info("%d new drug(s): each predicted from the predictions for the %d training drugs at "
-                 "the same sample, weighted by structure (kernel ridge); %s", len(fresh), len(nd.drugs),
-                 f"{100 * LEVEL:.0f}% intervals +- {nd.interval(1.0, False, ratio):.2f} x each drug's "
-                 f"predicted sd, calibrated on validation lines with each training drug held out"
-                 if nd.line_scales else "no interval: the checkpoint holds no validation lines to "
-                 "calibrate one at new samples")
-    return table.assign(new_drug=np.tile(new, n), similarity_to_training=np.tile(sim, n))
+    """A bulk model's table of groups x drugs (group-major, the query's drugs in order; `values`
+    each group's aligned profile), its new drugs predicted by the new-drug predictor, and every row
+    flagged: new_drug, similarity_to_training."""
+    names, n = list(q.drugs), len(values)
+    if q.new.any() and trained.newdrugs is not None:
+        fresh = np.flatnonzero(q.new)
+        at = (np.arange(n)[:, None] * len(names) + fresh[None]).ravel()
+        cols = new_drug_columns(trained, values, np.repeat(np.arange(n), len(fresh)),
+                                [q.drugs[names[j]] for j in np.tile(fresh, n)], scale)
+        table = pd.DataFrame(newdrugs_mod.fill(table.to_dict("series"), at, cols))
+    return table.assign(new_drug=np.tile(q.new, n), similarity_to_training=np.tile(q.similarity, n))
 
 
-def describe_new_drugs(trained: Trained, drugs: dict[str, str]) -> None:
-    """The log's word on each drug new to the model: its most similar training drugs, and a
-    warning where none is close (FAR: below it, structure told nothing beyond the lines' general
-    sensitivity on GDSC2; docs/search.md)."""
-    new, sim = trained.novelty(drugs)
+def describe_new_drugs(trained: Trained, drugs: dict[str, str], new: np.ndarray, sim: np.ndarray) -> None:
+    """The log's word on each drug new to the model (`new`, `sim`: Trained.novelty of `drugs`): its
+    most similar training drugs, and a warning where none is close (FAR: below it, structure told
+    nothing beyond the lines' general sensitivity on GDSC2; docs/search.md)."""
     if not new.any():
         return
     nd = trained.newdrugs
