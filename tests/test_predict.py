@@ -1,4 +1,5 @@
-"""Prediction: bulk models read single cells through alignment; checkpoints of every format predict."""
+"""`main.py predict`: cells into single-cell and bulk models, tables, new drugs, and bad input refused
+with nothing written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,68 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import GENE_TABLE, SMALL, gdsc_frame, merged_table
-from conftest import SMILES as KNOWN
+from conftest import BULK_GENES as GENES
+from conftest import BULK_LINES as LINES
+from conftest import GENE_TABLE, SMALL, cells_h5ad, merged_table
 from scipy import sparse
 
 import main
-import predict
 from common import flat_list
-from train import Trained
-
-GENES = [f"G{j}" for j in range(40)]
-LINES = [f"LINE-{i}" for i in range(16)]
-
-
-
-
-def test_alignment_takes_the_training_quantiles_then_centres_each_gene_on_the_files_own_mean():
-    reference = {"mean": np.array([10.0, 20.0, 30.0, 40.0, 5.0]), "sd": np.ones(5), "profiles": 3}
-    found = np.array([True, True, True, True, False])
-    values = np.array([[3.0, 1.0, 2.0, 2.0, 99.0],     # a tie shares the mean of its two quantiles
-                       [0.5, 0.7, 0.6, 0.9, -1.0]])
-    q = predict.quantiles(values, found, reference)
-    assert q[0].tolist() == [40.0, 10.0, 25.0, 25.0, 5.0]
-    assert q[1].tolist() == [10.0, 30.0, 20.0, 40.0, 5.0]      # the gene absent from the file: its mean
-    got = predict.align(values, found, reference)              # the groups' mean set at the training mean
-    assert got.tolist() == [[25.0, 10.0, 32.5, 32.5, 5.0], [-5.0, 30.0, 27.5, 47.5, 5.0]]
-    assert np.allclose(got[:, found].mean(0), reference["mean"][found])
-    assert predict.align(values[:1], found, reference).tolist() == q[:1].tolist()   # one group: quantiles
-    assert predict.align(values, np.zeros(5, bool), reference).tolist() == [reference["mean"].tolist()] * 2
-
-
-@pytest.fixture(scope="module")
-def bulk_run(tmp_path_factory):
-    """A small bulk model (one profile per line, log-scale values) whose gene table names its genes."""
-    d = tmp_path_factory.mktemp("bulk-model")
-    rng = np.random.default_rng(1)
-    program = rng.normal(size=(len(LINES), 2))
-    x = 5 + program @ rng.normal(size=(2, len(GENES))) + 0.3 * rng.normal(size=(len(LINES), len(GENES)))
-    frame = pd.DataFrame(x, columns=GENES)
-    frame.insert(0, "cell_line", LINES)
-    frame.to_csv(d / "expr.csv", index=False)
-    drugs = ["Erlotinib", "Vorinostat", "olaparib"]
-    rows = [(drug, line, float(k + program[i, k % 2])) for k, drug in enumerate(drugs)
-            for i, line in enumerate(LINES)]
-    gdsc_frame(rows).to_csv(d / "GDSC2.csv", index=False)
-    pd.DataFrame({"name": drugs, "smiles": [KNOWN[k] for k in drugs]}).to_csv(d / "smiles.csv", index=False)
-    assert main.main(["--expression", str(d / "expr.csv"), "--gdsc2", str(d / "GDSC2.csv"), "--smiles-table",
-                      str(d / "smiles.csv"), "--split", "cell_line", "--out", str(d / "run"), *SMALL,
-                      "--top-k", "0", "--epochs", "3"]) == 0
-    return d, x
-
-
-def cells_h5ad(path, x: np.ndarray, lines: list[int], genes: list[str], cells: int = 6) -> None:
-    """Raw counts of single cells of some lines: Poisson draws around each line's profile."""
-    rng = np.random.default_rng(0)
-    rate = np.exp(x[lines] - x.mean()) * 2
-    counts = np.vstack([rng.poisson(rate[i], size=(cells, len(genes))) for i in range(len(lines))])
-    obs = pd.DataFrame({"sample": np.repeat([LINES[i] for i in lines], cells)},
-                       index=[f"c{i}" for i in range(len(counts))])
-    a = anndata.AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=obs,
-                        var=pd.DataFrame(index=genes))
-    a.uns["value_kind"] = "counts"
-    a.write_h5ad(path)
+from predictor import Predictor
+from predictor.align import align
 
 
 @pytest.mark.e2e
@@ -91,20 +39,20 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     assert ((low < mid) & (mid < high)).all()
     assert set(ranking["group"]) == {LINES[0], LINES[3], LINES[7]} and (ranking["cells"] == 6).all()
     # the profile each group was predicted from: its cells' mean log1p CP10k, aligned
-    trained = Trained.load(d / "run" / "best.pt")
+    predictor = Predictor.load(d / "run" / "best.pt")
+    net, stack = predictor.network, predictor.stack
     a = anndata.read_h5ad(tmp_path / "cells.h5ad")
     logcp = np.log1p(a.X.toarray() / a.X.toarray().sum(1, keepdims=True) * 1e4)
     means = np.stack([logcp[(a.obs["sample"] == g).to_numpy()].mean(0) for g in sorted(set(a.obs["sample"]))])
-    assert trained.genes["gene_symbol"][:3] == ["G0", "G1", "G2"]      # the vocabulary: G0..G39 in order
+    assert net.genes["gene_symbol"][:3] == ["G0", "G1", "G2"]      # the vocabulary: G0..G39 in order
     values = np.zeros((3, 40))
     values[:, :36] = means[:, :36]
-    aligned = predict.align(values, np.arange(40) < 36, trained.reference)
+    aligned = align(values, np.arange(40) < 36, net.domain)
     drugs = ["Erlotinib", "Vorinostat", "olaparib"]
-    network = predict.predict_profiles(trained, aligned, [trained.rows_of(trained.drugs)[k] for k in drugs])
+    network = net.predict_grid(aligned, drugs)
     names = np.tile(drugs, 3)                                   # the stack: network and ridge, blended
-    ridge = trained.stack.ridge.predict(trained.stack.ridge.standardise(np.repeat(aligned, 3, axis=0),
-                                                                        trained.vocab), names)
-    want = trained.stack.blend(names, network.ravel(), ridge)[0].reshape(3, 3)
+    ridge = stack.ridge.predict(stack.ridge.standardise(np.repeat(aligned, 3, axis=0), net.vocab), names)
+    want = stack.blend(names, network.ravel(), ridge)[0].reshape(3, 3)
     got = ranking.pivot(index="group", columns="drug", values="ln_ic50").loc[:, drugs]
     assert np.allclose(got.to_numpy(), want, atol=1e-5) and not np.allclose(want, network, atol=1e-3)
     result = anndata.read_h5ad(out / "cells.h5ad")             # each cell carries its group's prediction
@@ -234,7 +182,7 @@ def test_an_h5ad_of_gene_symbols_predicts_as_the_equivalent_merged_table(model_r
         assert first.loc[d, "median_ln_ic50"] == pytest.approx(np.median(result.obsm["ln_ic50"][cells, j]),
                                                                abs=1e-5)
     assert sorted(first["rank"]) == [1, 2, 3]
-    spread = Trained.load(model_run / "run" / "best.pt").spread   # each group's median set against it
+    spread = Predictor.load(model_run / "run" / "best.pt").spread   # each group's median set against it
     assert np.allclose(first["z"], spread.z(first.index, first["median_ln_ic50"]), atol=1e-5)
     assert first.sort_values("rank")["z"].is_monotonic_increasing
     mean, sd = spread.of(drugs)

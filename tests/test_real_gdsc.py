@@ -9,12 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-import bulk
-import deepdr
-import drugs
-import gdsc
 from benchmarks import real_gdsc
 from common import PipelineError
+from ingest import bulk, deepdr, drugs, gdsc
 
 GENES = ["TP53", "KRAS", "EGFR", "MYC", "BRAF"]
 PROFILES = {"CAL120": [0.5, -1.2, 0.3, 1.1, -0.7], "H2869": [-0.4, 0.9, -1.5, 0.2, 0.8],

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, SMALL, merged_table
+from conftest import ROOT, SMALL
 
-import data
-import drugs
 import main
 import train
-from common import PipelineError
+from ingest import drugs
+from ingest.table import with_value_kind
+from predictor import Predictor
 
 
 def metrics(run):
@@ -104,8 +104,8 @@ def test_every_gene_a_token_trains_with_bucketed_batches_and_loader_workers(tmp_
     run = tmp_path / "run"
     assert main.main(["--data", str(table_path), "--epochs", "2", "--out", str(run), *SMALL, "--gene-tokens",
                       "each", "--top-k", "0", "--pos-encoding", "sinusoidal", "--loader-workers", "1"]) == 0
-    trained = train.Trained.load(run / "best.pt")
-    assert (trained.cfg.gene_tokens, trained.cfg.top_k) == ("each", 0)
+    network = Predictor.load(run / "best.pt").network
+    assert (network.cfg.gene_tokens, network.cfg.top_k) == ("each", 0)
     assert main.main(["predict", "--checkpoint", str(run / "best.pt"), "--data", str(table_path),
                       "--out", str(tmp_path / "p.parquet")]) == 0
     preds = pd.read_parquet(run / "predictions.parquet")
@@ -136,7 +136,6 @@ def test_finetuning_updates_the_drug_encoder(tmp_path, table_path, tiny_roberta)
 
 def bulk_table(seed: int = 0):
     """One row per pair, a z-scored profile per cell line (negatives included), declared normalised."""
-    import pyarrow as pa
 
     rng = np.random.default_rng(seed)
     lines = rng.normal(size=(8, 12)).astype(np.float32)
@@ -150,7 +149,7 @@ def bulk_table(seed: int = 0):
     schema = pa.schema([("genes", pa.list_(pa.int32())), ("expressions", pa.list_(pa.float32())),
                         ("cell_line_id", pa.string()), ("drug", pa.string()),
                         ("canonical_smiles", pa.string()), ("LN_IC50", pa.float64())])
-    return data.with_value_kind(pa.Table.from_pylist(rows, schema=schema), "normalised")
+    return with_value_kind(pa.Table.from_pylist(rows, schema=schema), "normalised")
 
 
 @pytest.mark.e2e
@@ -164,8 +163,8 @@ def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp
     pq.write_table(bulk_table(), path)
     assert main.main(["--data", str(path), "--epochs", "3", "--out", str(run), *SMALL, *levers]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["value_kind"] == "normalised"
-    trained = train.Trained.load(run / "best.pt")
-    assert trained.cfg.value_kind == "normalised" and len(trained.reference["mean"]) == len(trained.vocab)
+    network = Predictor.load(run / "best.pt").network
+    assert network.cfg.value_kind == "normalised" and len(network.domain["mean"]) == len(network.vocab)
     split = pd.read_parquet(run / "split.parquet")
     test_rows = pq.read_table(path).take(split.index[split["part"] == "test"].to_numpy())
     pq.write_table(test_rows, tmp_path / "new.parquet")
@@ -179,82 +178,16 @@ def test_a_normalised_table_trains_and_predicts_with_its_value_kind_recorded(tmp
                       str(tmp_path / "counts.parquet")]) == 2
 
 
-def normalised(table):
-    values = [list(np.log1p(np.array(e)) - 1.0) for e in table["expressions"].to_pylist()]
-    table = table.set_column(table.schema.get_field_index("expressions"), "expressions",
-                             pa.array(values, pa.list_(pa.float32())))
-    return table.replace_schema_metadata({"value_kind": "normalised"})
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    net = torch.nn.Linear(3, 1)
 
+    def broken(module):
+        def call(*args):
+            raise RuntimeError("no compiler for this platform")
+        return call
 
-NUMPY_1 = pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
-                             reason="formats 1 and 2 hold numpy 2 arrays, which numpy 1 cannot read")
-FIXTURES = ROOT / "tests" / "fixtures"
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("name, kind", [pytest.param("format1", "counts", marks=NUMPY_1),
-                                        pytest.param("format2", "counts", marks=NUMPY_1),
-                                        ("format3", "counts"), ("format3_normalised", "normalised"),
-                                        ("format4_normalised", "normalised"),
-                                        ("format5_normalised", "normalised"),
-                                        ("format6_reference", "normalised"),
-                                        ("format7_reference", "normalised")])
-def test_checkpoints_of_every_earlier_format_still_predict_the_same(tmp_path, name, kind, caplog):
-    """Fixtures written by the versions of each format, and what those versions predicted with them
-    (format 1's with ties at the top_k boundary broken by gene id, as features do since). None
-    before format 7 holds the per-drug statistics of its training lines: each gives ln IC50 and
-    says why z is missing. Bulk references before format 8 keep their interval and say so."""
-    table = merged_table(n_drugs=3, n_lines=4, cells_per_pair=2, seed=5)
-    pq.write_table(normalised(table) if kind == "normalised" else table, tmp_path / "t.parquet")
-    assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
-                      str(tmp_path / "t.parquet"), "--out", str(tmp_path / "p.parquet")]) == 0
-    want = pd.read_csv(FIXTURES / f"{name}_predictions.csv")
-    got = pd.read_parquet(tmp_path / "p.parquet")
-    assert np.allclose(got["prediction"], want["prediction"], atol=1e-5)
-    if name == "format7_reference":   # z against its training lines
-        assert np.allclose(got[["z", "percentile"]], want[["z", "percentile"]], atol=1e-5)
-    else:
-        assert "predates the per-drug statistics of its training lines" in caplog.text and "z" not in got
-    if name.endswith("_reference"):   # a bulk reference's stack: blended, with the interval it had
-        assert np.allclose(got[["ln_ic50_low", "ln_ic50_high"]], want[["ln_ic50_low", "ln_ic50_high"]],
-                           atol=1e-5)
-        assert "intervals on the members' disagreement (checkpoint before format 8)" in caplog.text
-    if name == "format4_normalised":   # and single cells aligned as that version aligned them
-        assert main.main(["predict", "--checkpoint", str(FIXTURES / f"{name}_best.pt"), "--data",
-                          str(FIXTURES / "format4_cells.h5ad"), "--groupby", "sample",
-                          "--out", str(tmp_path / "cells")]) == 0
-        got = pd.read_csv(tmp_path / "cells" / "ranking.csv")
-        want = pd.read_csv(FIXTURES / "format4_cells_ranking.csv")
-        assert got[["group", "rank", "drug"]].equals(want[["group", "rank", "drug"]])
-        assert np.allclose(got["ln_ic50"], want["ln_ic50"], atol=1e-5)
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"target": "drug_zscore"}, "trained with target='drug_zscore', a setting this version no longer has"),
-    ({"pos_encoding": "rotary"}, "trained with pos_encoding='rotary', which this version no longer has"),
-    ({"smiles_pooling": "cls"}, "trained with smiles_pooling='cls', a setting this version no longer has"),
-    ({"format": 99}, "checkpoint of format 99, newer than this version reads")])
-def test_a_checkpoint_this_version_cannot_read_faithfully_is_refused_by_name(tmp_path, change, message):
-    state = torch.load(FIXTURES / "format4_normalised_best.pt", weights_only=True)
-    if "format" in change:
-        state.update(change)
-    else:
-        state["model_args"].update(change)
-    torch.save(state, tmp_path / "old.pt")
-    with pytest.raises(PipelineError, match=message):
-        train.Trained.load(tmp_path / "old.pt")
-
-
-@pytest.mark.e2e
-def test_a_checkpoint_with_settings_this_version_lacks_loads_with_a_warning(tmp_path, table_path, caplog):
-    run = tmp_path / "run"
-    assert main.main(["--data", str(table_path), "--epochs", "1", "--out", str(run), *SMALL]) == 0
-    state = torch.load(run / "best.pt", weights_only=True)     # tensors and plain types only
-    assert state["format"] == train.CHECKPOINT_FORMAT and "cells_per_group" not in state["model_args"]
-    state["config"]["a_future_downsampling_knob"] = 3        # a pipeline setting added later
-    state["model_args"]["a_future_model_knob"] = "x"          # and a model setting
-    torch.save(state, tmp_path / "future.pt")
-    assert main.main(["predict", "--checkpoint", str(tmp_path / "future.pt"), "--data", str(table_path),
-                      "--out", str(tmp_path / "p.parquet")]) == 0
-    assert "['a_future_model_knob'] unknown to this version, ignored" in caplog.text
-    assert pd.read_parquet(tmp_path / "p.parquet")["prediction"].notna().all()
+    monkeypatch.setattr(torch, "compile", broken)
+    forward = train.compiled(net)
+    x = torch.ones(2, 3)
+    assert torch.equal(forward(x), net(x)) and torch.equal(forward(x), net(x))
+    assert caplog.text.count("torch.compile failed (RuntimeError: no compiler for this platform)") == 1
