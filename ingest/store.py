@@ -36,6 +36,7 @@ FORMAT = 4   # 2: each row's drug and label beside its tokens; 3: a reference's 
              # 4: keyed on K alone (how the model reads the tokens does not shape them)
 CHUNK = 4096   # rows tokenised at a time while building
 
+
 def key(source: str | Path, value_kind: str, top_k: int) -> str:
     """What shapes a store: the table (size, modification time and rows: a run directory renamed
     from <out>.incomplete keeps them), a reference's profiles likewise, and the token settings."""

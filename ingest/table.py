@@ -207,7 +207,7 @@ def read_rows(path: str | Path, rows: np.ndarray, columns: list[str], batch: int
             first += b.num_rows
     if not parts:
         return _regular(pf.schema_arrow.empty_table().select(columns))
-    taken = pa.concat_tables(parts).take(pa.array(np.argsort(order, kind="stable")))   # in the order asked for
+    taken = pa.concat_tables(parts).take(pa.array(np.argsort(order, kind="stable")))   # the order asked for
     del parts
     pa.default_memory_pool().release_unused()   # the batches' decoding buffers, back to the system
     return taken

@@ -26,7 +26,6 @@ log = logging.getLogger("ic50.tokens")
 PAD, UNK = 0, 1   # vocabulary indices of padding and of a gene the vocabulary lacks
 
 
-
 @dataclass
 class TokenTable:
     """Per-profile gene tokens, most expressed first (ties by gene id): gene ids and values laid
@@ -49,7 +48,7 @@ class TokenTable:
         for a reference, each row's profile)."""
         idx, names = codes(table["drug"])
         return TokenTable(self.genes, self.values, self.offsets, self.width, idx, names.to_pylist(),
-                      labels(table), profile)
+                          labels(table), profile)
 
     @classmethod
     def dense(cls, values: np.ndarray, vocab: np.ndarray) -> "TokenTable":
