@@ -1,7 +1,7 @@
 """The gene Transformer regressor: a drug vector and a cell's gene tokens in, ln IC50 out.
 
 A cell is a sequence of gene tokens: gene-id embedding + expression embedding, projected to
-d_model. A drug is one token: its vector from drugs.py (ChemBERTa or Morgan), projected to
+d_model. A drug is one token: its vector from ingest/drugs.py (ChemBERTa or Morgan), projected to
 d_model. [drug, genes...] -> positions -> Transformer encoder -> the drug token's output ->
 LayerNorm-Dropout-Linear-ReLU-Dropout-Linear -> ln IC50. With the study's sizes (47,278 gene
 tokens, 768-d ChemBERTa, d_model 512, 3 layers, 4 heads, feed-forward 512, gene width 128, head

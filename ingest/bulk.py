@@ -22,7 +22,7 @@ A reference is two tables: `profiles.parquet` (one row per cell line: its genes 
 `pairs.parquet` (drug, cell_line_id, canonical_smiles, LN_IC50, ...), which names its profiles
 file in its metadata. A line's profile is stored once, however many drugs it was screened with.
 
-    python bulk.py --expression OmicsExpressionProteinCodingGenesTPMLogp1.csv \\
+    python -m ingest.bulk --expression OmicsExpressionProteinCodingGenesTPMLogp1.csv \\
         --gdsc1 GDSC1.xlsx --gdsc2 GDSC2.xlsx --smiles-table drugs.csv --cell-model-list Model.csv --out ref/
 """
 from __future__ import annotations

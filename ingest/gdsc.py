@@ -2,7 +2,7 @@
 
 Within one version, duplicate pairs (one drug name can carry several DRUG_IDs) are averaged;
 across versions, GDSC2 replaces GDSC1, as in the original study. Run alone:
-    python gdsc.py GDSC1.xlsx GDSC2.xlsx [--ic50-average ln] --out gdsc_combined.parquet
+    python -m ingest.gdsc GDSC1.xlsx GDSC2.xlsx [--ic50-average ln] --out gdsc_combined.parquet
 """
 from __future__ import annotations
 

@@ -84,9 +84,6 @@ class Design:
         """[pairs, genes]: the profiles of (some of) the training pairs."""
         return self.x[self.train["profile"].to_numpy()[rows]]
 
-    def x_test(self, rows=slice(None)) -> np.ndarray:
-        return self.x[self.test["profile"].to_numpy()[rows]]
-
     def profile_of(self, pairs: pd.DataFrame) -> np.ndarray:
         """The row of x that each of these test pairs (drug, cell_line_id) reads."""
         keys = ["drug", "cell_line_id"]

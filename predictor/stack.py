@@ -21,7 +21,7 @@ whose responses spread five times more get intervals five times wider, and in z 
 prediction's interval is +- q. On real GDSC2 (5 folds over lines) it holds 89.5% of the unseen
 lines' pairs at 0.80 of the width of the drug's own 5-95% range, with 99% of drugs covered
 within 80-97%; the members' disagreement |network - ridge|, alone or added, scored wider
-(docs/search.md, "Intervals"). Inputs aligned from another platform (predict.align) are bounded
+(docs/search.md, "Intervals"). Inputs aligned from another platform (align.py) are bounded
 by the same quantile re-measured on the validation lines sent through that alignment, with the
 genes the input measures: the checkpoint keeps those lines' profiles and labels for it
 (`Calibration`). Everything here is a few arrays, stored in the checkpoint, so that `main.py

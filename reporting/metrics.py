@@ -146,7 +146,7 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, pred: np.ndarray, *,
     """metrics.json's test, member and baseline sections, every one scored the same ways.
     train/test: drug, cell_line_id and LN_IC50 of every row (train may be one row per pair with
     its mean label, as pair_labels gives: the fit is the same); `baselines`: the classical
-    predictors' predictions of the test rows (baselines.py), scored beside the naive ones, mean
+    predictors' predictions of the test rows (predictor/baselines.py), scored beside the naive ones, mean
     effects standing in where one has no model for a drug; `members`: the predictor's parts,
     scored beside it; `spread`: each training drug's spread, for the per-line scores (when the
     test lines are unseen)."""

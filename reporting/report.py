@@ -128,8 +128,8 @@ SPLIT_TEXT = {
 
 
 NEW_DRUGS_TEXT = (
-    " Test drugs new to the model are predicted by the new-drug predictor (newdrugs.py): the line's "
-    "general level over the training drugs plus the training drugs' own responses at the line, "
+    " Test drugs new to the model are predicted by the new-drug predictor (predictor/newdrugs.py): the "
+    "line's general level over the training drugs plus the training drugs' own responses at the line, "
     "weighted by kernel ridge on structural similarity; *model: network* is the network alone. "
     "*structure_knn*: the 5 training drugs most similar by Tanimoto (Morgan fingerprints), their "
     "responses at the same line weighted by similarity; *cell_line_mean*: the line's mean over the "
@@ -210,7 +210,7 @@ def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run
     also its members' predictions, network and ridge, and the interval's bounds; z ...);
     `train_pairs`: each training pair's mean label (data.pair_labels), which the naive baselines
     are fitted on; `run`: what the report records of the run (split, seed, fold, parts, and the
-    model's record, Trained.record); `baselines`: the classical predictors' predictions of the
+    model's record, Predictor.record); `baselines`: the classical predictors' predictions of the
     same rows; `spread`: the training drugs' spread, for the per-line scores where the test lines
     are unseen (the cell_line split)."""
     members = None
