@@ -7,10 +7,14 @@ import json
 import logging
 import math
 import os
+import socket
+import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import filelock
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,6 +78,77 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# ----------------------------------------------------------------------------- locks
+
+BUSY_WAIT_S = 2.0   # how long a lock is tried before it counts as busy: a reader's check holds it a moment
+
+
+def _lock_files(target: Path) -> tuple[Path, Path]:
+    return target.with_name(f".{target.name}.lock"), target.with_name(f".{target.name}.lock.json")
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, what: str, wait: bool = False, advice: str = "") -> Iterator[None]:
+    """Hold the lock on `target` for the block, so one process at a time writes it. A kernel lock
+    (filelock), so it holds across processes and, on a file system with working locks (a local
+    disk, NFS), across nodes, and it dies with its process: a lock a killed job left blocks nobody.
+    Who holds it is written beside it, for the message the others get. Busy: waits with `wait`,
+    else stops with that message and `advice`."""
+    lock_path, info_path = _lock_files(Path(target))
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        try:
+            lock.acquire(timeout=BUSY_WAIT_S)
+        except filelock.Timeout:
+            busy = f"{what} is in progress {holder_text(_read_holder(info_path))}."
+            if not wait:
+                raise PipelineError(f"{busy} {advice}".strip()) from None
+            logging.getLogger("ic50").info("%s Waiting for it to end.", busy)
+            lock.acquire()
+    except NotImplementedError as e:
+        raise PipelineError(f"the file system of '{lock_path.parent}' does not support file locks ({e}); "
+                            f"set IC50_CACHE (or --out) to a directory on one that does: a local disk, "
+                            f"or NFS with locking.") from e
+    try:
+        write_json({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                    "started": datetime.now().astimezone().isoformat(timespec="seconds")}, info_path)
+        yield
+    finally:
+        info_path.unlink(missing_ok=True)
+        lock.release()
+
+
+def holder(target: str | os.PathLike) -> dict | None:
+    """Who holds the lock on `target` ({} when it has not said yet), or None when nobody does."""
+    lock_path, info_path = _lock_files(Path(target))
+    if not lock_path.exists():
+        return None
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return _read_holder(info_path)
+    except (OSError, NotImplementedError):   # a lock this user cannot take: nobody we can name
+        return None
+    lock.release()
+    return None
+
+
+def _read_holder(info_path: Path) -> dict:
+    try:
+        return json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def holder_text(info: dict | None) -> str:
+    if not info:
+        return "(by a process that has not yet written who it is)"
+    return (f"(process {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
+            f"{info.get('command')})")
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:

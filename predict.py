@@ -3,6 +3,7 @@
     python main.py predict --data cells.h5ad --groupby sample      # answered by the ready reference
     python main.py predict --data tumours.csv                      # bulk samples, one row each
     python main.py predict --checkpoint RUN/best.pt --data new_cells.parquet   # each row, its own drug
+    python main.py predict --explain Venetoclax                    # the genes a drug reads, no data
 
 An .h5ad (or a matrix of bulk samples, each sample a group of one) gets every drug the predictor
 knows, or those asked for (new ones from their SMILES), ranked per --groupby group by relative
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -23,16 +27,19 @@ import anndata.io
 import h5py
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 import config as config_mod
 import dist
-from common import PipelineError, atomic_path, command, setup_logging, write_parquet
+from common import PipelineError, atomic_path, command, setup_logging, write_parquet, write_text
 from ingest import bulk, h5ad, table
 from ingest.tokens import cell_tokens
 from predictor import Predictor, reference
 from predictor.cells import RANK_BY, Answer, samples_anndata
 from predictor.samples import Samples
-from reporting.plots import plot_ranking
+from predictor.skill import BAR
+from reporting.plots import pathway_colours, plot_group, plot_ranking
+from reporting.report import ranking_report
 
 log = logging.getLogger("ic50.predict")
 
@@ -53,8 +60,14 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--reference", metavar="NAME", help=f"a reference built by `main.py reference "
                        f"NAME` (default: {reference.DEFAULT!r})")
     which.add_argument("--checkpoint", help="best.pt of a run, instead of a reference")
-    p.add_argument("--data", required=True, help="AnnData (.h5ad) of cells, a matrix of bulk samples "
-                   "(.csv, .tsv, .parquet), or a merged table (.parquet)")
+    p.add_argument("--data", help="AnnData (.h5ad) of cells, a matrix of bulk samples (.csv, .tsv, "
+                   ".parquet), or a merged table (.parquet)")
+    p.add_argument("--explain", nargs="+", metavar="DRUG", help="print what drives each of these drugs in "
+                   "the reference (its genes, strongest weight first, and its skill on unseen lines) and "
+                   "stop; no --data needed")
+    p.add_argument("--top", type=int, default=20, help="--explain: genes printed per drug (default: 20)")
+    p.add_argument("--min-skill", type=float, default=BAR, help="cells or samples: mark drugs whose skill "
+                   f"on unseen lines is below this as low_skill; they stay listed (default: {BAR})")
     p.add_argument("--out", help="a merged table: output parquet (default: <data>_predictions.parquet "
                    "beside it); cells or samples: a new output directory (default: <data>_ln_ic50/ "
                    "beside it)")
@@ -82,8 +95,13 @@ def main(argv: list[str]) -> int:
     """python main.py predict --data CELLS_H5AD_OR_SAMPLES_OR_TABLE [...]"""
     args = parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.data and not args.explain:
+        raise PipelineError("main.py predict needs --data (cells, samples or a table), or --explain DRUG.")
     predictor = Predictor.load(args.checkpoint, reference_name=args.reference,
                                device=dist.pick_device(args.device))
+    if args.explain:
+        print(explain_text(predictor, args.explain, max(1, args.top)))
+        return 0
     data = Path(args.data)
     cards = reference.card_files(predictor.path)
     if h5ad.is_h5ad(data) or is_sample_matrix(data):
@@ -93,17 +111,25 @@ def main(argv: list[str]) -> int:
         options = dict(drugs=args.drugs, smiles=args.smiles, groupby=args.groupby, rank_by=args.rank_by,
                        layer=cfg.layer, gene_column=cfg.gene_column, min_fraction=cfg.min_gene_fraction,
                        gene_table=table.load_gene_table(cfg.gene_table) if cfg.gene_table else None,
-                       block_cells=max(1, args.block_cells))
+                       min_skill=args.min_skill, block_cells=max(1, args.block_cells))
         predict_cells(predictor, data, out, cards, **options)
         return 0
     cells_only = [f for f, v in (("--drugs", args.drugs), ("--smiles", args.smiles),
-                                 ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z")) if v]
+                                 ("--groupby", args.groupby), ("--rank-by", args.rank_by != "z"),
+                                 ("--min-skill", args.min_skill != BAR)) if v]
     if cells_only:
         raise PipelineError(f"{', '.join(cells_only)} apply to cells (.h5ad) and sample matrices; a merged "
                             f"table is predicted for each row's own drug.")
     target = predict_table(predictor, data, args.out)
-    for card in cards:   # the card beside the table: <out>_card.md, <out>_card.json
-        shutil.copyfile(card, target.with_name(f"{target.stem}_{card.name}"))
+    for name in ("card.md", "card.json"):   # the card beside the table: <out>_card.md, <out>_card.json
+        beside = target.with_name(f"{target.stem}_{name}")
+        card = next((c for c in cards if c.name == name), None)
+        if card is not None:
+            with atomic_path(beside) as tmp:
+                shutil.copyfile(card, tmp)
+        elif beside.exists():   # an earlier prediction's card, not this one's
+            beside.unlink()
+            log.info("removed %s: the card of an earlier prediction (this checkpoint has none)", beside)
     return 0
 
 
@@ -131,8 +157,7 @@ def predict_cells(predictor: Predictor, path: Path, out: Path, cards: list[Path]
     only once everything is written): a copy of the .h5ad (for samples, the samples as an .h5ad)
     with obsm['ln_ic50'] (and obsm['ln_ic50_z']) and uns['ln_ic50_drugs'], predictions.parquet,
     ranking.csv, general_sensitivity.csv, ranking_heatmap.png and copies of `cards`."""
-    if out.exists():
-        raise PipelineError(f"output directory '{out}' already exists; pass another --out.")
+    _check_new(out)
     matrix = None
     if not h5ad.is_h5ad(path):
         if options.get("groupby"):
@@ -142,7 +167,9 @@ def predict_cells(predictor: Predictor, path: Path, out: Path, cards: list[Path]
         log.info("'%s': %d samples x %d genes (%s)", path.name, len(matrix.lines), len(matrix.genes),
                  matrix.layout)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _remove_dead_partials(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-",
+                                 dir=out.parent))
     try:
         if matrix is not None:
             adata = samples_anndata(matrix.lines, matrix.genes, matrix.values)
@@ -154,13 +181,50 @@ def predict_cells(predictor: Predictor, path: Path, out: Path, cards: list[Path]
         if answer.table is not None:
             write_parquet(pa.Table.from_pandas(answer.table, preserve_index=False),
                           work / "predictions.parquet")
-        _write_rankings(answer, work, options.get("groupby") or "all cells", cards)
-        work.rename(out)
+        _write_rankings(answer, work, options.get("groupby") or "all cells", cards,
+                        options.get("min_skill", BAR))
+        try:
+            work.rename(out)   # atomic: the outputs appear together or not at all
+        except OSError as e:
+            raise PipelineError(f"output directory '{out}' was filled by another process while this "
+                                f"prediction ran ({e.strerror}); nothing of this one was written there. "
+                                f"Give each job its own --out.") from e
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     log.info("outputs in %s", out)
     return answer
+
+
+def _remove_dead_partials(out: Path) -> None:
+    """The hidden work directories that predictions into `out` killed on this host left behind."""
+    host = socket.gethostname()
+    for partial in out.parent.glob(f".{out.name}.partial-{host}-*"):
+        pid = partial.name.removeprefix(f".{out.name}.partial-{host}-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def _check_new(out: Path) -> None:
+    """An output directory holds one prediction's files: an earlier one's are never mixed in."""
+    if out.is_dir() and not any(out.iterdir()):
+        return   # an empty directory made for the job: filled at the end, at once
+    if out.exists():
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        raise PipelineError(f"output directory '{out}' already exists"
+                            + (f" and holds {', '.join(held[:12])}{' ...' if len(held) > 12 else ''}"
+                               if held else "")
+                            + "; its files are kept as they are. Pass another --out, or delete it first.")
 
 
 def _predict_h5ad(predictor: Predictor, path: Path, work: Path, *, layer=None, gene_column=None, **options
@@ -189,15 +253,41 @@ def _predict_h5ad(predictor: Predictor, path: Path, work: Path, *, layer=None, g
     return answer
 
 
-def _write_rankings(answer: Answer, work: Path, groupby: str, cards: list[Path]) -> None:
+def _write_rankings(answer: Answer, work: Path, groupby: str, cards: list[Path], min_skill: float) -> None:
+    """ranking.csv, general_sensitivity.csv, drivers.parquet, the heatmap, one picture per group
+    (groups/) and report.md."""
     for card in cards:
         shutil.copyfile(card, work / Path(card).name)
+    ranking = answer.ranking
     with atomic_path(work / "ranking.csv") as tmp:
-        answer.ranking.to_csv(tmp, index=False)
+        ranking.to_csv(tmp, index=False)
     if answer.general is not None:
         with atomic_path(work / "general_sensitivity.csv") as tmp:
             answer.general.to_csv(tmp, index=False)
-    plot_ranking(answer.ranking, work / "ranking_heatmap.png", groupby)
+    if answer.drivers is not None and len(answer.drivers):
+        write_parquet(pa.Table.from_pandas(answer.drivers, preserve_index=False), work / "drivers.parquet")
+    plot_ranking(ranking, work / "ranking_heatmap.png", groupby)
+    pictures = {}
+    if "z" in ranking.columns:
+        (work / "groups").mkdir()
+        colours = pathway_colours(ranking)
+        groups = ranking.groupby("group", sort=True)
+        digits = len(str(len(groups)))
+        bar = tqdm(groups, desc="pictures", unit=" group", disable=len(groups) < 20)
+        for i, (group, part) in enumerate(bar):
+            name = f"groups/{i + 1:0{digits}d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', str(group))[:60]}.png"
+            plot_group(part, work / name, f"{groupby} {group}", colours, min_skill)
+            pictures[group] = name
+    write_text(ranking_report(ranking, pictures, groupby, min_skill), work / "report.md")
+
+
+def explain_text(predictor: Predictor, drugs: list[str], top: int) -> str:
+    """What `--explain` prints: each drug's genes, strongest weight first, with its skill."""
+    out = []
+    for drug in drugs:
+        genes, about = predictor.explain(drug, top)
+        out += [about, "", genes.to_string(index=False, float_format=lambda v: f"{v:+.4f}"), ""]
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- tables

@@ -43,8 +43,8 @@ import pyarrow as pa
 import config as config_mod
 from common import PipelineError, atomic_path, command, require_file, setup_logging, write_parquet
 from ingest import drugs, gdsc
-from ingest.merge import load_model_list, normalise_drug
-from ingest.table import FIRST_TOKEN, PROFILES_KEY, VALUE_KIND_KEY
+from ingest.merge import load_model_list
+from ingest.table import FIRST_TOKEN, PROFILES_KEY, STRUCTURELESS, VALUE_KIND_KEY
 
 log = logging.getLogger("ic50.bulk")
 
@@ -294,22 +294,6 @@ def match_lines(matrix: Matrix, gdsc: pd.DataFrame, models: pd.DataFrame | None 
 
 # ----------------------------------------------------------------------------- the reference
 
-def smiles_for_drugs(drugs: list[str], table: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """GDSC drug name -> SMILES by exact name, then by normalised name (one candidate only); and
-    the drugs left without one."""
-    by_norm: dict[str, set[str]] = {}
-    for name, smiles in table.items():
-        by_norm.setdefault(normalise_drug(name), set()).add(smiles)
-    found, missing = {}, []
-    for d in drugs:
-        cands = {table[d]} if d in table else by_norm.get(normalise_drug(d), set())
-        if len(cands) == 1:
-            found[d] = next(iter(cands))
-        else:
-            missing.append(d)
-    return found, missing
-
-
 @dataclass
 class Reference:
     """One profile per matched cell line, and the labelled pairs of those lines and drugs."""
@@ -318,6 +302,7 @@ class Reference:
     genes: pd.DataFrame                      # gene_symbol, ensembl_id, token_id
     lines: pd.DataFrame                      # the line match report
     counts: dict = field(default_factory=dict)
+    structureless: pa.Table | None = None    # the pairs of drugs without a SMILES: drug, line, label
 
 
 def build(matrix: Matrix, gdsc: pd.DataFrame, smiles: dict[str, str], value_kind: str = "normalised",
@@ -335,15 +320,10 @@ def build(matrix: Matrix, gdsc: pd.DataFrame, smiles: dict[str, str], value_kind
                             f"(the file's lines, e.g. {hint}; GDSC's, e.g. "
                             f"{', '.join(sorted(set(gdsc['CELL_LINE_NAME']))[:5])}). Give identifiers "
                             f"with --cell-model-list, or check that both name the same lines.")
-    known, missing = smiles_for_drugs(sorted(set(gdsc["DRUG_NAME"])), smiles)
-    if missing:
-        log.info("%d of %d GDSC drugs have no SMILES in the SMILES table and are left out (e.g. %s)",
-                 len(missing), len(known) + len(missing), ", ".join(missing[:5]))
-    if not known:
-        raise PipelineError(f"no GDSC drug has a SMILES in the SMILES table (GDSC drugs, e.g. "
-                            f"{sorted(set(gdsc['DRUG_NAME']))[:5]}; table names, e.g. {list(smiles)[:5]}).")
+    known, missing = _structures(gdsc, smiles)
     profile_of = dict(zip(matched["gdsc_name"], matched["line"]))
-    pairs = gdsc[gdsc["CELL_LINE_NAME"].isin(profile_of) & gdsc["DRUG_NAME"].isin(known)]
+    at_lines = gdsc["CELL_LINE_NAME"].isin(profile_of)
+    pairs = gdsc[at_lines & gdsc["DRUG_NAME"].isin(known)]
     pairs = pairs.sort_values(["DRUG_NAME", "CELL_LINE_NAME"]).reset_index(drop=True)
     used = sorted(set(pairs["CELL_LINE_NAME"]))
     row = {line: i for i, line in enumerate(matrix.lines)}
@@ -366,6 +346,7 @@ def build(matrix: Matrix, gdsc: pd.DataFrame, smiles: dict[str, str], value_kind
         "gdsc_dataset": text(pairs["gdsc_dataset"]) if "gdsc_dataset" in pairs.columns
         else pa.array(["GDSC"] * len(pairs), pa.string()),
     }).replace_schema_metadata({**meta, PROFILES_KEY.encode(): b"profiles.parquet"})
+    structureless = _structureless(gdsc[at_lines & gdsc["DRUG_NAME"].isin(missing)])
     ensembl = matrix.gene_kind == "ensembl_id"
     genes = pd.DataFrame({"gene_symbol": [None if ensembl else g for g in matrix.genes],
                           "ensembl_id": [g if ensembl else None for g in matrix.genes],
@@ -374,15 +355,37 @@ def build(matrix: Matrix, gdsc: pd.DataFrame, smiles: dict[str, str], value_kind
               "lines_matched": int(len(matched)), "line_rules": {k: int(v) for k, v in how.items()},
               "lines_used": len(used), "drugs": int(pairs["DRUG_NAME"].nunique()),
               "drugs_without_smiles": len(missing), "pairs": int(len(pairs)),
+              "pairs_without_smiles": len(structureless),
               "gdsc_pairs_without_profile": int((~gdsc["CELL_LINE_NAME"].isin(profile_of)).sum())}
     log.info("reference: %d cell lines x %d genes, %d drugs, %d labelled pairs (each line's profile "
              "stored once)", len(used), len(matrix.genes), counts["drugs"], len(pairs))
-    return Reference(profiles, pair_table, genes, lines, counts)
+    return Reference(profiles, pair_table, genes, lines, counts, structureless)
+
+
+def _structures(gdsc: pd.DataFrame, smiles: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The GDSC drugs' SMILES, and the drugs without one."""
+    known, missing = drugs.smiles_for_drugs(sorted(set(gdsc["DRUG_NAME"])), smiles)
+    if missing:
+        log.info("%d of %d GDSC drugs have no SMILES in the SMILES table: the network leaves them out, "
+                 "the per-drug ridge member answers them alone (e.g. %s)", len(missing),
+                 len(known) + len(missing), ", ".join(missing[:5]))
+    if not known:
+        raise PipelineError(f"no GDSC drug has a SMILES in the SMILES table (GDSC drugs, e.g. "
+                            f"{sorted(set(gdsc['DRUG_NAME']))[:5]}; table names, e.g. {list(smiles)[:5]}).")
+    return known, missing
+
+
+def _structureless(pairs: pd.DataFrame) -> pa.Table:
+    """The pairs of drugs without a SMILES at the reference's lines: drug, cell_line_id, LN_IC50."""
+    names = {"DRUG_NAME": "drug", "CELL_LINE_NAME": "cell_line_id", "LN_IC50": "LN_IC50"}
+    pairs = pairs.astype({"DRUG_NAME": str, "CELL_LINE_NAME": str}).sort_values(list(names)[:2])
+    return pa.Table.from_pandas(pairs[list(names)].rename(columns=names), preserve_index=False)
 
 
 def write(ref: Reference, out: Path) -> Path:
     """profiles.parquet, pairs.parquet (which names the profiles), gene_table.parquet,
-    line_matches.csv and reference_counts.json in `out`; the pairs table's path."""
+    line_matches.csv, reference_counts.json and the pairs of drugs without a SMILES
+    (pairs_without_smiles.parquet) in `out`; the pairs table's path."""
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(ref.profiles, out / "profiles.parquet", row_group_size=64)
     write_parquet(pa.Table.from_pandas(ref.genes, preserve_index=False), out / "gene_table.parquet")
@@ -390,6 +393,8 @@ def write(ref: Reference, out: Path) -> Path:
         ref.lines.to_csv(tmp, index=False)
     with atomic_path(out / "reference_counts.json") as tmp:
         tmp.write_text(json.dumps(ref.counts, indent=2) + "\n")
+    if ref.structureless is not None and len(ref.structureless):
+        write_parquet(ref.structureless, out / STRUCTURELESS)
     write_parquet(ref.pairs, out / "pairs.parquet", row_group_size=1 << 16)   # last: the mark of a whole one
     return out / "pairs.parquet"
 
@@ -408,8 +413,6 @@ def prepare(expression: str, smiles_table: str | None, kind: str, model_list: st
     ref = build(read_matrix(expression), gdsc, drugs.read_smiles_table(smiles_table), kind,
                 load_model_list(model_list) if model_list else None)
     return write(ref, out)
-
-
 
 
 @command(log)

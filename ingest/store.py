@@ -6,8 +6,9 @@ IC50 (`label.npy`, float32), which batches read beside the tokens; for a referen
 under `tokens/<key>/`, the key a hash of what shapes it (the table's size, modification time and
 rows, a reference's profiles likewise, value kind, token mode, K), so a rerun, a resume or
 another fold reuses it and other settings never do. One process builds it (rank 0 under
-torchrun; the others wait), in a temporary directory renamed into place once complete, so an
-interrupted build is never taken for a finished one. Every process then maps the same files: the
+torchrun; the others wait; two jobs that need the same store take turns on its lock), in a
+temporary directory renamed into place once complete, so an interrupted build is never taken for
+a finished one. Every process then maps the same files: the
 page cache holds one copy for all of them, and DataLoader workers reopen the maps instead of
 copying them. Memory stays flat in the number of cells and of processes.
 """
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common import atomic_path
+from common import atomic_path, exclusive
 from ingest.table import codes, profile_index, profiles_path, read_keys
 from ingest.tokens import TokenTable, batch_width, labels, token_chunks
 
@@ -84,19 +85,22 @@ def build(source: str | Path, root: str | Path, *, value_kind: str, top_k: int,
             log.info("token store: reusing %s", found)
             return found
     final = Path(root) / k
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.building-*"):   # left by an interrupted build
-        shutil.rmtree(stale, ignore_errors=True)
-    work = final.parent / f".{final.name}.building-{os.getpid()}"
-    work.mkdir()
-    try:
-        meta = _write(Path(source), work, value_kind, top_k)
-        with atomic_path(work / "meta.json") as tmp:   # written last: the mark of a complete store
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with exclusive(final, "a build of this token store", wait=True):   # one builds, the others wait
+        if (final / "meta.json").exists():
+            log.info("token store: reusing %s", final)
+            return final
+        for stale in final.parent.glob(f".{final.name}.building-*"):   # left by a build that died
+            shutil.rmtree(stale, ignore_errors=True)
+        work = final.parent / f".{final.name}.building-{os.getpid()}"
+        work.mkdir()
+        try:
+            meta = _write(Path(source), work, value_kind, top_k)
+            with atomic_path(work / "meta.json") as tmp:   # written last: the mark of a complete store
+                tmp.write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     log.info("token store: %d rows, %d tokens (%.1f MB) in %s (%.0fs)", meta["rows"], meta["total"],
              meta["bytes"] / 1e6, final, meta["seconds"])
     return final

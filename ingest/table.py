@@ -41,6 +41,7 @@ FIRST_TOKEN = 3      # gene token ids 0-2 are reserved, as in Tahoe-100M
 # A reference (bulk profiles) is a pairs table without genes/expressions that names, under this
 # metadata key, the file beside it holding one profile per cell line (cell_line_id, genes, expressions)
 PROFILES_KEY = "profiles"
+STRUCTURELESS = "pairs_without_smiles.parquet"   # beside a reference's pairs: drugs without a SMILES
 PROFILE_COLUMNS = ("cell_line_id", "genes", "expressions")
 
 
@@ -100,6 +101,13 @@ def profiles_path(path: str | Path) -> Path | None:
         raise PipelineError(f"reference '{path}' names its profiles '{name.decode()}', which is not "
                             f"beside it ({profiles}); keep pairs.parquet and profiles.parquet together.")
     return profiles
+
+
+def structureless_pairs(path: str | Path) -> pd.DataFrame | None:
+    """The labelled pairs of drugs without a SMILES beside a reference's pairs table (drug,
+    cell_line_id, LN_IC50), which the ridge member alone learns; None where there are none."""
+    beside = Path(path).parent / STRUCTURELESS
+    return pd.read_parquet(beside) if beside.exists() else None
 
 
 def _check_types(path: Path, schema: pa.Schema, names) -> None:

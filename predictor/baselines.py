@@ -84,6 +84,20 @@ class Design:
         """[pairs, genes]: the profiles of (some of) the training pairs."""
         return self.x[self.train["profile"].to_numpy()[rows]]
 
+    def with_pairs(self, pairs: pd.DataFrame) -> tuple["Design", pd.DataFrame]:
+        """More labelled pairs (drug, cell_line_id, LN_IC50) of the same lines: those at training
+        lines join the training pairs; those at the other lines are returned, with their profile."""
+        keys = ["drug", "cell_line_id", "LN_IC50"]
+        train_line = dict(zip(self.train["cell_line_id"], self.train["profile"]))
+        other_line = dict(zip(self.test["cell_line_id"], self.test["profile"]))
+        train = pairs[pairs["cell_line_id"].isin(train_line)][keys]
+        other = pairs[pairs["cell_line_id"].isin(other_line)][keys]
+        train = train.assign(profile=train["cell_line_id"].map(train_line).to_numpy(np.int64))
+        other = other.assign(profile=other["cell_line_id"].map(other_line).to_numpy(np.int64))
+        grown = Design(pd.concat([self.train, train], ignore_index=True), self.test, self.x, self.genes,
+                       self.mean, self.sd)
+        return grown, other.reset_index(drop=True)
+
     def profile_of(self, pairs: pd.DataFrame) -> np.ndarray:
         """The row of x that each of these test pairs (drug, cell_line_id) reads."""
         keys = ["drug", "cell_line_id"]
@@ -224,11 +238,12 @@ def ridge_baseline(design: Design, drug_vectors: dict[str, np.ndarray] | None = 
     return drug_offsets(design, drug_vectors) + per_profile[design.test["profile"].to_numpy()]
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, float]:
-    """(coefficients, intercept) of a ridge with alpha by leave-one-out (scikit-learn's RidgeCV)."""
+def _ridge(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(coefficients, intercept, alpha) of a ridge with alpha by leave-one-out (scikit-learn's
+    RidgeCV)."""
     from sklearn.linear_model import RidgeCV
     fit = RidgeCV(alphas=alphas).fit(x, y)
-    return fit.coef_, float(fit.intercept_)
+    return fit.coef_, float(fit.intercept_), float(fit.alpha_)
 
 
 @dataclass
@@ -241,6 +256,10 @@ class RidgePerDrug:
     drugs: list[str]         # the drugs with a model (enough training pairs)
     coef: np.ndarray         # [drugs, G]
     intercept: np.ndarray    # [drugs]
+    # the penalties fit_with_level chose ("level" and each drug's own part) and the drugs the level
+    # was learnt from, which cross-fitting reuses (skill.py); not kept in the checkpoint
+    alphas: dict[str, float] | None = None
+    level_drugs: set | None = None
 
     @classmethod
     def fit(cls, design, min_pairs: int = 5, alphas: np.ndarray = ALPHAS) -> "RidgePerDrug":
@@ -250,17 +269,18 @@ class RidgePerDrug:
         y = design.train["LN_IC50"].to_numpy()
         for drug, rows in design.train.groupby("drug").indices.items():
             if len(rows) >= min_pairs:
-                coef, intercept = _ridge(design.x_train(rows), y[rows], alphas)
+                coef, intercept, _ = _ridge(design.x_train(rows), y[rows], alphas)
                 drugs.append(drug)
                 coefs.append(coef)
                 intercepts.append(intercept)
         return cls._of(design, drugs, coefs, intercepts)
 
     @classmethod
-    def fit_with_level(cls, design, min_pairs: int = 5, alphas: np.ndarray = ALPHAS) -> "RidgePerDrug":
-        """One ridge for each line's general level (its mean z over its training drugs) from every
-        drug's pairs, and one ridge per drug for the drug's own part (z less the level), folded
-        into one model per drug: ln IC50 = mean + sd (level + own part)."""
+    def fit_with_level(cls, design, min_pairs: int = 5, alphas: np.ndarray = ALPHAS,
+                       level_drugs=None) -> "RidgePerDrug":
+        """One ridge for each line's general level (its mean z over its training drugs, or over
+        `level_drugs`) from every drug's pairs, and one ridge per drug for the drug's own part (z
+        less the level), folded into one model per drug: ln IC50 = mean + sd (level + own part)."""
         train = design.train
         stats = train.groupby("drug")["LN_IC50"].agg(["mean", "std", "size"])
         stats = stats[(stats["size"] >= min_pairs) & (stats["std"] > 0)]
@@ -270,17 +290,20 @@ class RidgePerDrug:
         z = (train["LN_IC50"].to_numpy() - mean) / sd
         profile = train["profile"].to_numpy()
         lines, of_line = np.unique(profile, return_inverse=True)
-        level = np.bincount(of_line, weights=z) / np.bincount(of_line)
-        level_coef, level_icpt = _ridge(design.x[lines], level, alphas)
+        level = line_level(z, of_line, len(lines), None if level_drugs is None else
+                           train["drug"].isin(level_drugs).to_numpy())
+        level_coef, level_icpt, chosen = _ridge(design.x[lines], level, alphas)
         own = z - level[of_line]
-        drugs, coefs, intercepts = [], [], []
+        drugs, coefs, intercepts, penalties = [], [], [], {"level": chosen}
         for drug, rows in train.groupby("drug").indices.items():
-            coef, intercept = _ridge(design.x[profile[rows]], own[rows], alphas)
+            coef, intercept, penalties[drug] = _ridge(design.x[profile[rows]], own[rows], alphas)
             m, s = stats.loc[drug, "mean"], stats.loc[drug, "std"]
             drugs.append(drug)
             coefs.append(s * (level_coef + coef))
             intercepts.append(m + s * (level_icpt + intercept))
-        return cls._of(design, drugs, coefs, intercepts)
+        fitted = cls._of(design, drugs, coefs, intercepts)
+        fitted.alphas, fitted.level_drugs = penalties, level_drugs
+        return fitted
 
     @classmethod
     def _of(cls, design, drugs: list[str], coefs: list, intercepts: list) -> "RidgePerDrug":
@@ -305,6 +328,14 @@ class RidgePerDrug:
         """[N, vocabulary genes] profiles -> their standardised columns."""
         pos = np.searchsorted(vocab, self.genes)
         return (values[:, pos] - self.mean) / self.sd
+
+
+def line_level(z: np.ndarray, of_line: np.ndarray, lines: int, counted: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Each line's mean z over its pairs (those `counted`: every pair by default)."""
+    w = np.ones(len(z)) if counted is None else counted.astype(np.float64)
+    return np.bincount(of_line, weights=w * z, minlength=lines) / np.maximum(
+        np.bincount(of_line, weights=w, minlength=lines), 1e-12)
 
 
 def ridge_per_drug(design: Design, min_pairs: int = 5) -> np.ndarray:

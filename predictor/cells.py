@@ -33,13 +33,15 @@ from ingest.drugs import read_smiles_table
 from ingest.tokens import cell_tokens, vocab_index
 from predictor.align import align
 from predictor.samples import Samples
+from predictor.skill import BAR
 
 log = logging.getLogger("ic50.cells")
 
 OUTPUT_KEY = "ln_ic50"   # obsm[OUTPUT_KEY]: cells x drugs; uns[OUTPUT_KEY + "_drugs"]: the drugs
 RANK_BY = ("z", "ln_ic50")   # relative sensitivity (default), or potency
 RANKING_COLUMNS = ["z", "z_low", "z_high", "percentile", "ln_ic50", "ln_ic50_low", "ln_ic50_high",
-                   "median_ln_ic50", "q25", "q75", "iqr", "cells", "new_drug", "similarity_to_training"]
+                   "median_ln_ic50", "q25", "q75", "iqr", "cells", "skill", "low_skill", "drivers",
+                   "drivers_share", "z_linear", "z_network", "new_drug", "similarity_to_training"]
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Answer:
     drugs: list[str]
     genes: dict                    # how the file's genes mapped onto the network's
     seconds: float
+    drivers: pd.DataFrame | None = None   # drivers.parquet: each group and drug's strongest genes
 
     def entries(self) -> list[tuple[str, str, object]]:
         """(obsm or uns, key, value): what an AnnData gains."""
@@ -73,12 +76,14 @@ class Query:
 
 def answer(predictor, data, drugs=None, *, smiles=None, groupby: str | None = None, rank_by: str = "z",
            layer: str | None = None, gene_column: str | None = None, gene_table: pd.DataFrame | None = None,
-           min_fraction: float = 0.5, block_cells: int = 8192, each_block=None) -> Answer:
+           min_fraction: float = 0.5, min_skill: float = BAR, block_cells: int = 8192, each_block=None
+           ) -> Answer:
     """`data`: an AnnData (annotated in place), a DataFrame of bulk samples (rows: samples, named by
     the index; columns: genes) or an open h5ad.Cells. `drugs`: names the predictor knows, or
     name -> SMILES (default: every drug it knows, and those of `smiles`: a CSV of name,smiles or a
-    mapping). `each_block`: a single-cell model's per-cell rows are handed to it, a block at a time
-    (predictions.parquet), and not kept."""
+    mapping). `min_skill`: drugs whose skill on unseen lines (skill.py) is below it are marked
+    `low_skill` in the ranking, and kept. `each_block`: a single-cell model's per-cell rows are
+    handed to it, a block at a time (predictions.parquet), and not kept."""
     t0 = time.perf_counter()
     if rank_by not in RANK_BY:
         raise PipelineError(f"--rank-by {rank_by!r}: expected one of {list(RANK_BY)}.")
@@ -91,11 +96,18 @@ def answer(predictor, data, drugs=None, *, smiles=None, groupby: str | None = No
     table = h5ad.checkpoint_gene_table(predictor.network.genes) if gene_table is None else gene_table
     q = query(predictor, cells, table, drugs, smiles, groupby, min_fraction)
     rank_by = rank_by if predictor.spread is not None else "ln_ic50"
+    drivers = None
     if predictor.bulk:
-        per_cell, table, ranking = _groups(predictor, q, block_cells, rank_by)
+        per_cell, table, ranking, drivers = _groups(predictor, q, block_cells, rank_by)
     else:
         per_cell, ranking = _cells(predictor, q, block_cells, rank_by, each_block)
         table = None
+    if "skill" in ranking.columns:
+        at = ranking.columns.get_loc("skill") + 1
+        ranking.insert(at, "low_skill", (ranking["skill"] < min_skill).to_numpy())
+        log.info("skill on unseen lines: %d of %d drugs below %.2f are marked low_skill (kept in the "
+                 "ranking)", int(ranking.drop_duplicates("drug")["low_skill"].sum()),
+                 ranking["drug"].nunique(), min_skill)
     if predictor.annotations is not None:   # a drug the annotations lack gets empty fields
         ranking = ranking.merge(predictor.annotations[["drug", "target", "pathway"]], on="drug", how="left")
         ranking[["target", "pathway"]] = ranking[["target", "pathway"]].fillna("")
@@ -104,7 +116,7 @@ def answer(predictor, data, drugs=None, *, smiles=None, groupby: str | None = No
         mean, sd = predictor.spread.of(list(q.drugs))
         z = ((per_cell - mean) / sd).astype(np.float32)
     result = Answer(ranking, general_sensitivity(ranking, predictor.bulk), table, per_cell, z, list(q.drugs),
-                    q.gmap.counts, time.perf_counter() - t0)
+                    q.gmap.counts, time.perf_counter() - t0, drivers)
     if isinstance(data, anndata.AnnData):
         for group, key, value in result.entries():
             getattr(data, group)[key] = value
@@ -127,7 +139,7 @@ def wanted_drugs(predictor, names, smiles) -> dict[str, str]:
     given = (read_smiles_table(smiles) if isinstance(smiles, (str, Path)) else dict(smiles or {}))
     if isinstance(names, dict):
         return {**given, **names}
-    known = dict(predictor.network.drugs)
+    known = predictor.known_drugs()
     if not names:
         return {**known, **given}
     unknown = [n for n in names if n not in given and n not in known]
@@ -135,7 +147,7 @@ def wanted_drugs(predictor, names, smiles) -> dict[str, str]:
         raise PipelineError(f"drug(s) {unknown} are not known to the checkpoint (it knows "
                             f"{sorted(known)[:8]}{' ...' if len(known) > 8 else ''}); give their "
                             f"SMILES in a CSV of name,smiles with --smiles.")
-    return {n: given.get(n) or known[n] for n in names}
+    return {n: given.get(n) or known[n] for n in names}   # None: a drug the ridge member answers alone
 
 
 def query(predictor, h: h5ad.Cells, table: pd.DataFrame | None, drugs, smiles, groupby,
@@ -166,7 +178,8 @@ def query(predictor, h: h5ad.Cells, table: pd.DataFrame | None, drugs, smiles, g
     groups = (h5ad.obs_column(h, groupby, "--groupby").astype(str).to_numpy() if groupby
               else np.full(h.n_cells, "all cells", dtype=object))
     wanted = wanted_drugs(predictor, drugs, smiles)
-    network.rows_of(wanted)   # new SMILES encoded now: a fine-tuned encoder refuses them before any work
+    # new SMILES encoded now: a fine-tuned encoder refuses them before any work
+    network.rows_of({d: s for d, s in wanted.items() if s})
     predictor.describe_new_drugs(wanted)
     log.info("predicting %d cells x %d drugs from %s (%s)", h.n_cells, len(wanted), h.path, h.where)
     return Query(h, kind, gmap, groups, wanted)
@@ -225,9 +238,9 @@ def group_means(q: Query, block_cells: int) -> tuple[list[str], np.ndarray, np.n
 
 
 def _groups(predictor, q: Query, block_cells: int, rank_by: str
-            ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    """A bulk model: one aligned profile per group, predicted for every drug; each cell carries
-    its group's prediction."""
+            ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A bulk model: one aligned profile per group, predicted for every drug, with its drivers;
+    each cell carries its group's prediction."""
     vocab = predictor.network.vocab
     names, means, cells = group_means(q, block_cells)
     pos, known = vocab_index(vocab, q.gmap.token_ids)
@@ -243,7 +256,10 @@ def _groups(predictor, q: Query, block_cells: int, rank_by: str
     pred = table["ln_ic50"].to_numpy().reshape(len(names), len(q.drugs))
     group_of = {g: i for i, g in enumerate(names)}
     per_cell = pred[[group_of[g] for g in q.groups.astype(str)]].astype(np.float32)
-    return per_cell, table, ranked(table, rank_by)
+    drivers = predictor.drivers_table(aligned, cols["drug"].to_numpy(), cols["sample"].to_numpy())
+    if drivers is not None:
+        drivers.insert(0, "group", np.asarray(names, dtype=object)[drivers.pop("sample").to_numpy(np.int64)])
+    return per_cell, table, ranked(table, rank_by), drivers
 
 
 def rank_cells(preds: np.ndarray, groups: np.ndarray, names: list[str], spread, rank_by: str) -> pd.DataFrame:

@@ -5,10 +5,10 @@ What it holds rebuilds the network and featurises new rows the same way: the net
 decided, the gene vocabulary and its names, the drugs and their vectors, the label scale and the
 batch size, and for bulk models the per-gene statistics of the training profiles (`domain`); and
 the Predictor's other parts, each a few arrays: the stack, each drug's spread, the new-drug
-predictor. The run's full settings sit beside them for the record. Tensors, numbers, strings and
-lists only, so that a checkpoint written under numpy 2 loads under numpy 1 and the other way
-round. Its format number is read, and `upgrade` holds every rule that brings an earlier format to
-this one.
+predictor, each drug's skill. The run's full settings sit beside them for the record. Tensors,
+numbers, strings and lists only, so that a checkpoint written under numpy 2 loads under numpy 1
+and the other way round. Its format number is read, and `upgrade` holds every rule that brings
+an earlier format to this one.
 """
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ from ingest.drugs import DrugTower
 from model import build_model
 from predictor.network import Network
 from predictor.newdrugs import NewDrugs
+from predictor.skill import Skill
 from predictor.spread import DrugSpread
 from predictor.stack import Stack
 
 log = logging.getLogger("ic50.checkpoint")
 
-FORMAT = 10
-PARTS = {"stack": Stack, "spread": DrugSpread, "newdrugs": NewDrugs}   # the Predictor's, beside the network
+FORMAT = 11
+PARTS = {"stack": Stack, "spread": DrugSpread, "newdrugs": NewDrugs,   # the Predictor's, beside the network
+         "skill": Skill}
 
 
 def write(path: Path, network: Network, parts: dict, settings: dict | None = None) -> None:
@@ -140,8 +142,9 @@ def upgrade(state: dict, source: str) -> dict:
     reads both). 9: the predictor of new drugs (`newdrugs`); earlier formats have none and predict a
     new drug with the network alone, without an interval. 10: the batch size apart from the
     network's settings (`model_args` holds a ModelConfig), and the training profiles' statistics
-    as `domain` (before: `reference`). Any format: settings since removed are dropped where they
-    held the one value that remains, and refused by name where not."""
+    as `domain` (before: `reference`). 11: each drug's skill, cross-fitted on the training lines
+    (`skill`); earlier formats have none and give no skill. Any format: settings since removed are
+    dropped where they held the one value that remains, and refused by name where not."""
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise PipelineError(f"'{source}' is a checkpoint of format {fmt}, newer than this version reads "

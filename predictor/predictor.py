@@ -17,6 +17,7 @@ inside, not at the callers.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import PipelineError
 from ingest.prepare import Prepared
-from ingest.table import key_rows, pair_labels, profiles_path
+from ingest.table import key_rows, pair_labels, profiles_path, structureless_pairs
 from ingest.tokens import TokenTable, vocab_index
 from model import count_parameters
 from predictor import cells, checkpoint, reference
 from predictor.align import align
 from predictor.baselines import design_of
+from predictor.drivers import KEPT, Drivers, parts
 from predictor.network import Network
 from predictor.newdrugs import FAR, NewDrugs, fill, fingerprints, nearest, similarity_to_training
 from predictor.samples import Samples
+from predictor.skill import BAR, FOLDS, Skill
 from predictor.spread import DrugSpread
 from predictor.stack import LEVEL, Stack, fit_stack
 
@@ -46,9 +50,11 @@ class Predictor:
     spread: DrugSpread | None = None    # None in checkpoints before format 7: no z, no percentile
     stack: Stack | None = None          # a bulk reference's; None for other models
     newdrugs: NewDrugs | None = None    # None in checkpoints before format 9: new drugs by the network
+    skill: Skill | None = None          # a reference's; None in checkpoints before format 11
     path: Path | None = None            # the checkpoint it was read from
     annotations: pd.DataFrame | None = None   # drug, target, pathway (a reference built with them)
     described: set = field(default_factory=set, repr=False)   # new drugs the log has named
+    _drivers: Drivers | None = field(default=None, repr=False)
 
     @property
     def bulk(self) -> bool:
@@ -71,9 +77,29 @@ class Predictor:
             design = design_of(prep.source, prep.keys, rows["train"], rows["val"],
                                value_kind=network.cfg.value_kind, seed=seed)
             val = network.predict(network.features(prep.store, rows["val"]), local=True)
-            predictor.stack = fit_stack(design, key_rows(prep.keys, rows["val"]), val)
+            alone, alone_val = structureless_pairs(prep.source), None
+            if alone is not None:   # drugs without a SMILES: their pairs join the ridge member's
+                n = len(design.train)
+                design, alone_val = design.with_pairs(alone)
+                predictor.spread = DrugSpread.fit(pd.concat([train_pairs, design.train.iloc[n:]]))
+                alone = sorted(set(alone["drug"]))
+            predictor.stack = fit_stack(design, key_rows(prep.keys, rows["val"]), val, alone, alone_val)
             predictor.calibrate_new_drugs()
+            if predictor.stack is not None:
+                predictor._fit_skill(design, seed)
         return predictor
+
+    def _fit_skill(self, design, seed: int) -> None:
+        stack = self.stack
+        if stack.alone:
+            log.info("%d drugs without a SMILES are answered by the ridge member alone (no network, no "
+                     "structure): %.0f%% intervals +- %.2f sd, against +- %.2f for the blend",
+                     len(stack.alone), 100 * LEVEL, stack.alone_scales[LEVEL], stack.scales[LEVEL])
+        q_alone = stack.alone_scales[LEVEL] if stack.alone_scales else None
+        self.skill = Skill.fit(design, stack.ridge, stack.scales[LEVEL], seed, stack.alone, q_alone)
+        log.info("per-drug skill (the ridge member cross-fitted over %d folds of the training lines): median "
+                 "%.2f; %d of %d drugs below %.1f", FOLDS, np.nanmedian(self.skill.pearson),
+                 int((self.skill.pearson < BAR).sum()), len(self.skill.drugs), BAR)
 
     def calibrate_new_drugs(self) -> None:
         """The new-drug interval at new samples, measured on the validation lines the stack keeps
@@ -95,15 +121,17 @@ class Predictor:
         """Samples -> a frame of every output's columns, one row per (sample, drug): `sample` (its
         position), `drug`, `ln_ic50`, with a stack `network`, `ridge` and the interval
         (`ln_ic50_low`, `ln_ic50_high`), with the spread `z`, `percentile` (and `z_low`, `z_high`),
-        then `new_drug` and `similarity_to_training`. `drugs`: name -> SMILES of the drugs asked for
-        (default: every drug the network knows), or of the samples' own drugs.
+        with a stack each prediction's `drivers`, `drivers_share`, `z_network` and `z_linear`
+        (drivers.py), with a skill each drug's `skill`, then `new_drug` and
+        `similarity_to_training`. `drugs`: name -> SMILES of the drugs asked for (default: every
+        drug the predictor knows, known_drugs), or of the samples' own drugs.
 
         An AnnData (in memory), a DataFrame of bulk samples (rows samples, columns genes) or an
         open .h5ad -> cells.Answer: a ranking per group and each cell's predictions (cells.py;
         `drugs` may then be names)."""
         if not isinstance(samples, Samples):
             return cells.answer(self, samples, drugs, **options)
-        smiles = dict(self.network.drugs if drugs is None else drugs)
+        smiles = self.known_drugs() if drugs is None else dict(drugs)
         n = len(samples)
         if samples.drug is not None:
             at, drug = np.arange(n), samples.drug
@@ -113,8 +141,7 @@ class Predictor:
             names = list(smiles)
             at, code = np.repeat(np.arange(n), len(names)), np.tile(np.arange(len(names)), n)
             drug = np.asarray(names, dtype=object)[code]
-            network = self.network.predict_pairs(samples.tokens, samples.tokens.profiles(samples.rows)[at],
-                                                 code, names, smiles)
+            network = self._network_pairs(samples, at, code, names, smiles)
         values = samples.values
         if values is None and self.stack is not None:
             values = samples.tokens.over(self.network.vocab)
@@ -126,13 +153,37 @@ class Predictor:
                      f"genes; the validation lines sent through it), which does not cover what single "
                      f"cells add beyond it")
         out = self._known_columns(drug, network, values, profile, scale)
+        if self.drivers is not None and values is not None and "ridge" in out:
+            out.update(self._explained(drug, out, values, profile))
         new, sim = self.novelty(smiles)
         is_new = pd.Series(drug).map(dict(zip(smiles, new))).to_numpy(bool)
         if is_new.any():
             out = self._new_drug_columns(out, is_new, drug, smiles, samples, at, values, profile, scale)
+        if self.skill is not None:
+            out["skill"] = self.skill.of(drug)[0]
         similarity = pd.Series(drug).map(dict(zip(smiles, sim))).to_numpy(float)
         out.update(new_drug=is_new, similarity_to_training=similarity)
         return pd.DataFrame({"sample": at, "drug": drug, **out})
+
+    def _network_pairs(self, samples: Samples, at: np.ndarray, code: np.ndarray, names: list[str],
+                       smiles: dict) -> np.ndarray:
+        """The network's prediction of each (sample at, drug names[code]) pair; NaN for a drug
+        without a structure (the ridge member answers it alone)."""
+        has = np.array([bool(smiles[d]) for d in names], dtype=bool)
+        out = np.full(len(code), np.nan)
+        if has.any():
+            keep = has[code]
+            renumber = np.cumsum(has) - 1
+            profiles = samples.tokens.profiles(samples.rows)[at[keep]]
+            out[keep] = self.network.predict_pairs(samples.tokens, profiles, renumber[code[keep]],
+                                                   [d for d, h in zip(names, has) if h], smiles)
+        return out
+
+    def known_drugs(self) -> dict[str, str | None]:
+        """Name -> SMILES of every drug the predictor answers without being told its structure:
+        the network's, and those the ridge member answers alone (None: no structure known)."""
+        alone = {d: None for d in (self.stack.alone or [])} if self.stack is not None else {}
+        return {**self.network.drugs, **alone}
 
     def _known_columns(self, drug, network: np.ndarray, values, profile, scale) -> dict[str, np.ndarray]:
         """ln IC50 (with a stack, the blend, with the network's own prediction, the ridge member's
@@ -146,6 +197,62 @@ class Predictor:
             out.update(self.spread.columns(drug, out["ln_ic50"], out.get("ln_ic50_low"),
                                            out.get("ln_ic50_high")))
         return out
+
+    @property
+    def drivers(self) -> Drivers | None:
+        """The ridge member's weights in z units, genes named (drivers.py); None without a stack."""
+        if self._drivers is None and self.stack is not None:
+            self._drivers = Drivers.of(self.stack, self.network.genes)
+        return self._drivers
+
+    def _explained(self, drug, out: dict, values: np.ndarray, profile: np.ndarray) -> dict[str, np.ndarray]:
+        """Each known drug's prediction split into the network's and the ridge member's parts of
+        its z, and the genes that move the member's (drivers.py)."""
+        x = self.stack.inputs(values, self.network.vocab)
+        sd = self.spread.of(drug)[1] if self.spread is not None else self.stack.unit(drug)
+        return {**self.drivers.columns(x, drug, profile),
+                **parts(self.stack, drug, out["network"], out["ridge"], sd)}
+
+    def drivers_table(self, values: np.ndarray, drug, at: np.ndarray, top: int = KEPT) -> pd.DataFrame | None:
+        """Every (sample, drug) pair's `top` drivers: sample (position in values), drug, rank, gene,
+        contribution (z) and expression (sd from the training lines' mean); None without a stack."""
+        if self.drivers is None:
+            return None
+        drug = np.asarray(drug, dtype=object)
+        long = self.drivers.long(self.stack.inputs(values, self.network.vocab), drug, at, top)
+        pair = long.pop("pair").to_numpy()
+        return pd.concat([pd.DataFrame({"sample": np.asarray(at)[pair], "drug": drug[pair]}),
+                          long.reset_index(drop=True)], axis=1)
+
+    def explain(self, drug: str, top: int = 20) -> tuple[pd.DataFrame, str]:
+        """A drug's genes, strongest weight first (rank, gene, weight in z per sd of the gene,
+        when_high: sensitive or resistant), and a line that says what they are and how well the
+        predictor knows the drug."""
+        d = self.drivers
+        if d is None:
+            raise PipelineError(f"{self.path or 'this checkpoint'} has no per-drug weights to explain: "
+                                f"drivers come from a bulk reference's ridge member (checkpoint format 8 or "
+                                f"later); single-cell models have none.")
+        if drug not in d.drugs:
+            close = difflib.get_close_matches(drug.lower(), [x.lower() for x in d.drugs], n=3, cutoff=0.6)
+            close = [x for x in d.drugs if x.lower() in close]
+            hint = f"did you mean {', '.join(map(repr, close))}?" if close else "card.json lists them"
+            why = ("it is known to the network but has too few training lines for a ridge member"
+                   if drug in self.network.drugs else
+                   f"the reference has no drug of that name ({len(d.drugs)} drugs; {hint})")
+            raise PipelineError(f"--explain {drug!r}: {why}.")
+        part = ("it answers this drug alone: no structure" if self.stack.is_alone([drug])[0]
+                 else f"blend weight {self.stack.weights[1]:.2f}")
+        about = f"{drug}: the ridge member's weights ({part}), in z per sd of each gene"
+        if self.skill is not None and drug in self.skill.drugs:
+            i = self.skill.drugs.index(drug)
+            pearson, coverage = self.skill.pearson[i], self.skill.coverage[i]
+            weak = f"; below {BAR}: weakly known" if pearson < BAR else ""
+            about += (f"; skill on unseen lines {pearson:.2f} (Pearson, cross-fitted over its "
+                      f"{self.skill.lines[i]} training lines{weak}), 90% interval coverage "
+                      f"{100 * coverage:.0f}%")
+        return d.of_drug(drug, top), about + (". Negative: sensitive when high; the network's part is not "
+                                              "attributed.")
 
     def _new_drug_columns(self, out, is_new, drug, smiles, samples, at, values, profile, scale) -> dict:
         """The pairs of drugs new to the model, from the new-drug predictor: at the training lines
@@ -238,12 +345,15 @@ class Predictor:
         new = np.array([d not in known for d in names], dtype=bool)
         if not new.any():
             return new, np.ones(len(names))
+        asked = [drugs[d] for d, is_new in zip(names, new) if is_new]
         if self.newdrugs is not None:
-            sim = self.newdrugs.similarity([drugs[d] for d in names]).max(1)
+            sim = self.newdrugs.similarity(asked).max(1)
         else:
-            sim = similarity_to_training([self.network.drugs[d] for d in known if d in self.network.drugs],
-                                         [drugs[d] for d in names])
-        return new, np.where(new, sim, 1.0)
+            pool = [self.network.drugs[d] for d in known if d in self.network.drugs]
+            sim = similarity_to_training(pool, asked)
+        out = np.ones(len(names))
+        out[new] = sim
+        return new, out
 
     def describe_new_drugs(self, drugs: dict[str, str]) -> None:
         """The log's word on each drug new to the model: its most similar training drugs, and a
@@ -287,12 +397,18 @@ class Predictor:
                             "scales": {str(k): v for k, v in (self.stack.scales or {}).items()}}
         if self.newdrugs is not None:
             out["newdrugs"] = self.newdrugs.record()
+        if self.skill is not None:
+            sk = self.skill
+            out["skill"] = {"folds": FOLDS, "bar": BAR, "drugs": dict(zip(sk.drugs, sk.pearson)),
+                            "coverage": dict(zip(sk.drugs, sk.coverage))}
+        if self.stack is not None and self.stack.alone:
+            out["without_smiles"] = {"drugs": list(self.stack.alone), "scales": self.stack.alone_scales}
         return out
 
     def save(self, path: str | Path, settings: dict | None = None) -> None:
         """best.pt (checkpoint.py); `settings`: the run's, kept for the record."""
         checkpoint.write(Path(path), self.network, {"stack": self.stack, "spread": self.spread,
-                                                    "newdrugs": self.newdrugs}, settings)
+                                                    "newdrugs": self.newdrugs, "skill": self.skill}, settings)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, reference_name: str | None = None,

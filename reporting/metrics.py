@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from predictor.skill import BAR
 from predictor.spread import DrugSpread
 
 TOP = 10   # the length of the list a user reads: top-k precision
@@ -192,6 +193,32 @@ def line_scores(pairs: pd.DataFrame, spread: DrugSpread, k: int = TOP, min_drugs
             "lines": len(rows), "by_line": rows}
 
 
+def skill_check(estimate: dict[str, float], by_drug: dict, coverage: dict[str, float] | None = None,
+                measured_coverage: dict[str, float] | None = None) -> dict:
+    """Each drug's skill estimated on the training lines against its Pearson measured on the test
+    pairs (per_drug's by_drug): their correlation over drugs, and the measured Pearson of the drugs
+    estimated below the bar beside that of the others; with each drug's estimated and measured
+    interval coverage, their means and correlation."""
+    drugs = [d for d, r in by_drug.items() if _finite(estimate.get(d)) and _finite((r or {}).get("pcc"))]
+    if len(drugs) < 3:
+        return {"drugs": len(drugs), "pearson": None, "spearman": None}
+    est = np.array([estimate[d] for d in drugs])
+    measured = np.array([by_drug[d]["pcc"] for d in drugs])
+    low = est < BAR
+    out = {"drugs": len(drugs), "pearson": float(np.corrcoef(est, measured)[0, 1]),
+           "spearman": float(stats.spearmanr(est, measured)[0]), "below_bar": int(low.sum()),
+           "measured_below_bar": float(measured[low].mean()) if low.any() else None,
+           "measured_above_bar": float(measured[~low].mean()) if (~low).any() else None,
+           "mean_gap": float(np.mean(est - measured))}
+    coverage, measured_coverage = coverage or {}, measured_coverage or {}
+    both = [d for d in drugs if _finite(coverage.get(d)) and _finite(measured_coverage.get(d))]
+    if len(both) >= 3:
+        a, b = np.array([coverage[d] for d in both]), np.array([measured_coverage[d] for d in both])
+        out["coverage"] = {"estimate": float(a.mean()), "measured": float(b.mean()),
+                           "pearson": float(np.corrcoef(a, b)[0, 1])}
+    return out
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and np.isfinite(v)
 
@@ -253,6 +280,9 @@ def aggregate(results: dict[str, dict]) -> dict:
     for key in ("members", "interval"):
         if key in first and all(key in r for r in results.values()):
             out[key] = walk([r[key] for r in results.values()], first[key])
+    if all("check" in r.get("skill", {}) for r in results.values()):
+        checks = [r["skill"]["check"] for r in results.values()]
+        out["skill"] = {"check": walk(checks, first["skill"]["check"])}
     return {"split": first["split"], "runs": list(results), **out,
             "test": walk([r["test"] for r in results.values()], first["test"]),
             "baselines": {b: walk([r["baselines"][b] for r in results.values()], first["baselines"][b])

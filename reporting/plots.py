@@ -43,6 +43,26 @@ def plot_pairs(pred: pd.DataFrame, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def plot_skill(estimate: dict[str, float], by_drug: dict, path: Path) -> None:
+    """One dot per drug: its skill estimated on the training lines against its Pearson measured on
+    the test pairs, with the bar below which predictions are marked."""
+    from predictor.skill import BAR
+    drugs = [d for d, r in by_drug.items() if _finite(estimate.get(d)) and _finite((r or {}).get("pcc"))]
+    est = np.array([estimate[d] for d in drugs])
+    measured = np.array([by_drug[d]["pcc"] for d in drugs])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(est, measured, s=10, alpha=0.6)
+    ax.plot([-0.2, 1], [-0.2, 1], color="grey", lw=0.8, ls="--")
+    ax.axvline(BAR, color="red", lw=0.8, ls=":", label=f"bar ({BAR})")
+    ax.set_xlabel("skill estimated on the training lines (cross-fitted)")
+    ax.set_ylabel("Pearson within the drug, test pairs")
+    r = np.corrcoef(est, measured)[0, 1] if len(drugs) >= 3 else float("nan")
+    ax.set_title(f"{len(drugs)} drugs; r = {r:.2f}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_calibration(calibration: dict, path: Path) -> None:
     """Nominal against observed coverage of the intervals at each calibrated level (on the
     diagonal: as promised; below it: they hold fewer pairs than they say)."""
@@ -153,3 +173,47 @@ def plot_ranking(ranking: pd.DataFrame, path: Path, groupby: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+GROUP_DRUGS = 20   # drugs drawn in each group's picture
+
+
+def pathway_colours(ranking: pd.DataFrame) -> dict[str, tuple]:
+    """One colour per pathway, the same in every group's picture (grey where none is known)."""
+    names = sorted({p for p in ranking.get("pathway", pd.Series(dtype=str)).fillna("") if p})
+    cmap = plt.get_cmap("tab20")
+    return {p: cmap(i % 20) for i, p in enumerate(names)}
+
+
+def plot_group(part: pd.DataFrame, path: Path, title: str, colours: dict, min_skill: float) -> None:
+    """A group's first drugs by z, each with its interval, coloured by pathway; a drug the
+    predictor knows weakly (skill below min_skill) is drawn hollow and says so."""
+    part = part.sort_values("rank").head(GROUP_DRUGS)
+    y = np.arange(len(part))[::-1]
+    z = part["z"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(part)))
+    low = part["z_low"].to_numpy(dtype=float) if "z_low" in part else np.full(len(part), np.nan)
+    high = part["z_high"].to_numpy(dtype=float) if "z_high" in part else np.full(len(part), np.nan)
+    pathway = part["pathway"].fillna("").to_numpy() if "pathway" in part else np.full(len(part), "")
+    skill = part["skill"].to_numpy(dtype=float) if "skill" in part else np.full(len(part), np.nan)
+    for yi, zi, lo, hi, pw, sk in zip(y, z, low, high, pathway, skill):
+        colour = colours.get(pw, (0.45, 0.45, 0.45, 1.0))
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([lo, hi], [yi, yi], color=colour, lw=2, alpha=0.6)
+        weak = np.isfinite(sk) and sk < min_skill
+        ax.scatter([zi], [yi], s=40, zorder=3, edgecolors=[colour], linewidths=1.5,
+                   facecolors="white" if weak else [colour])
+    labels = [f"{d}  (skill {s:.2f}{', low' if s < min_skill else ''})" if np.isfinite(s) else f"{d}  (new)"
+              for d, s in zip(part["drug"], skill)]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("z against the training lines, with its 90% interval\n(negative: more sensitive)",
+                  fontsize=8)
+    shown = [p for p in dict.fromkeys(pathway) if p]
+    if shown:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colours[p], label=p) for p in shown]
+        ax.legend(handles=handles, fontsize=6, loc="lower right", title="pathway", title_fontsize=7)
+    ax.set_title(f"{title}: its {len(part)} most specific drugs\n(hollow: skill below {min_skill})",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

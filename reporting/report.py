@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from common import write_json, write_parquet, write_text
 from predictor.spread import DrugSpread
-from reporting.metrics import _fmt, _value, aggregate, evaluate, interval_coverage, verdict
-from reporting.plots import plot_calibration, plot_loss, plot_pairs, plot_per_drug
+from reporting.metrics import _fmt, _value, aggregate, evaluate, interval_coverage, skill_check, verdict
+from reporting.plots import plot_calibration, plot_loss, plot_pairs, plot_per_drug, plot_skill
 
 ROWS = ("model", "ridge_per_drug", "boosted_trees", "ridge", "structure_knn", "mean_effects",
         "drug_mean", "cell_line_mean", "global_mean")
@@ -59,6 +59,28 @@ def relative_text(metrics: dict) -> list[str]:
             f"10 most specifically sensitive drugs (measured z), the share among its predicted 10 "
             f"(a random order scores {_fmt(pl['chance'])}). For the model: z Spearman "
             f"**{_fmt(pl['z_spearman'])}**, top-10 **{_fmt(pl['top_precision'])}**."]
+
+
+def skill_text(metrics: dict) -> list[str]:
+    """report.md's section on each drug's skill (a bulk reference's predictor estimates it)."""
+    check = (metrics.get("skill") or {}).get("check")
+    if not check or _value(check.get("pearson")) is None:
+        return []
+    out = ["", "## Per-drug skill", "",
+            "Each drug's skill is estimated within the training lines: the ridge member refitted without "
+            "each fifth of them predicts that fifth, and the skill is Pearson over the drug's lines between "
+            "these predictions and the measured ln IC50 (predictor/skill.py). Against each drug's Pearson "
+            f"measured on the test pairs, over {_count(check['drugs'])} drugs: r = "
+            f"**{_fmt(check['pearson'])}** (Spearman {_fmt(check['spearman'])}; estimate - measured on "
+            f"average {_fmt(check.get('mean_gap'))}). {_count(check.get('below_bar'))} drugs are estimated "
+            f"below the bar of 0.3, and measure {_fmt(check.get('measured_below_bar'))} on the test pairs, "
+            f"against {_fmt(check.get('measured_above_bar'))} for the others."]
+    cov = check.get("coverage")
+    if cov:
+        out[-1] += (f" Each drug's 90% coverage, estimated the same way: {_pct(cov['estimate'])} on average, "
+                    f"{_pct(cov['measured'])} measured on the test pairs (r = {_fmt(cov['pearson'])} over "
+                    f"drugs).")
+    return out + ["", "![skill](skill.png)"]
 
 
 def interval_text(metrics: dict) -> list[str]:
@@ -110,6 +132,12 @@ def _calibration_lines(iv: dict) -> list[str]:
     return ["", "| nominal | observed |", "|---|---|",
             *[f"| {100 * float(k):.0f}% | {_pct(v)} |" for k, v in iv["calibration"].items()],
             "", "![calibration](calibration.png)"]
+
+
+def _count(v) -> str:
+    """A number of things, or its mean over runs."""
+    v = v.get("mean") if isinstance(v, dict) else v
+    return "–" if v is None else (f"{v:.0f}" if float(v).is_integer() else f"{v:.1f} (mean over runs)")
 
 
 def _pct(v) -> str:
@@ -170,6 +198,7 @@ def write_report(run_dir: Path, metrics: dict, runs: list[str] | None = None) ->
                  "ridge_with_level* are the members alone." if metrics.get("members") else "")]
     lines += relative_text(metrics)
     lines += interval_text(metrics)
+    lines += skill_text(metrics)
     if parts:
         lines += ["", "## Split", "", "| part | cells | pairs | drugs | cell lines |",
                   "|---|---|---|---|---|"]
@@ -236,6 +265,14 @@ def report(run_dir: Path, preds: pd.DataFrame, train_pairs: pd.DataFrame, *, run
             metrics["stack"] = {k: v for k, v in run["stack"].items() if k != "level"}
     if run.get("newdrugs"):
         metrics["newdrugs"] = run["newdrugs"]
+    if run.get("skill"):
+        covered = None
+        if "ln_ic50_low" in preds:
+            inside = (preds["LN_IC50"] >= preds["ln_ic50_low"]) & (preds["LN_IC50"] <= preds["ln_ic50_high"])
+            covered = inside.groupby(preds["drug"]).mean().to_dict()
+        metrics["skill"]["check"] = skill_check(run["skill"]["drugs"], result["test"]["per_drug"]["by_drug"],
+                                                run["skill"]["coverage"], covered)
+        plot_skill(run["skill"]["drugs"], result["test"]["per_drug"]["by_drug"], run_dir / "skill.png")
     metrics["verdict"] = verdict(metrics)
     write_json(metrics, run_dir / "metrics.json")
     plot_loss(run["history"], run["best_epoch"], run_dir / "loss_curve.png")
@@ -259,3 +296,41 @@ def report_runs(results: dict[str, dict], work: Path, *, seeds: list[int], folds
         plot_calibration(metrics["interval"]["calibration"], work / "calibration.png")
     write_report(work, metrics, runs=list(results))
     return metrics
+
+
+REPORT_DRUGS = 10   # drugs listed per group in a prediction's report.md
+
+
+def ranking_report(ranking: pd.DataFrame, pictures: dict[str, str], groupby: str, min_skill: float) -> str:
+    """report.md of `main.py predict`: each group's first drugs with their interval, skill and
+    drivers, and its picture."""
+    relative = "z" in ranking.columns
+    lines = ["# Drug sensitivity per group", "",
+             f"Groups: {groupby}. " + (
+                 "Each group's drugs are ordered by z, its predicted ln IC50 against the drug's GDSC "
+                 "training lines (negative: more sensitive than they are), most specifically sensitive "
+                 "first; ranking.csv lists every drug." if relative else
+                 "Each group's drugs are ordered by predicted ln IC50.")]
+    if "skill" in ranking.columns:
+        lines += ["", f"*skill*: the drug's Pearson on lines the predictor did not learn from (cross-fitted "
+                  f"within its training lines); below {min_skill} it is marked **low** and its rank is weak "
+                  f"evidence. *drivers*: the genes whose expression in this group moves the prediction most "
+                  f"from the drug's training mean, in z units (negative: towards sensitivity). They cover "
+                  f"the linear part of the prediction (z_linear in ranking.csv); the network's part "
+                  f"(z_network) is not attributed to genes. drivers.parquet holds each pair's 50 strongest."]
+    for group, part in ranking.groupby("group", sort=True):
+        part = part.sort_values("rank").head(REPORT_DRUGS)
+        lines += ["", f"## {group}", ""]
+        if group in pictures:
+            lines += [f"![{group}]({pictures[group]})", ""]
+        head = ["rank", "drug", "z [90% interval]" if relative else "ln IC50", "skill", "pathway", "drivers"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in part.to_dict("records"):
+            value = (f"{r['z']:+.2f} [{r.get('z_low', np.nan):+.2f}, {r.get('z_high', np.nan):+.2f}]"
+                     if relative else f"{r.get('ln_ic50', r.get('median_ln_ic50')):.2f}")
+            skill = r.get("skill", np.nan)
+            skill = ("new drug" if r.get("new_drug") else "–") if not np.isfinite(skill) else (
+                f"{skill:.2f}" + (" **low**" if skill < min_skill else ""))
+            lines.append(f"| {r['rank']} | {r['drug']} | {value} | {skill} | {r.get('pathway', '') or ''} "
+                         f"| {r.get('drivers', '') or ''} |")
+    return "\n".join(lines) + "\n"

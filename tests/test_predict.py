@@ -33,7 +33,8 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     assert "counts values, averaged per group and aligned" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv")
     assert list(ranking.columns) == ["group", "rank", "drug", "z", "z_low", "z_high", "percentile", "ln_ic50",
-                                     "ln_ic50_low", "ln_ic50_high", "cells", "new_drug",
+                                     "ln_ic50_low", "ln_ic50_high", "cells", "skill", "low_skill", "drivers",
+                                     "drivers_share", "z_linear", "z_network", "new_drug",
                                      "similarity_to_training"]
     low, mid, high = ranking["ln_ic50_low"], ranking["ln_ic50"], ranking["ln_ic50_high"]
     assert ((low < mid) & (mid < high)).all()
@@ -58,6 +59,30 @@ def test_counts_into_a_bulk_model_are_averaged_per_group_and_aligned_not_refused
     result = anndata.read_h5ad(out / "cells.h5ad")             # each cell carries its group's prediction
     first = result.obsm["ln_ic50"][(result.obs["sample"] == LINES[0]).to_numpy()]
     assert np.allclose(first, first[0]) and result.obsm["ln_ic50"].shape == (18, 3)
+    # why: each gene's contribution is the drug's weight on it x the group's standardised value, all 40
+    # genes kept (fewer than 50), and they add up to the linear part of z, less what a sample at the
+    # training mean gets
+    drivers = pd.read_parquet(out / "drivers.parquet")
+    assert list(drivers.columns) == ["group", "drug", "rank", "gene", "contribution", "expression"]
+    assert drivers.groupby(["group", "drug"]).size().eq(40).all()
+    x = stack.ridge.standardise(aligned, net.vocab)
+    for (group, drug), part in drivers.groupby(["group", "drug"]):
+        i, d = sorted(set(a.obs["sample"])).index(group), predictor.drivers.drugs.index(drug)
+        col = [list(predictor.drivers.genes).index(g) for g in part["gene"]]   # the member's columns
+        assert np.allclose(part["contribution"], predictor.drivers.weight[d][col] * x[i][col])
+        row = ranking[(ranking["group"] == group) & (ranking["drug"] == drug)].iloc[0]
+        sd = predictor.spread.of([drug])[1][0]
+        at_mean = stack.weights[1] * (stack.ridge.intercept[d] - stack.drug_mean[drug]) / sd
+        assert np.isclose(part["contribution"].sum(), row["z_linear"] - at_mean, atol=1e-4)
+        assert np.isclose(row["z"], row["z_linear"] + row["z_network"], atol=1e-4)
+        top = part.sort_values("rank").head(5)
+        assert row["drivers"] == "; ".join(f"{g} {c:+.2f}" for g, c in zip(top["gene"], top["contribution"]))
+        share = top["contribution"].abs().sum() / part["contribution"].abs().sum()
+        assert np.isclose(row["drivers_share"], share)
+    assert ranking["low_skill"].eq(ranking["skill"] < 0.3).all()
+    report = (out / "report.md").read_text()
+    assert all(f"## {g}" in report for g in set(ranking["group"])) and "skill" in report
+    assert len(list((out / "groups").glob("*.png"))) == 3
 
 
 @pytest.mark.e2e
@@ -74,6 +99,23 @@ def test_too_few_of_the_reference_genes_are_refused_and_nothing_is_written(bulk_
 
 
 
+
+
+@pytest.mark.e2e
+def test_explain_prints_a_drugs_genes_strongest_first_and_names_an_unknown_drug(bulk_run, capsys, caplog):
+    d, _ = bulk_run
+    best = str(d / "run" / "best.pt")
+    assert main.main(["predict", "--checkpoint", best, "--explain", "Erlotinib", "--top", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "Erlotinib: the ridge member's weights" in text and "skill on unseen lines" in text
+    weights = Predictor.load(best).explain("Erlotinib", 4)[0]
+    assert weights["weight"].abs().is_monotonic_decreasing and len(weights) == 4
+    assert all(g in text for g in weights["gene"])
+    assert main.main(["predict", "--checkpoint", best, "--explain", "Erlotinb"]) == 2
+    assert ("--explain 'Erlotinb': the reference has no drug of that name (3 drugs; did you mean "
+            "'Erlotinib'?)") in caplog.text
+    assert main.main(["predict", "--checkpoint", best]) == 2
+    assert "needs --data" in caplog.text
 
 
 @pytest.mark.e2e

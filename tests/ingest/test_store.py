@@ -66,14 +66,14 @@ def test_an_interrupted_build_is_not_taken_for_a_complete_one(table_file, tmp_pa
     monkeypatch.setattr(store, "token_chunks", killed)
     with pytest.raises(KeyboardInterrupt):
         store.build(table_file, root, value_kind="counts", top_k=8)
-    assert not any(root.iterdir())                   # nothing that looks like a store
     key = store.key(table_file, "counts", 8)
+    assert [p.name for p in root.iterdir()] == [f".{key}.lock"]   # nothing that looks like a store
     stale = root / f".{key}.building-12345"          # what a killed process leaves behind
     stale.mkdir()
     (stale / "genes.bin").write_bytes(b"\0" * 12)
     monkeypatch.setattr(store, "token_chunks", real)
     path = store.build(table_file, root, value_kind="counts", top_k=8)
-    assert path == root / key and sorted(p.name for p in root.iterdir()) == [key]
+    assert path == root / key and sorted(p.name for p in root.iterdir()) == [f".{key}.lock", key]
     assert len(store.TokenStore(path)) == 36
 
 

