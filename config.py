@@ -207,6 +207,12 @@ class Config:
     folds: int = opt(0, "k-fold cross-validation over groups: each fold is the test set once "
                      "(validation is taken from the other folds); 0 or 1: a single split.",
                      group="split")
+    split_file: str | None = opt(None, "Folds or a split given in a file (CSV or parquet), e.g. "
+                                 "another tool's: 'cell_line' (unseen lines), 'drug' (unseen drugs) or "
+                                 "both (unseen pairs), with 'fold' (an integer; one run goes over every "
+                                 "fold) or 'part' (train, val, test). Without val rows, validation is "
+                                 "drawn from the training groups as --folds draws it. It decides "
+                                 "--split, --folds and --test-frac.", group="split")
 
     # training
     finetune_drug_encoder: bool = opt(False, "Fine-tune ChemBERTa with the regressor (it then runs "
@@ -252,6 +258,8 @@ class Config:
              f"fold holds out 1/{self.folds} of the groups for the test, so test_frac={self.test_frac} "
              f"does not apply; give one of them"),
             (0 <= self.min_gene_fraction <= 1, "min_gene_fraction must be in [0, 1]"),
+            (not self.split_file or (self.folds <= 1 and self.test_frac == Config.test_frac),
+             "split_file gives the folds and the test part itself; leave out folds and test_frac"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -78,15 +78,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- the runs
 
-def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0) -> dict:
+def train_and_evaluate(cfg: Config, act: Actions, prep: Prepared, run_dir: Path, fold: int = 0,
+                       given: split.SplitFile | None = None) -> dict:
     """One split, one model: split -> train the network -> the Predictor fitted and saved -> its
     answers for the test rows -> the classical baselines -> metrics, plots, report."""
     sizes = dist.on_main(lambda: split.write(prep.keys, run_dir, cfg.split, cfg.seed, val_frac=cfg.val_frac,
-                                             test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds))
+                                             test_frac=cfg.test_frac, fold=fold, n_folds=cfg.folds,
+                                             given=given))
     rows = split.mapped(run_dir, sizes)
-    log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, f", fold {fold + 1}/{cfg.folds}"
-             if cfg.folds > 1 else "", "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs"
-                                                 for p, s in sizes.items()))
+    which = (f", fold {fold} of {given.path.name}" if given and given.folds else f", {given.path.name}"
+             if given else f", fold {fold + 1}/{cfg.folds}" if cfg.folds > 1 else "")
+    log.info("split %r (seed %d%s): %s", cfg.split, cfg.seed, which,
+             "; ".join(f"{p} {s['cells']} cells / {s['pairs']} pairs" for p, s in sizes.items()))
     if cfg.split == "random":
         log.warning("split 'random' assigns CELLS at random: every test pair is also in training, "
                     "so test metrics measure memorisation, not prediction.")
@@ -133,9 +136,12 @@ def evaluate(cfg: Config, prep: Prepared, rows: dict, predictor: Predictor, run:
 def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
     """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
     seeds = cfg.seeds or [cfg.seed]
-    folds = list(range(cfg.folds)) if cfg.folds > 1 else [0]
+    given = split.given_folds(cfg, prep.keys) if cfg.split_file else None
+    if given is not None:
+        cfg = dataclasses.replace(cfg, split=given.mode, folds=len(given.folds))
+    folds = given.folds if given and given.folds else list(range(cfg.folds)) if cfg.folds > 1 else [0]
     if len(seeds) == 1 and len(folds) == 1:
-        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), act, prep, work)
+        return train_and_evaluate(dataclasses.replace(cfg, seed=seeds[0]), act, prep, work, folds[0], given)
     results = {}
     for seed in seeds:
         for fold in folds:
@@ -145,7 +151,8 @@ def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
                 results[name] = json.loads((sub / "metrics.json").read_text())
                 continue
             log.info("run %s (%d of %d)", name, len(results) + 1, len(seeds) * len(folds))
-            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), act, prep, sub, fold)
+            results[name] = train_and_evaluate(dataclasses.replace(cfg, seed=seed), act, prep, sub, fold,
+                                               given)
     return report.report_runs(results, work, seeds=seeds, folds=cfg.folds) if dist.is_main() else {}
 
 

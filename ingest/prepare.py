@@ -22,7 +22,7 @@ import dist
 import downsample
 from common import PipelineError, write_json, write_parquet
 from config import Config
-from ingest import bulk, gdsc, h5ad, merge, store, table, tahoe
+from ingest import bulk, gdsc, h5ad, merge, split, store, table, tahoe
 
 log = logging.getLogger("ic50")
 STAGES = ("gdsc", "downsample", "merge", "train")
@@ -148,15 +148,20 @@ def _from_sources(cfg: Config, act: Actions, run_dir: Path) -> Path | None:
 
 
 def check_inputs(cfg: Config, act: Actions) -> None:
-    """Fail before any work on paths that do not exist."""
+    """Fail before any work on paths that do not exist, and on a split file that cannot be right
+    (against the table's names with --data; other sources' names are known once prepared)."""
     for flag, path in (("--gene-table", cfg.gene_table), ("--smiles-table", cfg.smiles_table)):
         if path and not Path(path).exists():
             raise PipelineError(f"input file not found: '{path}' ({flag}).")
+    if cfg.split_file:
+        split.check_split_file(Path(cfg.split_file))
     if cfg.data:
         if not Path(cfg.data).exists():
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
         if cfg.expression:
             raise PipelineError("--data and --expression are two sources of training data; give one.")
+        if cfg.split_file and not act.resume:
+            split.read_split_file(cfg.split_file, table.read_keys(cfg.data))
         return
     if cfg.expression and not cfg.smiles_table:
         raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
