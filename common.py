@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)   # what the user's files get; tempfile's are private (0600, 0700)
+os.umask(UMASK)
 
 
 CONTROL = "DMSO_TF"  # Tahoe-100M's control, matched by exact name: "Trametinib (DMSO_TF solvate)" is a drug
@@ -48,7 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import config as config_mod
 import dist
-from common import PipelineError, atomic_path, command, setup_logging, write_parquet, write_text
+from common import UMASK, PipelineError, atomic_path, command, setup_logging, write_parquet, write_text
 from ingest import bulk, h5ad, table
 from ingest.tokens import cell_tokens
 from predictor import Predictor, reference
@@ -170,6 +170,7 @@ def predict_cells(predictor: Predictor, path: Path, out: Path, cards: list[Path]
     _remove_dead_partials(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-",
                                  dir=out.parent))
+    work.chmod(0o777 & ~UMASK)   # mkdtemp makes it private; the outputs are for the user's group too
     try:
         if matrix is not None:
             adata = samples_anndata(matrix.lines, matrix.genes, matrix.values)

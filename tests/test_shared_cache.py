@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from conftest import SMALL, SMILES, WHEEL_GENES, write_wheel
 
+from common import UMASK
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ["reference", "tiny", *SMALL, "--epochs", "2"]
 
@@ -169,6 +171,7 @@ def test_a_prediction_killed_halfway_leaves_nothing_in_its_output_directory(buil
     r = run_main(predict, env)
     assert r.returncode == 0, r.stderr
     assert (out / "ranking.csv").exists() and not partials()   # the dead one's work directory is gone
+    assert out.stat().st_mode & 0o777 == 0o777 & ~UMASK         # not private as a temporary directory is
     r = run_main(predict, env)
     assert r.returncode == 2 and "already exists and holds" in r.stderr and "ranking.csv" in r.stderr
 
