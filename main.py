@@ -133,10 +133,13 @@ def evaluate(cfg: Config, prep: Prepared, rows: dict, predictor: Predictor, run:
                          spread=predictor.spread)
 
 
-def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path) -> dict:
-    """One run, or one per seed and fold in subdirectories, then their mean ± sd."""
+def train_runs(cfg: Config, act: Actions, prep: Prepared, work: Path,
+               given: split.SplitFile | None = None) -> dict:
+    """One run, or one per seed and fold in subdirectories, then their mean ± sd; `given`: the
+    split file, when it was read against the data before the run began."""
     seeds = cfg.seeds or [cfg.seed]
-    given = split.given_folds(cfg, prep.keys) if cfg.split_file else None
+    if given is None and cfg.split_file:
+        given = split.given_folds(cfg, prep.keys)
     if given is not None:
         cfg = dataclasses.replace(cfg, split=given.mode, folds=len(given.folds))
     folds = given.folds if given and given.folds else list(range(cfg.folds)) if cfg.folds > 1 else [0]
@@ -225,11 +228,11 @@ def run(cfg: Config, act: Actions = Actions()) -> Path:
     if not 0 <= act.shard_index < cfg.num_shards:
         raise PipelineError(f"--shard-index must be in [0, {cfg.num_shards}) (--num-shards), got "
                             f"{act.shard_index}.")
-    prepare.check_inputs(cfg, act)
+    given = prepare.check_inputs(cfg, act)
     cfg = prepare.resolved(cfg)
     with run_directory(cfg, act.resume) as (final, work):
         prep = prepare.prepare(cfg, act, work)
-        metrics = train_runs(cfg, act, prep, work) if prep is not None else None
+        metrics = train_runs(cfg, act, prep, work, given) if prep is not None else None
     minutes = (time.perf_counter() - t0) / 60
     if prep is None:
         what = (f"array task {act.shard_index}/{cfg.num_shards} scanned its shards into "

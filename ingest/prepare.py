@@ -147,9 +147,10 @@ def _from_sources(cfg: Config, act: Actions, run_dir: Path) -> Path | None:
     return run_dir / "merged.parquet"
 
 
-def check_inputs(cfg: Config, act: Actions) -> None:
+def check_inputs(cfg: Config, act: Actions) -> split.SplitFile | None:
     """Fail before any work on paths that do not exist, and on a split file that cannot be right
-    (against the table's names with --data; other sources' names are known once prepared)."""
+    (against the table's names with --data, read then once for the run; other sources' names are
+    known once prepared)."""
     for flag, path in (("--gene-table", cfg.gene_table), ("--smiles-table", cfg.smiles_table)):
         if path and not Path(path).exists():
             raise PipelineError(f"input file not found: '{path}' ({flag}).")
@@ -160,9 +161,7 @@ def check_inputs(cfg: Config, act: Actions) -> None:
             raise PipelineError(f"merged table not found: '{cfg.data}' (--data).")
         if cfg.expression:
             raise PipelineError("--data and --expression are two sources of training data; give one.")
-        if cfg.split_file and not act.resume:
-            split.read_split_file(cfg.split_file, table.read_keys(cfg.data))
-        return
+        return split.given_folds(cfg, table.read_keys(cfg.data)) if cfg.split_file else None
     if cfg.expression and not cfg.smiles_table:
         raise PipelineError("--expression needs --smiles-table: a CSV of name,smiles giving each GDSC "
                             "drug's structure (GDSC's own files hold none).")
@@ -176,6 +175,7 @@ def check_inputs(cfg: Config, act: Actions) -> None:
                        ("--match-overrides", cfg.match_overrides)):
         if path and not Path(path).exists():
             raise PipelineError(f"input file not found: '{path}' ({flag}).")
+    return None
 
 
 def resolved(cfg: Config) -> Config:
