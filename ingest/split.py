@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common import PipelineError, atomic_path
+from ingest.bulk import match_names
+from ingest.drugs import smiles_for_drugs
 from ingest.table import codes, group_ids, plain
 
 log = logging.getLogger("ic50.split")
@@ -227,18 +229,10 @@ def _match(column: str, names: list[str], data: list[str], path: Path) -> dict[s
     ignoring case, salt and punctuation; an unknown or ambiguous name stops the run."""
     unique = sorted(set(names))
     if column == "cell_line":
-        from ingest.bulk import match_names
-        found = {n: t for n, (t, _) in match_names(unique, data).items()}
-    else:
-        from ingest.merge import normalise_drug
-        by_key: dict[str, list[str]] = {}
-        for d in data:
-            by_key.setdefault(normalise_drug(d), []).append(d)
-        found = {}
-        for n in unique:
-            near = by_key.get(normalise_drug(n), [])
-            found[n] = n if n in data else near[0] if len(near) == 1 else None
-    missing = [n for n in unique if found[n] is None]
+        found = {n: t for n, (t, _) in match_names(unique, data).items() if t is not None}
+    else:   # the same rule that finds a drug's SMILES by name, here the data's own name
+        found = smiles_for_drugs(unique, {d: d for d in data})[0]
+    missing = [n for n in unique if n not in found]
     if missing:
         what = "lines" if column == "cell_line" else "drugs"
         raise PipelineError(f"split file '{path}': {len(missing)} {what} are not in the data (or match "

@@ -13,9 +13,9 @@ its `driver` weight w_ridge coef_g / sd is the drug's weight on it (z per sd of 
 negative, sensitive when high; positive, resistant when high), and the contributions add up to
 the linear part of z, `z_linear` = w_ridge (ridge - m) / sd. The network's part, `z_network` =
 w_net (network - m) / sd, is not attributed to genes: drivers cover the linear part only, and
-each answer says how large each part is. On real GDSC the ridge member carries about 0.66 of the
-blend and the network 0.39 (BENCHMARKS.md). A drug without a structure is the ridge member's
-alone (w_ridge = 1), and its drivers cover all of it.
+each answer says how large each part is. On real GDSC the ridge member carries 0.59-0.90 of the
+blend, fold by fold (BENCHMARKS.md). A drug without a structure is the ridge member's alone
+(w_ridge = 1), and its drivers cover all of it.
 
 The member's weights on a drug are the line's general level (shared by every drug, in z units)
 plus the drug's own part; both count, since both move the drug's z.

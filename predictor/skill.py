@@ -59,6 +59,7 @@ class Skill:
         train = design.train.assign(cv=predicted)
         train = train[train["drug"].isin(ridge.drugs)]   # the drugs the member models
         drugs, pearson, coverage, lines = [], [], [], []
+        alone = set(alone or ())
         for drug, part in train.groupby("drug", sort=True):
             y, cv = part["LN_IC50"].to_numpy(), part["cv"].to_numpy()
             ok = np.isfinite(cv)
@@ -67,7 +68,7 @@ class Skill:
             lines.append(len(y))
             pearson.append(float(np.corrcoef(cv[ok], y[ok])[0, 1]) if ok.sum() >= 3 and np.ptp(cv[ok]) > 0
                            else np.nan)
-            half = (q_alone if drug in set(alone or ()) else q) * sd
+            half = (q_alone if drug in alone else q) * sd
             coverage.append(float(np.mean(np.abs(y[ok] - cv[ok]) <= half)) if ok.any() else np.nan)
         return cls(drugs, np.asarray(pearson), np.asarray(coverage), np.asarray(lines, dtype=np.int64))
 

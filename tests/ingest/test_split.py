@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL, merged_table
 
 import main
-from ingest.split import make_split
+from ingest.split import make_split, read_split_file
 
 ONE_EPOCH = [*SMALL, "--epochs", "1"]
 GROUPS = {"pair": ["drug", "cell_line_id"], "cell_line": ["cell_line_id"], "drug": ["drug"]}
@@ -139,3 +139,13 @@ def test_a_split_file_decides_the_split_and_the_folds(tmp_path, groups_path, cap
     assert main.main(["--data", str(groups_path), "--split-file", str(tmp_path / "split.csv"),
                       "--split", "drug", "--out", str(tmp_path / "run"), *ONE_EPOCH]) == 2
     assert "--split drug but split file" in caplog.text
+
+
+def test_drug_names_in_a_split_file_match_ignoring_case_and_salt(tmp_path):
+    keys = merged_table(n_drugs=3, n_lines=4, cells_per_pair=1).select(["drug", "cell_line_id"])
+    (tmp_path / "split.csv").write_text("drug,part\nDRUG0 (hydrochloride),train\ndrug1,test\n")
+    given = read_split_file(tmp_path / "split.csv", keys)
+    parts = pd.Series(given.parts(keys, None, seed=0, val_frac=0.1)).groupby(
+        keys["drug"].to_pandas()).first().to_dict()
+    assert given.mode == "drug" and parts["drug1"] == "test" and parts["drug2"] == ""   # drug2: not named
+    assert parts["drug0"] in ("train", "val")                       # validation is drawn from training
