@@ -102,3 +102,16 @@ def test_a_models_wall_time_adds_up_over_the_runs_that_finished_it(tmp_path):
     assert peers.timed(tmp_path, "ElasticNet", 600.0) == 600.0
     assert peers.timed(tmp_path, "ElasticNet", 0.0) == 600.0        # a rerun that found it done
     assert peers.timed(tmp_path, "ElasticNet", 30.0) == 630.0 and peers.timed(tmp_path, "SRMF", 5.0) == 5.0
+
+
+def test_the_summary_sets_both_scorers_side_by_side_with_every_drevalpy_metric():
+    row = {"pairs": 1200, "per_drug_pcc": (0.58, 0.01), "mse": (1.4, 0.1), "normalised_pcc": (0.6, 0.02),
+           "z_spearman": (0.37, 0.01), "top10": (0.27, 0.01), peers.THEIRS + "Pearson: normalized": 0.602,
+           peers.THEIRS + "Pearson": 0.904, peers.THEIRS + "RMSE": 1.19, "seconds": 120.0}
+    table = pd.DataFrame.from_dict({peers.OURS: {**row, "coverage": (0.9, 0.01)},
+                                    "ElasticNet": {**row, "pairs": 1100}}, orient="index")
+    text = peers.summary(table, folds=5, quick=False)
+    assert f"| {peers.OURS} | 0.602 | 0.904 | 0.580 ± 0.010 |" in text
+    assert "| 0.900 ± 0.010 | 1,200 | 2.0 min |" in text and "| – | 1,100 | 2.0 min |" in text
+    assert "| model | Pearson: normalized | Pearson | RMSE |" in text
+    assert "| ElasticNet | 0.602 | 0.904 | 1.190 |" in text
