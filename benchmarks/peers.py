@@ -16,7 +16,9 @@
 3. Those folds, written as a --split-file, drive `main.py` with the default bulk settings.
 4. Every model's test predictions (ours copied into drevalpy's results tree) are scored by
    drevalpy's evaluation (normalised Pearson and the rest) and by ours (per-drug Pearson, MSE,
-   per-line z Spearman and top-10 against the fold's training lines, interval coverage).
+   per-line z Spearman and top-10 against the fold's training lines, interval coverage). Where a
+   peer predicted fewer pairs (the multi-omics forest: lines without omics), ours is scored again
+   on exactly its pairs, one row more.
 
 Everything lands in --out: data/ (drevalpy's layout), results/ (its predictions and ours),
 folds.csv, ours/ (the main.py run), walls.json (each model's wall time, summed over the runs that
@@ -195,15 +197,29 @@ def predictions(results: Path, model: str) -> Path:
     return results / RUN_ID / NAME / "LCO" / model / "predictions"
 
 
-def copy_ours(ours: Path, results: Path, folds: int) -> None:
-    """Our test predictions in drevalpy's results tree, as one more model's."""
-    target = predictions(results, OURS)
-    target.mkdir(parents=True, exist_ok=True)
+def copy_ours(ours: Path, results: Path, folds: int, like: str | None = None) -> str | None:
+    """Our test predictions in drevalpy's results tree, as one more model's. With `like`, only the
+    pairs that model predicted (the multi-omics forest lacks the omics of some lines), under a name
+    of their own, so both scorers compare on the same pairs; None where it predicted them all."""
+    name, frames, total = (OURS if like is None else f"{OURS}On{like}"), [], 0
     for i in range(folds):
         p = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
-        _csv(pd.DataFrame({"cell_line_name": p["cell_line_id"], "pubchem_id": p["drug"],
-                           "response": p["LN_IC50"], "predictions": p["prediction"], "tissue": "unknown"}),
-             target / f"predictions_split_{i}.csv")
+        frame = pd.DataFrame({"cell_line_name": p["cell_line_id"].astype(str),
+                              "pubchem_id": p["drug"].astype(str), "response": p["LN_IC50"],
+                              "predictions": p["prediction"], "tissue": "unknown"})
+        total += len(frame)
+        if like is not None:
+            theirs = pd.read_csv(predictions(results, like) / f"predictions_split_{i}.csv", dtype=str,
+                                 usecols=["cell_line_name", "pubchem_id"])
+            frame = frame.merge(theirs, on=["cell_line_name", "pubchem_id"])
+        frames.append(frame)
+    if like is not None and sum(len(f) for f in frames) == total:
+        return None
+    target = predictions(results, name)
+    target.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        _csv(frame, target / f"predictions_split_{i}.csv")
+    return name
 
 
 # ----------------------------------------------------------------------------- scores
@@ -234,8 +250,9 @@ def our_scores(pairs: pd.DataFrame, results: Path, model: str, folds: int, ours:
         row = {"pairs": len(test), "per_drug_pcc": s["per_drug"]["pcc"], "mse": s["mse"],
                "normalised_pcc": s["normalised_pcc"], "z_spearman": s["per_line"]["z_spearman"],
                "top10": s["per_line"]["top_precision"]}
-        if ours is not None:
-            q = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
+        if ours is not None:   # on the pairs scored: a peer's, where ours stands beside its fewer
+            q = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet").merge(
+                test[["cell_line_id", "drug"]], on=["cell_line_id", "drug"])
             inside = (q["ln_ic50_low"] <= q["LN_IC50"]) & (q["LN_IC50"] <= q["ln_ic50_high"])
             row["coverage"] = float(inside.mean())
         out.append(row)
@@ -255,8 +272,10 @@ def summary(table: pd.DataFrame, folds: int, quick: bool) -> str:
              "| model | normalised Pearson (drevalpy) | Pearson (drevalpy) | per-drug Pearson | MSE | "
              "per line: z Spearman | per line: top-10 | 90% coverage | test pairs | wall |",
              "|---" * 10 + "|"]
+    label = lambda m: f"{OURS} on {m[len(OURS) + 2:]}'s pairs" if m.startswith(OURS + "On") else m  # noqa: E731
     for model, r in table.iterrows():
-        lines.append(f"| {model} | {r[THEIRS + 'Pearson: normalized']:.3f} | {r[THEIRS + 'Pearson']:.3f} | "
+        lines.append(f"| {label(model)} | {r[THEIRS + 'Pearson: normalized']:.3f} | "
+                     f"{r[THEIRS + 'Pearson']:.3f} | "
                      f"{fmt(r['per_drug_pcc'])} | {fmt(r['mse'])} | {fmt(r['z_spearman'])} | "
                      f"{fmt(r['top10'])} | {fmt(r.get('coverage'))} | {r['pairs']:,} | "
                      f"{r['seconds'] / 60:.1f} min |")
@@ -266,7 +285,7 @@ def summary(table: pd.DataFrame, folds: int, quick: bool) -> str:
               "| model | " + " | ".join(c[len(THEIRS):] for c in theirs) + " |",
               "|---" * (len(theirs) + 1) + "|"]
     for model, r in table.iterrows():
-        lines.append(f"| {model} | " + " | ".join(f"{r[c]:.3f}" for c in theirs) + " |")
+        lines.append(f"| {label(model)} | " + " | ".join(f"{r[c]:.3f}" for c in theirs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -301,12 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         seconds[model] = timed(args.out, model, run_peer(model, data, results, folds, tuning))
     seconds[OURS] = run_ours(inputs, split_file, args.out / "ours")
     copy_ours(args.out / "ours", results, folds)
+    beside = {m: copy_ours(args.out / "ours", results, folds, like=m) for m in models}   # ours on its pairs
     theirs = drevalpy_scores(results, data)
     rows = {}
-    for model in [OURS, *models, NAIVE]:
-        mine = args.out / "ours" if model == OURS else None
-        rows[model] = {**our_scores(pairs, results, model, folds, mine),
-                       **{THEIRS + k: v for k, v in theirs.loc[model].items()}, "seconds": seconds[model]}
+    for name in [OURS, *[n for m in models for n in (m, beside[m]) if n], NAIVE]:
+        mine = args.out / "ours" if name.startswith(OURS) else None
+        rows[name] = {**our_scores(pairs, results, name, folds, mine),
+                      **{THEIRS + k: v for k, v in theirs.loc[name].items()},
+                      "seconds": seconds[OURS if mine else name]}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.to_csv(args.out / "table.csv")
     text = summary(table, folds, args.quick)

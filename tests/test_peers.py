@@ -109,9 +109,46 @@ def test_the_summary_sets_both_scorers_side_by_side_with_every_drevalpy_metric()
            "z_spearman": (0.37, 0.01), "top10": (0.27, 0.01), peers.THEIRS + "Pearson: normalized": 0.602,
            peers.THEIRS + "Pearson": 0.904, peers.THEIRS + "RMSE": 1.19, "seconds": 120.0}
     table = pd.DataFrame.from_dict({peers.OURS: {**row, "coverage": (0.9, 0.01)},
-                                    "ElasticNet": {**row, "pairs": 1100}}, orient="index")
+                                    "ElasticNet": {**row, "pairs": 1100},
+                                    peers.OURS + "OnElasticNet": {**row, "pairs": 1100}}, orient="index")
     text = peers.summary(table, folds=5, quick=False)
     assert f"| {peers.OURS} | 0.602 | 0.904 | 0.580 ± 0.010 |" in text
     assert "| 0.900 ± 0.010 | 1,200 | 2.0 min |" in text and "| – | 1,100 | 2.0 min |" in text
     assert "| model | Pearson: normalized | Pearson | RMSE |" in text
     assert "| ElasticNet | 0.602 | 0.904 | 1.190 |" in text
+    assert f"| {peers.OURS} on ElasticNet's pairs | 0.602 | 0.904 | 0.580 ± 0.010 |" in text
+
+
+def test_ours_is_scored_again_on_exactly_the_pairs_a_peer_predicted_where_it_predicted_fewer(tmp_path):
+    pairs, _ = small(n_lines=16)
+    rng = np.random.default_rng(1)
+    ours, results = tmp_path / "ours", tmp_path / "results"
+    for i, lines in enumerate([[f"NCI-L{j}" for j in range(8)], [f"NCI-L{j}" for j in range(8, 16)]]):
+        test = pairs[pairs["cell_line_id"].isin(lines)]
+        (ours / f"seed-0-fold-{i}").mkdir(parents=True)
+        prediction = test["LN_IC50"] + rng.normal(scale=0.5, size=len(test))
+        pd.DataFrame({"cell_line_id": test["cell_line_id"], "drug": test["drug"], "LN_IC50": test["LN_IC50"],
+                      "prediction": prediction, "ln_ic50_low": prediction - 1, "ln_ic50_high": prediction + 1}
+                     ).to_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
+        for model, keep in (("MultiViewRandomForest", lines[:-2]), ("RandomForest", lines)):
+            part = test[test["cell_line_id"].isin(keep)]
+            where = peers.predictions(results, model)
+            where.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"cell_line_name": part["cell_line_id"], "pubchem_id": part["drug"],
+                          "response": part["LN_IC50"], "predictions": part["LN_IC50"], "tissue": "unknown"}
+                         ).to_csv(where / f"predictions_split_{i}.csv", index=False)
+    peers.copy_ours(ours, results, folds=2)
+    assert peers.copy_ours(ours, results, folds=2, like="RandomForest") is None     # it predicted every pair
+    name = peers.copy_ours(ours, results, folds=2, like="MultiViewRandomForest")
+    assert name == peers.OURS + "OnMultiViewRandomForest"
+    full = peers.our_scores(pairs, results, peers.OURS, 2, ours)
+    cut = peers.our_scores(pairs, results, name, 2, ours)
+    peer = peers.our_scores(pairs, results, "MultiViewRandomForest", 2, None)
+    assert full["pairs"] == len(pairs) and cut["pairs"] == peer["pairs"] == len(pairs) - 2 * 2 * len(DRUGS)
+    inside = []
+    for i, dropped in enumerate([("NCI-L6", "NCI-L7"), ("NCI-L14", "NCI-L15")]):
+        q = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
+        q = q[~q["cell_line_id"].isin(dropped)]
+        inside.append(((q["ln_ic50_low"] <= q["LN_IC50"]) & (q["LN_IC50"] <= q["ln_ic50_high"])).mean())
+    assert cut["coverage"][0] == pytest.approx(np.mean(inside))
+    assert cut["per_drug_pcc"] != full["per_drug_pcc"]
