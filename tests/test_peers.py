@@ -67,6 +67,36 @@ def test_the_dataset_is_laid_out_as_drevalpy_reads_it(tmp_path, monkeypatch):
     assert set(features.identifiers) == {f"NCI-L{i}" for i in range(1, 12)}
 
 
+def test_the_multi_view_forest_is_given_the_drugs_fingerprints_as_its_random_forest_is(tmp_path, monkeypatch):
+    pytest.importorskip("drevalpy", reason="drevalpy is not installed (benchmarks/requirements-peers.txt)")
+    from drevalpy.datasets.dataset import DrugResponseDataset
+    from drevalpy.datasets.loader import load_dataset
+    from drevalpy.models import MODEL_FACTORY
+    pairs, matrix = small()
+    monkeypatch.setattr(peers, "LIST_SIZE", 10)
+    mutations = matrix.copy()
+    mutations.iloc[:, 1:] = (mutations.iloc[:, 1:] > 0.5).astype(int)
+    peers.write_dataset(pairs, matrix, {x: SMILES[x] for x in DRUGS}, tmp_path,
+                        omics={"mutations": mutations})
+    data = load_dataset(peers.NAME, str(tmp_path))
+    output = DrugResponseDataset(data.response, data.cell_line_ids, data.drug_ids)
+    widths = {}
+    for name in ("RandomForest", "MultiViewRandomForest"):
+        cls = MODEL_FACTORY[name]
+        model = cls()
+        model.build_model({**cls.get_hyperparameter_set()[0], "n_jobs": 1})
+        cells = model.load_cell_line_features(str(tmp_path), peers.NAME)
+        drugs = model.load_drug_features(str(tmp_path), peers.NAME)
+        with peers.drugs_seen(cls):
+            model.train(output, cells, drugs)
+            predicted = model.predict(data.cell_line_ids, data.drug_ids, cells, drugs)
+        widths[name] = model.model.n_features_in_
+        by_line = pd.DataFrame({"line": data.cell_line_ids, "p": predicted}).groupby("line")["p"].nunique()
+        assert (by_line > 1).all()                   # each line's drugs told apart
+    assert widths == {"RandomForest": 10 + peers.FINGERPRINT_BITS,
+                      "MultiViewRandomForest": 10 + 10 + peers.FINGERPRINT_BITS}
+
+
 def test_drevalpys_folds_become_a_split_file_of_every_test_line(tmp_path):
     splits = tmp_path / "splits"
     splits.mkdir()
