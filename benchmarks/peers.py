@@ -287,7 +287,9 @@ def summary(table: pd.DataFrame, folds: int, quick: bool) -> str:
              (f"Quick pass: 2 folds, every model at the first point of its grid (no tuning), "
               f"SimpleNeuralNetwork at most {QUICK_EPOCHS} epochs." if quick else
               "Every drevalpy model's grid searched on the first fold's validation lines, its choice "
-              "reused on the other folds."), "",
+              "reused on the other folds.")
+             + (" MultiViewRandomForest is given the drug's fingerprints, which drevalpy 1.6 leaves "
+                "out of it (drugs_seen)." if "MultiViewRandomForest" in table.index else ""), "",
              "| model | normalised Pearson (drevalpy) | Pearson (drevalpy) | per-drug Pearson | MSE | "
              "per line: z Spearman | per line: top-10 | 90% coverage | test pairs | wall |",
              "|---" * 10 + "|"]

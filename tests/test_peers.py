@@ -147,6 +147,9 @@ def test_the_summary_sets_both_scorers_side_by_side_with_every_drevalpy_metric()
     assert "| model | Pearson: normalized | Pearson | RMSE |" in text
     assert "| ElasticNet | 0.602 | 0.904 | 1.190 |" in text
     assert f"| {peers.OURS} on ElasticNet's pairs | 0.602 | 0.904 | 0.580 ± 0.010 |" in text
+    assert "drevalpy 1.6 leaves out of it" not in text
+    mended = table.rename(index={"ElasticNet": "MultiViewRandomForest"})
+    assert "drevalpy 1.6 leaves out of it" in peers.summary(mended, folds=5, quick=False)
 
 
 def test_ours_is_scored_again_on_exactly_the_pairs_a_peer_predicted_where_it_predicted_fewer(tmp_path):
