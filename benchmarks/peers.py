@@ -12,7 +12,8 @@
    its seed, its grids, its validation lines), timed one model at a time. Cut to fit 2 cores, the
    same way for every model: the grid is searched on the first fold's validation lines and its
    choice reused on the other folds (ElasticNet's 21 points alone take 20 minutes a fold here);
-   --quick takes each grid's first point, SimpleNeuralNetwork at most QUICK_EPOCHS epochs.
+   --quick takes each grid's first point, SimpleNeuralNetwork at most QUICK_EPOCHS epochs. One
+   mend: the multi-omics forest is given the drug's fingerprints, which drevalpy 1.6 leaves out.
 3. Those folds, written as a --split-file, drive `main.py` with the default bulk settings.
 4. Every model's test predictions (ours copied into drevalpy's results tree) are scored by
    drevalpy's evaluation (normalised Pearson and the rest) and by ours (per-drug Pearson, MSE,
