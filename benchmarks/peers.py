@@ -217,27 +217,32 @@ def predictions(results: Path, model: str) -> Path:
     return results / RUN_ID / NAME / "LCO" / model / "predictions"
 
 
-def copy_ours(ours: Path, results: Path, folds: int, like: str | None = None) -> str | None:
+def our_predictions(ours: Path, folds: int) -> list[pd.DataFrame]:
+    """Our test predictions, fold by fold, in drevalpy's layout of predictions."""
+    frames = []
+    for i in range(folds):
+        p = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
+        frames.append(pd.DataFrame({"cell_line_name": p["cell_line_id"].astype(str),
+                                    "pubchem_id": p["drug"].astype(str), "response": p["LN_IC50"],
+                                    "predictions": p["prediction"], "tissue": "unknown"}))
+    return frames
+
+
+def copy_ours(frames: list[pd.DataFrame], results: Path, like: str | None = None) -> str | None:
     """Our test predictions in drevalpy's results tree, as one more model's. With `like`, only the
     pairs that model predicted (the multi-omics forest lacks the omics of some lines), under a name
     of their own, so both scorers compare on the same pairs; None where it predicted them all."""
-    name, frames, total = (OURS if like is None else f"{OURS}On{like}"), [], 0
-    for i in range(folds):
-        p = pd.read_parquet(ours / f"seed-0-fold-{i}" / "predictions.parquet")
-        frame = pd.DataFrame({"cell_line_name": p["cell_line_id"].astype(str),
-                              "pubchem_id": p["drug"].astype(str), "response": p["LN_IC50"],
-                              "predictions": p["prediction"], "tissue": "unknown"})
-        total += len(frame)
-        if like is not None:
-            theirs = pd.read_csv(predictions(results, like) / f"predictions_split_{i}.csv", dtype=str,
-                                 usecols=["cell_line_name", "pubchem_id"])
-            frame = frame.merge(theirs, on=["cell_line_name", "pubchem_id"])
-        frames.append(frame)
-    if like is not None and sum(len(f) for f in frames) == total:
-        return None
+    kept = frames
+    if like is not None:
+        keys = ["cell_line_name", "pubchem_id"]
+        kept = [f.merge(pd.read_csv(predictions(results, like) / f"predictions_split_{i}.csv", dtype=str,
+                                    usecols=keys), on=keys) for i, f in enumerate(frames)]
+        if all(len(k) == len(f) for k, f in zip(kept, frames)):
+            return None
+    name = OURS if like is None else f"{OURS}On{like}"
     target = predictions(results, name)
     target.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(kept):
         _csv(frame, target / f"predictions_split_{i}.csv")
     return name
 
@@ -252,6 +257,8 @@ def drevalpy_scores(results: Path, data: Path) -> pd.DataFrame:
     table = prep_results(*parsed, path_data=data)[0]
     table = table[table["rand_setting"] == "predictions"]
     keep = [c for c in table.columns if c not in ("algorithm", "rand_setting", "test_mode", "CV_split")]
+    # its normalised metrics come in no fixed order: sorted, after the others, for the same table every run
+    keep = sorted(keep, key=lambda c: (c.endswith(": normalized"), c if c.endswith(": normalized") else ""))
     return table.groupby("algorithm")[keep].mean(numeric_only=True)
 
 
@@ -341,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("drevalpy %s on %d LCO folds%s", model, folds, "" if tuning else " (no tuning)")
         seconds[model] = timed(args.out, model, run_peer(model, data, results, folds, tuning))
     seconds[OURS] = run_ours(inputs, split_file, args.out / "ours")
-    copy_ours(args.out / "ours", results, folds)
-    beside = {m: copy_ours(args.out / "ours", results, folds, like=m) for m in models}   # ours on its pairs
+    frames = our_predictions(args.out / "ours", folds)
+    copy_ours(frames, results)
+    beside = {m: copy_ours(frames, results, like=m) for m in models}   # ours on its pairs
     theirs = drevalpy_scores(results, data)
     rows = {}
     for name in [OURS, *[n for m in models for n in (m, beside[m]) if n], NAIVE]:

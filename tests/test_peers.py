@@ -170,9 +170,10 @@ def test_ours_is_scored_again_on_exactly_the_pairs_a_peer_predicted_where_it_pre
             pd.DataFrame({"cell_line_name": part["cell_line_id"], "pubchem_id": part["drug"],
                           "response": part["LN_IC50"], "predictions": part["LN_IC50"], "tissue": "unknown"}
                          ).to_csv(where / f"predictions_split_{i}.csv", index=False)
-    peers.copy_ours(ours, results, folds=2)
-    assert peers.copy_ours(ours, results, folds=2, like="RandomForest") is None     # it predicted every pair
-    name = peers.copy_ours(ours, results, folds=2, like="MultiViewRandomForest")
+    frames = peers.our_predictions(ours, folds=2)
+    peers.copy_ours(frames, results)
+    assert peers.copy_ours(frames, results, like="RandomForest") is None     # it predicted every pair
+    name = peers.copy_ours(frames, results, like="MultiViewRandomForest")
     assert name == peers.OURS + "OnMultiViewRandomForest"
     full = peers.our_scores(pairs, results, peers.OURS, 2, ours)
     cut = peers.our_scores(pairs, results, name, 2, ours)
